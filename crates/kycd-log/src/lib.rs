@@ -1,0 +1,18 @@
+//! Durable storage for kycd.
+//!
+//! - [`EventLog`]: the append-only log of everything kycd received (verified
+//!   webhook deliveries, polled decisions, subject writes), with dedupe and a
+//!   quarantine for authentic but unusable deliveries. The embedded backend is
+//!   SQLite with group commit ([`sqlite_log::SqliteLog`]).
+//! - [`store`]: projections (sessions and their history) with consumer
+//!   offsets committed in the same transaction as the projection.
+//!
+//! Every backend of a trait passes the same conformance suite ([`suite`]).
+#![forbid(unsafe_code)]
+
+pub mod log;
+pub mod sqlite_log;
+pub mod store;
+pub mod suite;
+
+pub use log::*;
