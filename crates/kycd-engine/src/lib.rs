@@ -1,0 +1,7 @@
+//! The pipeline behind the intake. For now: the session state machine
+//! ([`session`]) and the consumer that projects the event log into sessions
+//! ([`projector`]).
+#![forbid(unsafe_code)]
+
+pub mod projector;
+pub mod session;
