@@ -60,6 +60,10 @@ pub struct SessionQuery {
     pub status: Option<String>,
     /// Only sessions with `seq` below this (the cursor of the previous page).
     pub before_seq: Option<u64>,
+    /// Only sessions first seen at or after this time (Unix ms).
+    pub created_from_ms: Option<i64>,
+    /// Only sessions first seen before this time (Unix ms).
+    pub created_until_ms: Option<i64>,
     pub limit: usize,
 }
 
@@ -293,11 +297,19 @@ impl Store for SqliteStore {
             let mut stmt = c.prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM sessions
                  WHERE (?1 IS NULL OR vendor_data = ?1) AND (?2 IS NULL OR status = ?2) AND seq < ?3
+                   AND created_at_ms >= ?5 AND created_at_ms < ?6
                  ORDER BY seq DESC LIMIT ?4"
             ))?;
             let before = q.before_seq.map(|s| s as i64).unwrap_or(i64::MAX);
             let rows = stmt.query_map(
-                params![q.vendor_data, q.status, before, q.limit as i64],
+                params![
+                    q.vendor_data,
+                    q.status,
+                    before,
+                    q.limit as i64,
+                    q.created_from_ms.unwrap_or(i64::MIN),
+                    q.created_until_ms.unwrap_or(i64::MAX)
+                ],
                 row_to_record,
             )?;
             rows.map(|r| finish(r?)).collect()
@@ -392,6 +404,7 @@ pub mod suite {
                 status: status.map(str::to_owned),
                 before_seq: before,
                 limit: 3,
+                ..SessionQuery::default()
             };
             async move {
                 s.list_sessions(q)
@@ -408,6 +421,20 @@ pub mod suite {
         assert_eq!(page(None, Some("even"), None).await, vec![6, 4, 2]);
         assert_eq!(page(None, None, Some("Approved")).await, vec![3, 2, 1]);
         assert_eq!(page(None, Some("odd"), Some("Declined")).await, vec![7, 5]);
+        let window = SessionQuery {
+            created_from_ms: Some(3),
+            created_until_ms: Some(6),
+            limit: 10,
+            ..SessionQuery::default()
+        };
+        let seqs: Vec<u64> = s
+            .list_sessions(window)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+        assert_eq!(seqs, vec![5, 4, 3]);
     }
 }
 

@@ -1,0 +1,303 @@
+//! The read API under `/api/v1` (bearer token), and `/healthz`, `/readyz`,
+//! `/metrics`. Every list answers `{"items": [...], "next_cursor": ...}`.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use kycd_core::when::{format_millis, parse_time};
+use kycd_core::EventId;
+use kycd_log::store::{SessionQuery, SessionRecord};
+use kycd_log::StoredEvent;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::error::{ApiError, Code};
+use crate::App;
+
+type ApiResult = Result<Response, ApiError>;
+
+pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
+    Router::new()
+        .route("/sessions", get(list_sessions))
+        .route("/sessions/{session_id}", get(get_session))
+        .route("/events/{id}", get(get_event))
+        .route("/quarantine", get(list_quarantine))
+        .route_layer(middleware::from_fn_with_state(app, require_token))
+}
+
+/// Bearer-token check, in constant time over digests of the two tokens so
+/// neither their content nor their length shows in the timing.
+async fn require_token(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim);
+    let ok = match (presented, &app.settings.api_token) {
+        (Some(p), Some(expected)) => {
+            let a = Sha256::digest(p.as_bytes());
+            let b = Sha256::digest(expected.expose().as_bytes());
+            bool::from(a.ct_eq(&b))
+        }
+        _ => false,
+    };
+    if !ok {
+        return ApiError::new(Code::Unauthorized, "missing or invalid bearer token")
+            .into_response();
+    }
+    next.run(req).await
+}
+
+fn store_err(e: impl std::fmt::Display) -> ApiError {
+    ApiError::internal(Code::Unavailable, &e)
+}
+
+fn session_json(r: &SessionRecord, full: bool) -> Value {
+    let doc = &r.doc;
+    let mut out = json!({
+        "session_id": r.session_id,
+        "vendor_data": r.vendor_data,
+        "status": r.status,
+        "workflow_id": r.workflow_id,
+        "created_at": format_millis(r.created_at_ms),
+        "updated_at": format_millis(r.updated_at_ms),
+        "sandbox": doc.get("sandbox").and_then(Value::as_bool).unwrap_or(false),
+        // kycd's own decision; filled by the decision engine.
+        "decision": doc.get("decision").cloned().unwrap_or(Value::Null),
+    });
+    if full {
+        let history: Vec<Value> = doc
+            .get("history")
+            .and_then(Value::as_array)
+            .map(|h| {
+                h.iter()
+                    .map(|e| {
+                        let mut e = e.clone();
+                        if let Some(ms) = e.get("received_at_ms").and_then(Value::as_i64) {
+                            e["received_at"] = json!(format_millis(ms));
+                        }
+                        e
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out["history"] = Value::Array(history);
+        for key in ["didit_decision", "resubmit_info", "corrections"] {
+            out[key] = doc.get(key).cloned().unwrap_or(Value::Null);
+        }
+        out["decision_needs_fetch"] = json!(doc
+            .get("decision_needs_fetch")
+            .and_then(Value::as_bool)
+            .unwrap_or(false));
+    }
+    out
+}
+
+async fn get_session(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult {
+    match app.store.get_session(&id).await.map_err(store_err)? {
+        Some(r) => Ok(Json(session_json(&r, true)).into_response()),
+        None => Err(ApiError::new(Code::NotFound, "no such session")),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ListParams {
+    vendor_data: Option<String>,
+    status: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+pub const MAX_LIMIT: usize = 500;
+const DEFAULT_LIMIT: usize = 50;
+
+fn parse_limit(limit: Option<&str>) -> Result<usize, ApiError> {
+    match limit {
+        None => Ok(DEFAULT_LIMIT),
+        Some(s) => match s.parse::<usize>() {
+            Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+            _ => Err(ApiError::new(
+                Code::BadRequest,
+                format!("limit must be a whole number from 1 to {MAX_LIMIT}"),
+            )),
+        },
+    }
+}
+
+fn parse_cursor(cursor: Option<&str>) -> Result<Option<u64>, ApiError> {
+    cursor
+        .filter(|c| !c.is_empty())
+        .map(|c| {
+            c.strip_prefix("s")
+                .and_then(|n| n.parse::<u64>().ok())
+                .ok_or_else(|| ApiError::new(Code::BadRequest, "invalid cursor"))
+        })
+        .transpose()
+}
+
+fn parse_when(app: &App, name: &str, v: Option<&str>) -> Result<Option<i64>, ApiError> {
+    v.filter(|s| !s.is_empty())
+        .map(|s| {
+            parse_time(s, app.clock.now_millis())
+                .map_err(|e| ApiError::new(Code::BadRequest, format!("{name}: {e}")))
+        })
+        .transpose()
+}
+
+async fn list_sessions(State(app): State<Arc<App>>, Query(p): Query<ListParams>) -> ApiResult {
+    let limit = parse_limit(p.limit.as_deref())?;
+    let q = SessionQuery {
+        vendor_data: p.vendor_data.filter(|s| !s.is_empty()),
+        status: p.status.filter(|s| !s.is_empty()),
+        before_seq: parse_cursor(p.cursor.as_deref())?,
+        created_from_ms: parse_when(&app, "since", p.since.as_deref())?,
+        created_until_ms: parse_when(&app, "until", p.until.as_deref())?,
+        // One more than asked tells whether there is a next page.
+        limit: limit + 1,
+    };
+    let mut rows = app.store.list_sessions(q).await.map_err(store_err)?;
+    let next = (rows.len() > limit).then(|| {
+        rows.truncate(limit);
+        rows.last().map(|r| format!("s{}", r.seq))
+    });
+    let items: Vec<Value> = rows.iter().map(|r| session_json(r, false)).collect();
+    Ok(Json(json!({"items": items, "next_cursor": next.flatten()})).into_response())
+}
+
+fn event_json(e: &StoredEvent) -> Value {
+    let body: Value = serde_json::from_slice(&e.body).unwrap_or(Value::Null);
+    json!({
+        "id": e.id.as_str(),
+        "offset": e.offset,
+        "source": e.source.as_str(),
+        "webhook_type": e.kind,
+        "session_id": e.session_id,
+        "didit_event_id": e.didit_event_id,
+        "received_at": format_millis(e.received_at_ms),
+        "signature": e.meta.get("signature"),
+        "envelope_only": e.meta.get("envelope_only"),
+        "sandbox": e.meta.get("sandbox"),
+        "test_webhook": e.meta.get("test_webhook"),
+        "headers": e.meta.get("headers"),
+        "body": body,
+    })
+}
+
+async fn get_event(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult {
+    let id: EventId = id
+        .parse()
+        .map_err(|_| ApiError::new(Code::NotFound, "no such event"))?;
+    match app.log.get(&id).await.map_err(store_err)? {
+        Some(e) => Ok(Json(event_json(&e)).into_response()),
+        None => Err(ApiError::new(Code::NotFound, "no such event")),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct PageParams {
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+async fn list_quarantine(State(app): State<Arc<App>>, Query(p): Query<PageParams>) -> ApiResult {
+    let limit = parse_limit(p.limit.as_deref())?;
+    let cursor = p.cursor.filter(|c| !c.is_empty());
+    let mut rows = app
+        .log
+        .list_quarantine(cursor.as_deref(), limit + 1)
+        .await
+        .map_err(store_err)?;
+    let next = (rows.len() > limit).then(|| {
+        rows.truncate(limit);
+        rows.last().map(|q| q.id.clone())
+    });
+    let items: Vec<Value> = rows
+        .iter()
+        .map(|q| {
+            json!({
+                "id": q.id,
+                "received_at": format_millis(q.received_at_ms),
+                "reason": q.reason,
+                "size": q.body.len(),
+                "body": String::from_utf8_lossy(&q.body),
+                "meta": q.meta,
+            })
+        })
+        .collect();
+    Ok(Json(json!({"items": items, "next_cursor": next.flatten()})).into_response())
+}
+
+pub async fn healthz() -> Response {
+    Json(json!({"status": "ok"})).into_response()
+}
+
+/// Ready when the log and the store answer. Without a Didit API key kycd
+/// still takes webhooks, so that is reported as waiting, not as unready.
+pub async fn readyz(State(app): State<Arc<App>>) -> Response {
+    let mut checks = serde_json::Map::new();
+    let mut ready = true;
+    let head = app.log.head().await;
+    let offset = app
+        .store
+        .consumer_offset(kycd_engine::projector::CONSUMER)
+        .await;
+    match (&head, &offset) {
+        (Ok(h), Ok(o)) => {
+            checks.insert("event_log".into(), json!("ok"));
+            checks.insert("store".into(), json!("ok"));
+            checks.insert("projector_lag".into(), json!(h.saturating_sub(*o)));
+        }
+        _ => {
+            ready = false;
+            checks.insert(
+                "event_log".into(),
+                json!(if head.is_ok() { "ok" } else { "unavailable" }),
+            );
+            checks.insert(
+                "store".into(),
+                json!(if offset.is_ok() { "ok" } else { "unavailable" }),
+            );
+        }
+    }
+    let mut waiting = Vec::new();
+    if app.settings.didit_api_key.is_none() {
+        waiting.push("KYCD_DIDIT_API_KEY is not set: calls to Didit's API (decision fetches, write-back, reconciliation) wait until it is");
+    }
+    if app.settings.webhook_secrets.is_empty() {
+        waiting.push("KYCD_WEBHOOK_SECRETS is not set: every webhook delivery is refused");
+    }
+    if app.settings.api_token.is_none() {
+        waiting.push("KYCD_API_TOKEN is not set: /api/v1 refuses every request");
+    }
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({"ready": ready, "checks": checks, "waiting": waiting})),
+    )
+        .into_response()
+}
+
+pub async fn metrics(State(app): State<Arc<App>>) -> Response {
+    if let Ok(n) = app.log.count_quarantine().await {
+        metrics::gauge!("kycd_quarantine_size").set(n as f64);
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.metrics.render(),
+    )
+        .into_response()
+}

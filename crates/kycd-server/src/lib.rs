@@ -1,0 +1,150 @@
+//! kycd's HTTP face, and the only crate that knows HTTP: the Didit webhook
+//! intake ([`intake`]), the read API ([`api`]), health and metrics.
+//!
+//! [`start`] opens the event log and the store in the data directory,
+//! starts the session projector, binds the listener and serves until told to
+//! stop; then it stops accepting, lets in-flight requests finish, drains the
+//! log's pending commits and stops the projector.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod error;
+pub mod intake;
+pub mod settings;
+pub mod telemetry;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::routing::{get, post};
+use axum::Router;
+use didit::signature::Verifier;
+use kycd_core::clock::SharedClock;
+use kycd_engine::projector::Projector;
+use kycd_log::sqlite_log::{SqliteLog, SqliteLogOptions};
+use kycd_log::store::{SqliteStore, Store};
+use kycd_log::EventLog;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use settings::Settings;
+
+/// Everything a request handler needs.
+pub struct App {
+    pub settings: Settings,
+    pub verifier: Verifier,
+    pub log: Arc<dyn EventLog>,
+    pub store: Arc<dyn Store>,
+    pub clock: SharedClock,
+    pub metrics: telemetry::Metrics,
+}
+
+/// A running server.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub app: Arc<App>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Stop accepting, finish in-flight requests and commits, then return.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        self.task.await.context("server task panicked")?
+    }
+
+    /// Serve until `signal` resolves, then shut down gracefully.
+    pub async fn run_until(
+        self,
+        signal: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let mut stopped = self.stop.subscribe();
+        tokio::select! {
+            _ = signal => {}
+            // The server may also stop by itself (e.g. a listener error).
+            _ = stopped.wait_for(|s| *s) => {}
+        }
+        self.shutdown().await
+    }
+}
+
+/// The router, for tests that want to drive it without a socket.
+pub fn router(app: Arc<App>) -> Router {
+    let api = api::routes(app.clone());
+    Router::new()
+        .route("/webhooks/didit", post(intake::didit_webhook))
+        .route("/healthz", get(api::healthz))
+        .route("/readyz", get(api::readyz))
+        .route("/metrics", get(api::metrics))
+        .nest("/api/v1", api)
+        .with_state(app)
+}
+
+/// Open storage in `settings.data_dir`, start the projector and serve on
+/// `settings.listen`.
+pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Running> {
+    let metrics = telemetry::Metrics::install();
+    std::fs::create_dir_all(&settings.data_dir)
+        .with_context(|| format!("create data directory {}", settings.data_dir.display()))?;
+    let log_path = settings.data_dir.join("events.db");
+    let log = SqliteLog::open(
+        &log_path,
+        SqliteLogOptions {
+            durability: settings.durability,
+            max_db_bytes: settings.max_log_bytes,
+            ..SqliteLogOptions::default()
+        },
+    )
+    .with_context(|| format!("open event log {}", log_path.display()))?;
+    let log: Arc<dyn EventLog> = Arc::new(log);
+    let store_path = settings.data_dir.join("store.db");
+    let store = SqliteStore::open(
+        &store_path,
+        settings.durability == kycd_log::sqlite_log::Durability::Full,
+    )
+    .with_context(|| format!("open store {}", store_path.display()))?;
+    let store: Arc<dyn Store> = Arc::new(store);
+
+    let listener = tokio::net::TcpListener::bind(&settings.listen)
+        .await
+        .with_context(|| format!("bind {}", settings.listen))?;
+    let addr = listener.local_addr()?;
+
+    let verifier = Verifier::new(settings.webhook_secrets.clone())
+        .with_tolerance_secs(settings.webhook_tolerance_secs)
+        .accept_simple(settings.accept_simple_signature);
+    let app = Arc::new(App {
+        settings,
+        verifier,
+        log: log.clone(),
+        store: store.clone(),
+        clock,
+        metrics,
+    });
+
+    let (stop, stop_rx) = watch::channel(false);
+    let projector = tokio::spawn(Projector::new(log.clone(), store).run(stop_rx.clone()));
+    let router = router(app.clone());
+    let mut shutdown_rx = stop_rx;
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = shutdown_rx.wait_for(|s| *s).await;
+            })
+            .await;
+        // In-flight requests have been answered; let the log finish any
+        // commit still queued, then stop the projector.
+        log.shutdown().await;
+        let _ = projector.await;
+        served.context("http server failed")
+    });
+    tracing::info!(%addr, "kycd serving");
+    Ok(Running {
+        addr,
+        app,
+        stop,
+        task,
+    })
+}

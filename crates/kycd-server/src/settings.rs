@@ -1,0 +1,64 @@
+//! What the server is configured with. Layering (defaults, file,
+//! environment, flags) is the binary's job; this is the result.
+
+use std::path::PathBuf;
+
+use didit::signature::Secret;
+use kycd_log::sqlite_log::Durability;
+
+/// The effective settings of a server.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `KYCD_LISTEN`, default `127.0.0.1:8080`.
+    pub listen: String,
+    /// `KYCD_DATA_DIR`, default `./kycd-data`.
+    pub data_dir: PathBuf,
+    /// `KYCD_WEBHOOK_SECRETS`: all are accepted, the first is current.
+    pub webhook_secrets: Vec<Secret>,
+    /// `KYCD_WEBHOOK_TOLERANCE_SECS`, default 300.
+    pub webhook_tolerance_secs: i64,
+    /// `KYCD_API_TOKEN`: bearer token for `/api/v1`; without one the API
+    /// refuses every request.
+    pub api_token: Option<Secret>,
+    /// `KYCD_ACCEPT_SIMPLE_SIGNATURE`, default false.
+    pub accept_simple_signature: bool,
+    /// `KYCD_DIDIT_API_KEY`: without it, whatever needs Didit's API waits.
+    pub didit_api_key: Option<Secret>,
+    /// `KYCD_DIDIT_BASE_URL`, default `https://verification.didit.me`.
+    pub didit_base_url: String,
+    /// `KYCD_ACT_ON_SANDBOX`, default false.
+    pub act_on_sandbox: bool,
+    /// `KYCD_DURABILITY`: `full` (default; a commit survives power loss) or
+    /// `normal` (survives a process crash; the last commits may be lost on
+    /// power loss, for more throughput on slow disks).
+    pub durability: Durability,
+    /// Largest webhook body accepted, default 1 MiB.
+    pub max_body_bytes: usize,
+    /// A size cap for the event log file; when it is full the intake
+    /// answers 503 (so Didit retries) instead of filling the disk.
+    pub max_log_bytes: Option<u64>,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_DATA_DIR: &str = "./kycd-data";
+pub const DEFAULT_DIDIT_BASE_URL: &str = "https://verification.didit.me";
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN.to_owned(),
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            webhook_secrets: Vec::new(),
+            webhook_tolerance_secs: didit::signature::DEFAULT_TOLERANCE_SECS,
+            api_token: None,
+            accept_simple_signature: false,
+            didit_api_key: None,
+            didit_base_url: DEFAULT_DIDIT_BASE_URL.to_owned(),
+            act_on_sandbox: false,
+            durability: Durability::Full,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_log_bytes: None,
+        }
+    }
+}
