@@ -316,7 +316,9 @@ async fn bad_deliveries_get_clear_answers_and_nothing_is_stored() {
         .copied()
         .collect();
 
-    let table: Vec<(&str, Vec<u8>, Vec<(&str, &str)>, u16, &str)> = vec![
+    // (what, body, headers, expected status, expected error code)
+    type Row<'a> = (&'a str, Vec<u8>, Vec<(&'a str, &'a str)>, u16, &'a str);
+    let table: Vec<Row> = vec![
         (
             "wrong secret",
             body.clone().into_bytes(),

@@ -1,0 +1,391 @@
+//! Configuration layering: compiled-in defaults, then an optional TOML file
+//! (`--config`, or `KYCD_CONFIG`), then `KYCD_*` environment variables, then
+//! flags. Unknown keys in the file are an error; unknown `KYCD_*` variables
+//! are warnings. Secrets are held in [`Secret`], whose `Debug` redacts them,
+//! and only ever printed as `<hidden>`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use didit::signature::Secret;
+use kycd_log::sqlite_log::Durability;
+use kycd_server::Settings;
+use serde::Deserialize;
+
+/// Flags shared by `serve` and `config check`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// A TOML configuration file (see config/default.toml).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [env: KYCD_LISTEN] [default: 127.0.0.1:8080].
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Data directory [env: KYCD_DATA_DIR] [default: ./kycd-data].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Webhook freshness tolerance in seconds [env: KYCD_WEBHOOK_TOLERANCE_SECS] [default: 300].
+    #[arg(long, value_name = "SECS")]
+    pub webhook_tolerance_secs: Option<i64>,
+    /// Accept deliveries that only pass X-Signature-Simple [env: KYCD_ACCEPT_SIMPLE_SIGNATURE].
+    #[arg(long, value_name = "BOOL")]
+    pub accept_simple_signature: Option<bool>,
+    /// Act on sandbox and test deliveries [env: KYCD_ACT_ON_SANDBOX].
+    #[arg(long, value_name = "BOOL")]
+    pub act_on_sandbox: Option<bool>,
+    /// `full` (a commit survives power loss) or `normal` (survives a crash) [env: KYCD_DURABILITY].
+    #[arg(long, value_name = "MODE")]
+    pub durability: Option<String>,
+}
+
+/// The configuration file. Every key is optional; unknown keys are refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    webhook_secrets: Option<Vec<String>>,
+    webhook_tolerance_secs: Option<i64>,
+    api_token: Option<String>,
+    accept_simple_signature: Option<bool>,
+    didit_api_key: Option<String>,
+    didit_base_url: Option<String>,
+    act_on_sandbox: Option<bool>,
+    durability: Option<String>,
+}
+
+/// Every `KYCD_*` variable kycd reads; others draw a warning.
+pub const KNOWN_ENV: &[&str] = &[
+    "KYCD_CONFIG",
+    "KYCD_LOG",
+    "KYCD_LISTEN",
+    "KYCD_DATA_DIR",
+    "KYCD_WEBHOOK_SECRETS",
+    "KYCD_WEBHOOK_TOLERANCE_SECS",
+    "KYCD_API_TOKEN",
+    "KYCD_ACCEPT_SIMPLE_SIGNATURE",
+    "KYCD_DIDIT_API_KEY",
+    "KYCD_DIDIT_BASE_URL",
+    "KYCD_ACT_ON_SANDBOX",
+    "KYCD_DURABILITY",
+    "KYCD_BENCH_SECRET",
+];
+
+/// The effective settings, and warnings to log once logging is up.
+pub struct Loaded {
+    pub settings: Settings,
+    pub warnings: Vec<String>,
+}
+
+fn parse_bool(name: &str, v: &str) -> anyhow::Result<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" | "" => Ok(false),
+        _ => bail!("{name}: expected true or false"),
+    }
+}
+
+fn parse_durability(name: &str, v: &str) -> anyhow::Result<Durability> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "full" => Ok(Durability::Full),
+        "normal" => Ok(Durability::Normal),
+        _ => bail!("{name}: expected full or normal"),
+    }
+}
+
+fn secrets(list: impl IntoIterator<Item = String>) -> Vec<Secret> {
+    list.into_iter()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .map(Secret::new)
+        .collect()
+}
+
+/// Build the settings from every layer. `env` is passed in so tests can
+/// supply their own.
+pub fn load(args: &ServeArgs, env: &[(String, String)]) -> anyhow::Result<Loaded> {
+    let var = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let mut warnings = Vec::new();
+    for (name, _) in env {
+        if name.starts_with("KYCD_") && !KNOWN_ENV.contains(&name.as_str()) {
+            warnings.push(format!("unknown environment variable {name} is ignored"));
+        }
+    }
+    let mut s = Settings::default();
+
+    // The file.
+    let path = args
+        .config
+        .clone()
+        .or_else(|| var("KYCD_CONFIG").map(PathBuf::from));
+    if let Some(path) = path {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("read config file {}", path.display()))?;
+        let f: FileConfig =
+            toml::from_str(&text).with_context(|| format!("config file {}", path.display()))?;
+        if let Some(v) = f.listen {
+            s.listen = v;
+        }
+        if let Some(v) = f.data_dir {
+            s.data_dir = v;
+        }
+        if let Some(v) = f.webhook_secrets {
+            s.webhook_secrets = secrets(v);
+        }
+        if let Some(v) = f.webhook_tolerance_secs {
+            s.webhook_tolerance_secs = v;
+        }
+        if let Some(v) = f.api_token {
+            s.api_token = Some(Secret::new(v));
+        }
+        if let Some(v) = f.accept_simple_signature {
+            s.accept_simple_signature = v;
+        }
+        if let Some(v) = f.didit_api_key {
+            s.didit_api_key = Some(Secret::new(v));
+        }
+        if let Some(v) = f.didit_base_url {
+            s.didit_base_url = v;
+        }
+        if let Some(v) = f.act_on_sandbox {
+            s.act_on_sandbox = v;
+        }
+        if let Some(v) = f.durability {
+            s.durability = parse_durability("durability", &v)?;
+        }
+    }
+
+    // The environment.
+    if let Some(v) = var("KYCD_LISTEN") {
+        s.listen = v;
+    }
+    if let Some(v) = var("KYCD_DATA_DIR") {
+        s.data_dir = PathBuf::from(v);
+    }
+    if let Some(v) = var("KYCD_WEBHOOK_SECRETS") {
+        s.webhook_secrets = secrets(v.split(',').map(str::to_owned));
+    }
+    if let Some(v) = var("KYCD_WEBHOOK_TOLERANCE_SECS") {
+        s.webhook_tolerance_secs = v
+            .trim()
+            .parse()
+            .context("KYCD_WEBHOOK_TOLERANCE_SECS: expected a whole number of seconds")?;
+    }
+    if let Some(v) = var("KYCD_API_TOKEN").filter(|v| !v.is_empty()) {
+        s.api_token = Some(Secret::new(v));
+    }
+    if let Some(v) = var("KYCD_ACCEPT_SIMPLE_SIGNATURE") {
+        s.accept_simple_signature = parse_bool("KYCD_ACCEPT_SIMPLE_SIGNATURE", &v)?;
+    }
+    if let Some(v) = var("KYCD_DIDIT_API_KEY").filter(|v| !v.is_empty()) {
+        s.didit_api_key = Some(Secret::new(v));
+    }
+    if let Some(v) = var("KYCD_DIDIT_BASE_URL") {
+        s.didit_base_url = v;
+    }
+    if let Some(v) = var("KYCD_ACT_ON_SANDBOX") {
+        s.act_on_sandbox = parse_bool("KYCD_ACT_ON_SANDBOX", &v)?;
+    }
+    if let Some(v) = var("KYCD_DURABILITY") {
+        s.durability = parse_durability("KYCD_DURABILITY", &v)?;
+    }
+
+    // The flags.
+    if let Some(v) = &args.listen {
+        s.listen = v.clone();
+    }
+    if let Some(v) = &args.data_dir {
+        s.data_dir = v.clone();
+    }
+    if let Some(v) = args.webhook_tolerance_secs {
+        s.webhook_tolerance_secs = v;
+    }
+    if let Some(v) = args.accept_simple_signature {
+        s.accept_simple_signature = v;
+    }
+    if let Some(v) = args.act_on_sandbox {
+        s.act_on_sandbox = v;
+    }
+    if let Some(v) = &args.durability {
+        s.durability = parse_durability("--durability", v)?;
+    }
+
+    if s.webhook_tolerance_secs <= 0 {
+        bail!("webhook tolerance must be a positive number of seconds");
+    }
+    if !s.didit_base_url.starts_with("http://") && !s.didit_base_url.starts_with("https://") {
+        bail!("didit base url must start with http:// or https://");
+    }
+    Ok(Loaded {
+        settings: s,
+        warnings,
+    })
+}
+
+pub fn process_env() -> Vec<(String, String)> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect()
+}
+
+fn hidden(present: bool) -> &'static str {
+    if present {
+        "\"<hidden>\""
+    } else {
+        "# not set"
+    }
+}
+
+/// The effective configuration as TOML, secrets hidden.
+pub fn render(s: &Settings) -> String {
+    let q = |v: &str| toml::Value::String(v.to_owned()).to_string();
+    let durability = match s.durability {
+        Durability::Full => "full",
+        Durability::Normal => "normal",
+    };
+    let mut out = String::new();
+    out.push_str(&format!("listen = {}\n", q(&s.listen)));
+    out.push_str(&format!(
+        "data_dir = {}\n",
+        q(&s.data_dir.to_string_lossy())
+    ));
+    out.push_str(&format!(
+        "webhook_secrets = [{}]\n",
+        vec!["\"<hidden>\""; s.webhook_secrets.len()].join(", ")
+    ));
+    out.push_str(&format!(
+        "webhook_tolerance_secs = {}\n",
+        s.webhook_tolerance_secs
+    ));
+    out.push_str(&format!("api_token = {}\n", hidden(s.api_token.is_some())));
+    out.push_str(&format!(
+        "accept_simple_signature = {}\n",
+        s.accept_simple_signature
+    ));
+    out.push_str(&format!(
+        "didit_api_key = {}\n",
+        hidden(s.didit_api_key.is_some())
+    ));
+    out.push_str(&format!("didit_base_url = {}\n", q(&s.didit_base_url)));
+    out.push_str(&format!("act_on_sandbox = {}\n", s.act_on_sandbox));
+    out.push_str(&format!("durability = {}\n", q(durability)));
+    out
+}
+
+pub fn check(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let loaded = load(&args, &process_env())?;
+    for w in &loaded.warnings {
+        eprintln!("warning: {w}");
+    }
+    print!("{}", render(&loaded.settings));
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn layers_apply_defaults_then_file_then_env_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("kycd.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:1\"\ndata_dir = \"/from/file\"\nwebhook_tolerance_secs = 60\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(file),
+            listen: Some("127.0.0.1:3".into()),
+            ..Default::default()
+        };
+        let l = load(
+            &args,
+            &env(&[
+                ("KYCD_LISTEN", "127.0.0.1:2"),
+                ("KYCD_DATA_DIR", "/from/env"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(l.settings.listen, "127.0.0.1:3");
+        assert_eq!(l.settings.data_dir, PathBuf::from("/from/env"));
+        assert_eq!(l.settings.webhook_tolerance_secs, 60);
+        let d = load(&ServeArgs::default(), &[]).unwrap().settings;
+        assert_eq!(d.listen, "127.0.0.1:8080");
+        assert_eq!(d.data_dir, PathBuf::from("./kycd-data"));
+        assert_eq!(d.didit_base_url, "https://verification.didit.me");
+        assert!(!d.accept_simple_signature && !d.act_on_sandbox);
+    }
+
+    #[test]
+    fn unknown_file_keys_are_errors_and_unknown_env_vars_are_warnings() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("kycd.toml");
+        std::fs::write(&file, "listne = \"x\"\n").unwrap();
+        let args = ServeArgs {
+            config: Some(file),
+            ..Default::default()
+        };
+        let e = load(&args, &[]).err().unwrap();
+        assert!(format!("{e:#}").contains("listne"), "{e:#}");
+        let l = load(
+            &ServeArgs::default(),
+            &env(&[("KYCD_LISTN", "x"), ("OTHER", "y")]),
+        )
+        .unwrap();
+        assert_eq!(
+            l.warnings,
+            vec!["unknown environment variable KYCD_LISTN is ignored"]
+        );
+    }
+
+    #[test]
+    fn secrets_are_split_and_never_rendered() {
+        let l = load(
+            &ServeArgs::default(),
+            &env(&[
+                ("KYCD_WEBHOOK_SECRETS", "current-secret, previous-secret"),
+                ("KYCD_API_TOKEN", "tok-123456"),
+                ("KYCD_DIDIT_API_KEY", "key-abcdef"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(l.settings.webhook_secrets.len(), 2);
+        assert_eq!(l.settings.webhook_secrets[0].expose(), "current-secret");
+        let shown = render(&l.settings) + &format!("{:?}", l.settings);
+        for secret in [
+            "current-secret",
+            "previous-secret",
+            "tok-123456",
+            "key-abcdef",
+        ] {
+            assert!(!shown.contains(secret), "{secret} leaked");
+        }
+        assert!(shown.contains("webhook_secrets = [\"<hidden>\", \"<hidden>\"]"));
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        for (k, v) in [
+            ("KYCD_ACCEPT_SIMPLE_SIGNATURE", "maybe"),
+            ("KYCD_WEBHOOK_TOLERANCE_SECS", "five"),
+            ("KYCD_DURABILITY", "sometimes"),
+            ("KYCD_DIDIT_BASE_URL", "ftp://x"),
+        ] {
+            let e = load(&ServeArgs::default(), &env(&[(k, v)])).err().unwrap();
+            let msg = format!("{e:#}").to_lowercase();
+            assert!(
+                msg.contains(&k.to_lowercase()) || msg.contains("base url"),
+                "{msg}"
+            );
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! `kycd`: the command line. Subcommands:
+//!
+//! - `serve`: the webhook intake, event log, session projection and API;
+//! - `config check`: the effective configuration, secrets hidden;
+//! - `webhook verify|sign`: tools for people integrating with Didit;
+//! - `bench`: a load generator for the intake.
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod bench;
+mod config;
+mod serve;
+mod webhook;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kycd",
+    version,
+    about = "Real-time KYC decisioning behind Didit"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server: webhook intake, event log, session projection, API.
+    Serve(config::ServeArgs),
+    /// Inspect the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Verify or sign Didit webhook deliveries.
+    #[command(subcommand)]
+    Webhook(webhook::WebhookCmd),
+    /// Fire signed deliveries at an intake and report throughput and latency.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the effective configuration with secrets hidden.
+    Check(config::ServeArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Config(ConfigCommand::Check(args)) => config::check(args),
+        Command::Webhook(cmd) => webhook::run(cmd),
+        Command::Bench(args) => bench::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! `kycd serve`: run the server until SIGTERM or Ctrl-C, then shut down
+//! gracefully (stop accepting, finish in-flight commits, exit).
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use kycd_core::SystemClock;
+
+use crate::config::{self, ServeArgs};
+
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KYCD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutting down: finishing in-flight requests and commits");
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let loaded = config::load(&args, &config::process_env())?;
+    init_tracing();
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
+    let settings = loaded.settings;
+    if settings.webhook_secrets.is_empty() {
+        tracing::warn!("KYCD_WEBHOOK_SECRETS is not set: every webhook delivery will be refused");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    runtime.block_on(async move {
+        let running = kycd_server::start(settings, Arc::new(SystemClock)).await?;
+        // The one line on stdout: tools and tests read the bound address here.
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening on http://{}", running.addr)?;
+        out.flush()?;
+        drop(out);
+        running.run_until(shutdown_signal()).await?;
+        tracing::info!("stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}
