@@ -190,6 +190,16 @@ fn finish(pair: (SessionRecord, String)) -> Result<SessionRecord, StoreError> {
 const COLUMNS: &str =
     "seq, session_id, vendor_data, status, workflow_id, created_at_ms, updated_at_ms, doc";
 
+fn session_by_id(conn: &Connection, id: &str) -> Result<Option<SessionRecord>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM sessions WHERE session_id = ?1"
+    ))?;
+    stmt.query_row([id], row_to_record)
+        .optional()?
+        .map(finish)
+        .transpose()
+}
+
 fn offset_of(conn: &Connection, consumer: &str) -> Result<u64, StoreError> {
     let v: Option<i64> = conn
         .query_row(

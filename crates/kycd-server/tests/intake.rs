@@ -137,6 +137,15 @@ impl TestApp {
     }
 }
 
+/// `payload` as Didit would send it, signed with the vectors' secret.
+fn signed(payload: &Value) -> didit::signature::Signed {
+    let text = payload.to_string();
+    sign(
+        &Secret::new(secret()),
+        &Canon::parse(text.as_bytes()).unwrap(),
+    )
+}
+
 fn case_headers(case: &Value) -> Vec<(String, String)> {
     case["headers"]
         .as_object()
