@@ -3,5 +3,8 @@
 //! ([`projector`]).
 #![forbid(unsafe_code)]
 
+pub mod countries;
+pub mod facts;
 pub mod projector;
+pub mod replay;
 pub mod session;

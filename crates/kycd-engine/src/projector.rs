@@ -1,26 +1,49 @@
-//! The session projector: a consumer of the event log that keeps one record
-//! per Didit session in the [`Store`].
+//! The projector: the consumer of the event log that keeps one record per
+//! Didit session, and decides.
 //!
-//! It reads a batch of events after its stored offset, applies each session
-//! event to its session ([`crate::session::apply`]) in log order, and commits
-//! the touched sessions together with the new offset in one transaction. A
-//! crash between two commits replays the uncommitted batch from the same
-//! offset against the same records, so every event is applied exactly once.
+//! It reads a batch of events after its stored offset and, in log order:
+//! applies each session event to its session ([`crate::session::apply`]);
+//! for an event that brings a trusted Didit decision, builds the facts
+//! ([`crate::facts`]) **as of that event's position in the log** and
+//! evaluates the active policy (and the shadow policy, if any); records the
+//! event's identity values in the identity graph; and keeps the operator's
+//! subject writes. Everything the batch produced commits together with the
+//! new offset in one transaction. A crash between two commits replays the
+//! uncommitted batch from the same offset against the same state, so every
+//! event is applied, and decided, exactly once.
+//!
+//! "As of the event's position" is what makes decisions reproducible: the
+//! graph counts, prior declines and subject attributes an event sees are
+//! those of the events before it, whether they were committed in earlier
+//! batches (queried from the store) or earlier in this batch (held in
+//! [`Pending`]). `kycd replay` runs this same code over the log into a
+//! scratch store, so a replay with the active policy rebuilds identical
+//! facts and decisions.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, RwLock};
 
-use didit::payload::Envelope;
-use kycd_log::store::{SessionRecord, Store, StoreError};
-use kycd_log::{EventLog, LogError, StoredEvent};
+use didit::payload::{Envelope, SessionStatus, WebhookType};
+use kycd_core::when::format_millis;
+use kycd_log::store::{
+    DecisionRecord, IdentityLink, ProjectionBatch, SessionRecord, Store, StoreError, SubjectVersion,
+};
+use kycd_log::{EventLog, EventSource, LogError, StoredEvent};
+use kycd_policy::Policy;
+use serde_json::{json, Value};
 use tokio::sync::watch;
 
+use crate::facts::{self, FactsInput, GraphSignals, IdentityKind};
 use crate::session::{apply, Delivery};
 
 /// The consumer name under which the projector's offset is stored.
 pub const CONSUMER: &str = "sessions";
 
 const BATCH: usize = 512;
+
+/// The default window of the identity graph: how far back a shared
+/// document, device, IP, phone or email counts.
+pub const DEFAULT_GRAPH_WINDOW_MS: i64 = 180 * 86_400_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectorError {
@@ -30,29 +53,101 @@ pub enum ProjectorError {
     Store(#[from] StoreError),
 }
 
+/// The policies the projector decides with. The active policy can be
+/// swapped while running (SIGHUP); the swap takes effect from the next event.
+#[derive(Clone)]
+pub struct Policies {
+    pub active: Arc<RwLock<Arc<Policy>>>,
+    pub shadow: Option<Arc<Policy>>,
+    pub graph_window_ms: i64,
+}
+
+impl Policies {
+    pub fn new(active: Policy, shadow: Option<Policy>) -> Self {
+        Self {
+            active: Arc::new(RwLock::new(Arc::new(active))),
+            shadow: shadow.map(Arc::new),
+            graph_window_ms: DEFAULT_GRAPH_WINDOW_MS,
+        }
+    }
+
+    pub fn active(&self) -> Arc<Policy> {
+        self.active
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn set_active(&self, policy: Policy) {
+        *self.active.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
+    }
+}
+
+/// What earlier events of the current batch wrote, not yet committed.
+#[derive(Default)]
+struct Pending {
+    links: HashMap<(IdentityKind, String), Vec<(String, i64)>>,
+    subjects: HashMap<String, Value>,
+    declines: HashMap<String, BTreeSet<String>>,
+}
+
 pub struct Projector {
     log: Arc<dyn EventLog>,
     store: Arc<dyn Store>,
+    policies: Policies,
+    applied: watch::Sender<u64>,
+}
+
+/// The identity of a subject in the graph: the operator's `vendor_data`,
+/// or the session itself when the operator set none.
+fn subject_key(vendor_data: Option<&str>, session_id: &str) -> String {
+    match vendor_data {
+        Some(v) => v.to_owned(),
+        None => format!("session:{session_id}"),
+    }
 }
 
 impl Projector {
-    pub fn new(log: Arc<dyn EventLog>, store: Arc<dyn Store>) -> Self {
-        Self { log, store }
+    pub fn new(log: Arc<dyn EventLog>, store: Arc<dyn Store>, policies: Policies) -> Self {
+        let (applied, _) = watch::channel(0);
+        Self {
+            log,
+            store,
+            policies,
+            applied,
+        }
+    }
+
+    /// The offset up to which events are applied, updated after each commit.
+    pub fn applied(&self) -> watch::Receiver<u64> {
+        self.applied.subscribe()
     }
 
     /// Apply every event currently in the log; returns the offset reached.
     pub async fn catch_up(&self) -> Result<u64, ProjectorError> {
         loop {
-            let from = self.store.consumer_offset(CONSUMER).await?;
-            let events = self.log.read(from, BATCH).await?;
-            let Some(last) = events.last().map(|e| e.offset) else {
-                return Ok(from);
-            };
-            self.apply_batch(from, last, &events).await?;
-            let head = self.log.head().await?;
-            metrics::gauge!("kycd_consumer_lag", "consumer" => CONSUMER)
-                .set(head.saturating_sub(last) as f64);
+            let (offset, more) = self.step().await?;
+            if !more {
+                return Ok(offset);
+            }
         }
+    }
+
+    /// Apply one batch; returns the offset reached and whether the batch
+    /// was full (so more may be waiting).
+    async fn step(&self) -> Result<(u64, bool), ProjectorError> {
+        let from = self.store.consumer_offset(CONSUMER).await?;
+        let events = self.log.read(from, BATCH).await?;
+        let Some(last) = events.last().map(|e| e.offset) else {
+            self.applied.send_replace(from);
+            return Ok((from, false));
+        };
+        self.apply_batch(from, last, &events).await?;
+        self.applied.send_replace(last);
+        let head = self.log.head().await?;
+        metrics::gauge!("kycd_consumer_lag", "consumer" => CONSUMER)
+            .set(head.saturating_sub(last) as f64);
+        Ok((last, events.len() == BATCH))
     }
 
     async fn apply_batch(
@@ -61,60 +156,216 @@ impl Projector {
         to: u64,
         events: &[StoredEvent],
     ) -> Result<(), ProjectorError> {
-        // Parse once; events that are not about a session only move the offset.
-        let parsed: Vec<(&StoredEvent, Envelope)> = events
-            .iter()
-            .filter(|e| e.session_id.is_some())
-            .filter_map(|e| match Envelope::from_slice(&e.body) {
-                Ok(env) => Some((e, env)),
-                Err(err) => {
-                    // The intake only logs what parsed, so this means a bug
-                    // or a corrupted row; say which event, never its content.
-                    tracing::error!(event = %e.id, error = %err, "stored event does not parse; skipped");
-                    None
-                }
-            })
-            .collect();
-        let mut ids: Vec<String> = parsed
-            .iter()
-            .filter_map(|(_, env)| env.session_id.clone())
-            .collect();
+        let mut ids: Vec<String> = events.iter().filter_map(|e| e.session_id.clone()).collect();
         ids.sort();
         ids.dedup();
         let mut sessions: HashMap<String, SessionRecord> = self.store.load_sessions(&ids).await?;
-        for (event, env) in &parsed {
-            let flag = |k: &str| {
-                event
-                    .meta
-                    .get(k)
-                    .and_then(serde_json::Value::as_bool)
-                    .unwrap_or(false)
+        let mut pending = Pending::default();
+        let mut batch = ProjectionBatch::default();
+        let active = self.policies.active();
+
+        for event in events {
+            if event.source == EventSource::Subject {
+                self.apply_subject(event, &mut pending, &mut batch);
+                continue;
+            }
+            if event.session_id.is_none() {
+                continue;
+            }
+            let env = match Envelope::from_slice(&event.body) {
+                Ok(env) => env,
+                Err(err) => {
+                    // The intake only logs what parsed, so this means a bug
+                    // or a corrupted row; say which event, never its content.
+                    tracing::error!(event = %event.id, error = %err, "stored event does not parse; skipped");
+                    continue;
+                }
             };
+            let Some(session_id) = env.session_id.clone() else {
+                continue;
+            };
+            let flag = |k: &str| event.meta.get(k).and_then(Value::as_bool).unwrap_or(false);
+            let envelope_only = flag("envelope_only");
             let delivery = Delivery {
                 offset: event.offset,
                 event_id: event.id.as_str(),
                 received_at_ms: event.received_at_ms,
                 source: event.source.as_str(),
-                envelope_only: flag("envelope_only"),
+                envelope_only,
                 sandbox: flag("sandbox"),
-                envelope: env,
+                envelope: &env,
             };
-            let Some(id) = env.session_id.clone() else {
+            let current = sessions.remove(&session_id);
+            let held_ts = current
+                .as_ref()
+                .and_then(|r| r.doc.get("didit_decision_ts"))
+                .and_then(Value::as_i64)
+                .unwrap_or(i64::MIN);
+            let Some(mut record) = apply(current, &delivery) else {
                 continue;
             };
-            let current = sessions.remove(&id);
-            if let Some(next) = apply(current, &delivery) {
-                sessions.insert(id, next);
+
+            // A trusted decision that became the session's latest is decided on.
+            let trusted = env
+                .decision
+                .as_ref()
+                .filter(|_| !envelope_only && env.timestamp >= held_ts);
+            let status = env
+                .status
+                .clone()
+                .unwrap_or(SessionStatus::Other(String::new()));
+            let subject = subject_key(record.vendor_data.as_deref(), &session_id);
+            if let Some(decision) = trusted {
+                let decides = status.is_decided()
+                    || env.webhook_type == WebhookType::DataUpdated
+                    || event.source == EventSource::Polled;
+                let keys = facts::identity_keys(decision);
+                if decides {
+                    let graph = self
+                        .graph(&pending, &subject, &session_id, &keys, event.received_at_ms)
+                        .await?;
+                    let attributes = match pending.subjects.get(&subject) {
+                        Some(a) => Some(a.clone()),
+                        None => self.store.subject(&subject).await?.map(|v| v.attributes),
+                    };
+                    let input = FactsInput {
+                        now_ms: event.received_at_ms,
+                        session_id: &session_id,
+                        didit_status: status.as_str(),
+                        webhook_type: env.webhook_type.as_str(),
+                        workflow_id: record.workflow_id.as_deref(),
+                        sandbox: flag("sandbox"),
+                        decision,
+                        subject: record.vendor_data.as_deref(),
+                        attributes: attributes.as_ref(),
+                        graph,
+                    };
+                    let facts = facts::build(&input);
+                    let made = decide(&active, false, event, &record, &facts);
+                    record.doc["decision"] = summary(&made);
+                    batch.decisions.push(made);
+                    if let Some(shadow) = &self.policies.shadow {
+                        batch
+                            .decisions
+                            .push(decide(shadow, true, event, &record, &facts));
+                    }
+                }
+                for (kind, value) in keys {
+                    pending
+                        .links
+                        .entry((kind, value.clone()))
+                        .or_default()
+                        .push((subject.clone(), event.received_at_ms));
+                    batch.links.push(IdentityLink {
+                        kind: kind.as_str().to_owned(),
+                        value,
+                        subject: subject.clone(),
+                        offset: event.offset,
+                        at_ms: event.received_at_ms,
+                    });
+                }
             }
+            if status == SessionStatus::Declined {
+                pending
+                    .declines
+                    .entry(subject.clone())
+                    .or_default()
+                    .insert(session_id.clone());
+                batch
+                    .declines
+                    .push((subject, session_id.clone(), event.offset));
+            }
+            sessions.insert(session_id, record);
         }
-        self.store
-            .commit_sessions(CONSUMER, from, to, sessions.into_values().collect())
-            .await?;
+        batch.sessions = sessions.into_values().collect();
+        self.store.commit(CONSUMER, from, to, batch).await?;
         Ok(())
     }
 
-    /// Follow the log until `stop` turns true: catch up, then wait for the
-    /// next commit. Transient errors are logged and retried with backoff.
+    /// An operator's subject write: `{"vendor_data": ..., "attributes": {...}}`.
+    fn apply_subject(
+        &self,
+        event: &StoredEvent,
+        pending: &mut Pending,
+        batch: &mut ProjectionBatch,
+    ) {
+        let Ok(body) = serde_json::from_slice::<Value>(&event.body) else {
+            tracing::error!(event = %event.id, "stored subject write does not parse; skipped");
+            return;
+        };
+        let (Some(subject), Some(attributes)) = (
+            body.get("vendor_data").and_then(Value::as_str),
+            body.get("attributes"),
+        ) else {
+            tracing::error!(event = %event.id, "stored subject write lacks vendor_data or attributes; skipped");
+            return;
+        };
+        pending
+            .subjects
+            .insert(subject.to_owned(), attributes.clone());
+        batch.subjects.push(SubjectVersion {
+            subject: subject.to_owned(),
+            offset: event.offset,
+            at_ms: event.received_at_ms,
+            attributes: attributes.clone(),
+        });
+    }
+
+    /// Identity-graph signals as of the event: committed links within the
+    /// window plus those earlier in this batch, other subjects only.
+    async fn graph(
+        &self,
+        pending: &Pending,
+        subject: &str,
+        session_id: &str,
+        keys: &[(IdentityKind, String)],
+        now_ms: i64,
+    ) -> Result<GraphSignals, ProjectorError> {
+        let from_ms = now_ms.saturating_sub(self.policies.graph_window_ms);
+        let mut g = GraphSignals::default();
+        for (kind, value) in keys {
+            let mut others: BTreeSet<String> = self
+                .store
+                .linked_subjects(kind.as_str(), value, from_ms)
+                .await?
+                .into_iter()
+                .collect();
+            if let Some(list) = pending.links.get(&(*kind, value.clone())) {
+                others.extend(
+                    list.iter()
+                        .filter(|(_, at)| *at >= from_ms)
+                        .map(|(s, _)| s.clone()),
+                );
+            }
+            others.remove(subject);
+            let n = others.len() as u64;
+            let slot = match kind {
+                IdentityKind::Document => &mut g.document_subjects,
+                IdentityKind::Device => &mut g.device_subjects,
+                IdentityKind::Ip => &mut g.ip_subjects,
+                IdentityKind::Phone => &mut g.phone_subjects,
+                IdentityKind::Email => &mut g.email_subjects,
+            };
+            *slot = (*slot).max(n);
+        }
+        let mut declined: BTreeSet<String> = self
+            .store
+            .declined_sessions(subject)
+            .await?
+            .into_iter()
+            .collect();
+        if let Some(p) = pending.declines.get(subject) {
+            declined.extend(p.iter().cloned());
+        }
+        declined.remove(session_id);
+        g.prior_declines = declined.len() as u64;
+        Ok(g)
+    }
+
+    /// Follow the log until `stop` turns true: apply a batch at a time
+    /// (checking `stop` between batches, so shutdown never waits for a
+    /// backlog: what is left is applied on the next start), then wait for
+    /// the next commit. Transient errors are logged and retried with backoff.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let mut head = self.log.subscribe();
         let mut backoff = std::time::Duration::from_millis(50);
@@ -122,8 +373,12 @@ impl Projector {
             if *stop.borrow() {
                 return;
             }
-            match self.catch_up().await {
-                Ok(_) => backoff = std::time::Duration::from_millis(50),
+            match self.step().await {
+                Ok((_, true)) => {
+                    backoff = std::time::Duration::from_millis(50);
+                    continue;
+                }
+                Ok((_, false)) => backoff = std::time::Duration::from_millis(50),
                 Err(e) => {
                     tracing::warn!(error = %e, "projector failed; retrying");
                     tokio::select! {
@@ -134,10 +389,88 @@ impl Projector {
                     continue;
                 }
             }
+            // Mark the head as seen before waiting, so a commit between the
+            // last read and this wait still wakes us.
+            head.borrow_and_update();
+            if self
+                .log
+                .head()
+                .await
+                .map(|h| h > self.applied_offset())
+                .unwrap_or(false)
+            {
+                continue;
+            }
             tokio::select! {
                 r = head.changed() => if r.is_err() { return },
                 _ = stop.changed() => {}
             }
         }
     }
+
+    fn applied_offset(&self) -> u64 {
+        *self.applied.borrow()
+    }
+}
+
+/// Evaluate `policy` on `facts` and record the decision. Its time is the
+/// event's receive time, so a replay reproduces it.
+fn decide(
+    policy: &Policy,
+    shadow: bool,
+    event: &StoredEvent,
+    session: &SessionRecord,
+    facts: &Value,
+) -> DecisionRecord {
+    let eval = serde_json::to_value(policy.evaluate(facts)).unwrap_or(Value::Null);
+    let id = format!("dec_{}", kycd_core::id::ulid_body(event.received_at_ms));
+    let outcome = eval
+        .get("outcome")
+        .and_then(Value::as_str)
+        .unwrap_or("review")
+        .to_owned();
+    let score = eval.get("score").and_then(Value::as_f64).unwrap_or(0.0);
+    let doc = json!({
+        "id": id,
+        "session_id": session.session_id,
+        "subject": session.vendor_data,
+        "event_id": event.id.as_str(),
+        "event_offset": event.offset,
+        "shadow": shadow,
+        "outcome": outcome,
+        "score": score,
+        "band": eval.get("band"),
+        "reasons": eval.get("reasons"),
+        "checks": eval.get("checks"),
+        "resubmit_nodes": eval.get("resubmit_nodes"),
+        "trace": eval.get("trace"),
+        "policy": {"name": policy.name(), "version": policy.version()},
+        "facts": facts,
+        "decided_at": format_millis(event.received_at_ms),
+    });
+    DecisionRecord {
+        id,
+        event_offset: event.offset,
+        session_id: session.session_id.clone(),
+        subject: session.vendor_data.clone(),
+        policy_version: policy.version().to_owned(),
+        shadow,
+        outcome,
+        score,
+        decided_at_ms: event.received_at_ms,
+        doc,
+    }
+}
+
+/// The decision as the session shows it.
+pub fn summary(d: &DecisionRecord) -> Value {
+    json!({
+        "id": d.id,
+        "outcome": d.outcome,
+        "score": d.score,
+        "reasons": d.doc.get("reasons").cloned().unwrap_or(Value::Null),
+        "checks": d.doc.get("checks").cloned().unwrap_or(Value::Null),
+        "policy_version": d.policy_version,
+        "decided_at": d.doc.get("decided_at").cloned().unwrap_or(Value::Null),
+    })
 }

@@ -67,6 +67,67 @@ pub struct SessionQuery {
     pub limit: usize,
 }
 
+/// One decision kycd made (or a shadow policy would have made).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecisionRecord {
+    pub id: String,
+    /// Log offset of the event decided on; with the policy version and the
+    /// shadow flag it identifies the decision (one per event and policy).
+    pub event_offset: u64,
+    pub session_id: String,
+    pub subject: Option<String>,
+    pub policy_version: String,
+    pub shadow: bool,
+    pub outcome: String,
+    pub score: f64,
+    pub decided_at_ms: i64,
+    /// The whole decision: reasons, checks, trace, facts.
+    pub doc: serde_json::Value,
+}
+
+/// An identity value (hashed) seen with a subject at a log position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityLink {
+    pub kind: String,
+    pub value: String,
+    pub subject: String,
+    pub offset: u64,
+    pub at_ms: i64,
+}
+
+/// The operator's attributes for a subject, as written at a log position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubjectVersion {
+    pub subject: String,
+    pub offset: u64,
+    pub at_ms: i64,
+    pub attributes: serde_json::Value,
+}
+
+/// Everything one projector batch writes, atomically with its offset.
+#[derive(Debug, Clone, Default)]
+pub struct ProjectionBatch {
+    pub sessions: Vec<SessionRecord>,
+    pub decisions: Vec<DecisionRecord>,
+    pub links: Vec<IdentityLink>,
+    pub subjects: Vec<SubjectVersion>,
+    /// (subject, session) pairs that Didit declined, at an offset.
+    pub declines: Vec<(String, String, u64)>,
+}
+
+/// Filter and page for [`Store::list_decisions`].
+#[derive(Debug, Clone, Default)]
+pub struct DecisionQuery {
+    pub outcome: Option<String>,
+    pub session_id: Option<String>,
+    pub shadow: bool,
+    /// Only decisions on events before this offset (the previous page's cursor).
+    pub before_offset: Option<u64>,
+    /// Only decisions on events after this offset (replay comparisons).
+    pub after_offset: Option<u64>,
+    pub limit: usize,
+}
+
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Where `consumer` stopped: every event up to this offset is reflected.
@@ -78,17 +139,59 @@ pub trait Store: Send + Sync + 'static {
         ids: &[String],
     ) -> Result<HashMap<String, SessionRecord>, StoreError>;
 
-    /// Atomically upsert `sessions` and move `consumer` from `from_offset`
-    /// to `to_offset`. Fails with [`StoreError::OffsetConflict`], writing
+    /// Atomically write `batch` and move `consumer` from `from_offset` to
+    /// `to_offset`. Fails with [`StoreError::OffsetConflict`], writing
     /// nothing, if the consumer is not at `from_offset` (another instance
     /// got there first).
+    async fn commit(
+        &self,
+        consumer: &str,
+        from_offset: u64,
+        to_offset: u64,
+        batch: ProjectionBatch,
+    ) -> Result<(), StoreError>;
+
+    /// Sessions only; a convenience over [`Store::commit`].
     async fn commit_sessions(
         &self,
         consumer: &str,
         from_offset: u64,
         to_offset: u64,
         sessions: Vec<SessionRecord>,
-    ) -> Result<(), StoreError>;
+    ) -> Result<(), StoreError> {
+        let batch = ProjectionBatch {
+            sessions,
+            ..ProjectionBatch::default()
+        };
+        self.commit(consumer, from_offset, to_offset, batch).await
+    }
+
+    /// Distinct subjects linked to this identity value at or after `from_ms`.
+    async fn linked_subjects(
+        &self,
+        kind: &str,
+        value: &str,
+        from_ms: i64,
+    ) -> Result<Vec<String>, StoreError>;
+
+    /// The subject's latest attributes.
+    async fn subject(&self, subject: &str) -> Result<Option<SubjectVersion>, StoreError>;
+
+    /// Sessions of this subject that Didit declined.
+    async fn declined_sessions(&self, subject: &str) -> Result<Vec<String>, StoreError>;
+
+    async fn get_decision(&self, id: &str) -> Result<Option<DecisionRecord>, StoreError>;
+
+    /// Newest first (by event offset), unless `after_offset` is set, then
+    /// oldest first from there.
+    async fn list_decisions(&self, q: DecisionQuery) -> Result<Vec<DecisionRecord>, StoreError>;
+
+    /// The decision on the event at `offset`, active or shadow.
+    async fn decision_for_event(
+        &self,
+        offset: u64,
+        shadow: bool,
+    ) -> Result<Option<DecisionRecord>, StoreError>;
 
     async fn get_session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError>;
 
@@ -116,6 +219,43 @@ CREATE TABLE IF NOT EXISTS sessions (
 );
 CREATE INDEX IF NOT EXISTS sessions_by_vendor ON sessions(vendor_data, seq);
 CREATE INDEX IF NOT EXISTS sessions_by_status ON sessions(status, seq);
+CREATE TABLE IF NOT EXISTS decisions (
+    id TEXT PRIMARY KEY,
+    event_offset INTEGER NOT NULL,
+    session_id TEXT NOT NULL,
+    subject TEXT,
+    policy_version TEXT NOT NULL,
+    shadow INTEGER NOT NULL,
+    outcome TEXT NOT NULL,
+    score REAL NOT NULL,
+    decided_at_ms INTEGER NOT NULL,
+    doc TEXT NOT NULL,
+    UNIQUE (event_offset, policy_version, shadow)
+);
+CREATE INDEX IF NOT EXISTS decisions_by_offset ON decisions(shadow, event_offset);
+CREATE INDEX IF NOT EXISTS decisions_by_outcome ON decisions(shadow, outcome, event_offset);
+CREATE INDEX IF NOT EXISTS decisions_by_session ON decisions(session_id, event_offset);
+CREATE TABLE IF NOT EXISTS identity_links (
+    kind TEXT NOT NULL,
+    value TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    event_offset INTEGER NOT NULL,
+    at_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS identity_links_by_value ON identity_links(kind, value, at_ms);
+CREATE TABLE IF NOT EXISTS subjects (
+    subject TEXT NOT NULL,
+    event_offset INTEGER NOT NULL,
+    at_ms INTEGER NOT NULL,
+    attributes TEXT NOT NULL,
+    PRIMARY KEY (subject, event_offset)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS declines (
+    subject TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    event_offset INTEGER NOT NULL,
+    PRIMARY KEY (subject, session_id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS consumer_offsets (
     consumer TEXT PRIMARY KEY,
     offset INTEGER NOT NULL
@@ -190,6 +330,34 @@ fn finish(pair: (SessionRecord, String)) -> Result<SessionRecord, StoreError> {
 const COLUMNS: &str =
     "seq, session_id, vendor_data, status, workflow_id, created_at_ms, updated_at_ms, doc";
 
+const DECISION_COLUMNS: &str =
+    "id, event_offset, session_id, subject, policy_version, shadow, outcome, score, decided_at_ms, doc";
+
+fn row_to_decision(row: &rusqlite::Row<'_>) -> rusqlite::Result<(DecisionRecord, String)> {
+    Ok((
+        DecisionRecord {
+            id: row.get(0)?,
+            event_offset: row.get::<_, i64>(1)? as u64,
+            session_id: row.get(2)?,
+            subject: row.get(3)?,
+            policy_version: row.get(4)?,
+            shadow: row.get(5)?,
+            outcome: row.get(6)?,
+            score: row.get(7)?,
+            decided_at_ms: row.get(8)?,
+            doc: serde_json::Value::Null,
+        },
+        row.get(9)?,
+    ))
+}
+
+fn finish_decision(pair: (DecisionRecord, String)) -> Result<DecisionRecord, StoreError> {
+    let (mut rec, doc) = pair;
+    rec.doc = serde_json::from_str(&doc)
+        .map_err(|e| StoreError::Corrupt(format!("decision doc: {e}")))?;
+    Ok(rec)
+}
+
 fn session_by_id(conn: &Connection, id: &str) -> Result<Option<SessionRecord>, StoreError> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM sessions WHERE session_id = ?1"
@@ -224,13 +392,10 @@ impl Store for SqliteStore {
     ) -> Result<HashMap<String, SessionRecord>, StoreError> {
         let ids = ids.to_vec();
         Self::with(&self.reader, move |c| {
-            let mut stmt = c.prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM sessions WHERE session_id = ?1"
-            ))?;
             let mut out = HashMap::new();
             for id in ids {
-                if let Some(pair) = stmt.query_row([&id], row_to_record).optional()? {
-                    out.insert(id, finish(pair)?);
+                if let Some(rec) = session_by_id(c, &id)? {
+                    out.insert(id, rec);
                 }
             }
             Ok(out)
@@ -238,14 +403,15 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn commit_sessions(
+    async fn commit(
         &self,
         consumer: &str,
         from_offset: u64,
         to_offset: u64,
-        sessions: Vec<SessionRecord>,
+        batch: ProjectionBatch,
     ) -> Result<(), StoreError> {
         let consumer = consumer.to_owned();
+        let sessions = batch.sessions;
         Self::with(&self.writer, move |c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let current = offset_of(&tx, &consumer)?;
@@ -276,6 +442,42 @@ impl Store for SqliteStore {
                         s.doc.to_string()
                     ])?;
                 }
+                let mut dec = tx.prepare_cached(
+                    "INSERT INTO decisions (id, event_offset, session_id, subject, policy_version, shadow, outcome, score, decided_at_ms, doc)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                )?;
+                for d in &batch.decisions {
+                    dec.execute(params![
+                        d.id,
+                        d.event_offset as i64,
+                        d.session_id,
+                        d.subject,
+                        d.policy_version,
+                        d.shadow,
+                        d.outcome,
+                        d.score,
+                        d.decided_at_ms,
+                        d.doc.to_string()
+                    ])?;
+                }
+                let mut link = tx.prepare_cached(
+                    "INSERT INTO identity_links (kind, value, subject, event_offset, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?;
+                for l in &batch.links {
+                    link.execute(params![l.kind, l.value, l.subject, l.offset as i64, l.at_ms])?;
+                }
+                let mut subj = tx.prepare_cached(
+                    "INSERT OR REPLACE INTO subjects (subject, event_offset, at_ms, attributes) VALUES (?1, ?2, ?3, ?4)",
+                )?;
+                for v in &batch.subjects {
+                    subj.execute(params![v.subject, v.offset as i64, v.at_ms, v.attributes.to_string()])?;
+                }
+                let mut decl = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO declines (subject, session_id, event_offset) VALUES (?1, ?2, ?3)",
+                )?;
+                for (subject, session, offset) in &batch.declines {
+                    decl.execute(params![subject, session, *offset as i64])?;
+                }
                 tx.execute(
                     "INSERT INTO consumer_offsets (consumer, offset) VALUES (?1, ?2)
                      ON CONFLICT(consumer) DO UPDATE SET offset = excluded.offset",
@@ -290,16 +492,7 @@ impl Store for SqliteStore {
 
     async fn get_session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
         let id = id.to_owned();
-        Self::with(&self.reader, move |c| {
-            let mut stmt = c.prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM sessions WHERE session_id = ?1"
-            ))?;
-            stmt.query_row([&id], row_to_record)
-                .optional()?
-                .map(finish)
-                .transpose()
-        })
-        .await
+        Self::with(&self.reader, move |c| session_by_id(c, &id)).await
     }
 
     async fn list_sessions(&self, q: SessionQuery) -> Result<Vec<SessionRecord>, StoreError> {
@@ -323,6 +516,115 @@ impl Store for SqliteStore {
                 row_to_record,
             )?;
             rows.map(|r| finish(r?)).collect()
+        })
+        .await
+    }
+
+    async fn linked_subjects(
+        &self,
+        kind: &str,
+        value: &str,
+        from_ms: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let (kind, value) = (kind.to_owned(), value.to_owned());
+        Self::with(&self.reader, move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT DISTINCT subject FROM identity_links WHERE kind = ?1 AND value = ?2 AND at_ms >= ?3",
+            )?;
+            let rows = stmt.query_map(params![kind, value, from_ms], |r| r.get::<_, String>(0))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn subject(&self, subject: &str) -> Result<Option<SubjectVersion>, StoreError> {
+        let subject = subject.to_owned();
+        Self::with(&self.reader, move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT event_offset, at_ms, attributes FROM subjects WHERE subject = ?1 ORDER BY event_offset DESC LIMIT 1",
+            )?;
+            let row = stmt
+                .query_row([&subject], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?)))
+                .optional()?;
+            row.map(|(offset, at_ms, text)| {
+                Ok(SubjectVersion {
+                    subject: subject.clone(),
+                    offset: offset as u64,
+                    at_ms,
+                    attributes: serde_json::from_str(&text)
+                        .map_err(|e| StoreError::Corrupt(format!("subject attributes: {e}")))?,
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn declined_sessions(&self, subject: &str) -> Result<Vec<String>, StoreError> {
+        let subject = subject.to_owned();
+        Self::with(&self.reader, move |c| {
+            let mut stmt =
+                c.prepare_cached("SELECT session_id FROM declines WHERE subject = ?1")?;
+            let rows = stmt.query_map([&subject], |r| r.get::<_, String>(0))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn get_decision(&self, id: &str) -> Result<Option<DecisionRecord>, StoreError> {
+        let id = id.to_owned();
+        Self::with(&self.reader, move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {DECISION_COLUMNS} FROM decisions WHERE id = ?1"
+            ))?;
+            stmt.query_row([&id], row_to_decision)
+                .optional()?
+                .map(finish_decision)
+                .transpose()
+        })
+        .await
+    }
+
+    async fn list_decisions(&self, q: DecisionQuery) -> Result<Vec<DecisionRecord>, StoreError> {
+        Self::with(&self.reader, move |c| {
+            let ascending = q.after_offset.is_some();
+            let sql = format!(
+                "SELECT {DECISION_COLUMNS} FROM decisions
+                 WHERE shadow = ?1 AND (?2 IS NULL OR outcome = ?2) AND (?3 IS NULL OR session_id = ?3)
+                   AND event_offset < ?4 AND event_offset > ?5
+                 ORDER BY event_offset {} LIMIT ?6",
+                if ascending { "ASC" } else { "DESC" }
+            );
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map(
+                params![
+                    q.shadow,
+                    q.outcome,
+                    q.session_id,
+                    q.before_offset.map(|o| o as i64).unwrap_or(i64::MAX),
+                    q.after_offset.map(|o| o as i64).unwrap_or(-1),
+                    q.limit as i64
+                ],
+                row_to_decision,
+            )?;
+            rows.map(|r| finish_decision(r?)).collect()
+        })
+        .await
+    }
+
+    async fn decision_for_event(
+        &self,
+        offset: u64,
+        shadow: bool,
+    ) -> Result<Option<DecisionRecord>, StoreError> {
+        Self::with(&self.reader, move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {DECISION_COLUMNS} FROM decisions WHERE event_offset = ?1 AND shadow = ?2 ORDER BY rowid DESC LIMIT 1"
+            ))?;
+            stmt.query_row(params![offset as i64, shadow], row_to_decision)
+                .optional()?
+                .map(finish_decision)
+                .transpose()
         })
         .await
     }
@@ -355,6 +657,111 @@ pub mod suite {
         offsets_and_sessions_commit_together(make().await).await;
         a_stale_offset_writes_nothing(make().await).await;
         listing_pages_newest_first_with_filters(make().await).await;
+        decisions_links_subjects_and_declines_commit_with_the_offset(make().await).await;
+    }
+
+    fn decision(id: &str, offset: u64, outcome: &str, shadow: bool) -> DecisionRecord {
+        DecisionRecord {
+            id: id.to_owned(),
+            event_offset: offset,
+            session_id: format!("s{offset}"),
+            subject: Some("u1".into()),
+            policy_version: "v1".into(),
+            shadow,
+            outcome: outcome.to_owned(),
+            score: 12.5,
+            decided_at_ms: offset as i64,
+            doc: serde_json::json!({"outcome": outcome, "reasons": []}),
+        }
+    }
+
+    async fn decisions_links_subjects_and_declines_commit_with_the_offset(s: Arc<dyn Store>) {
+        let link = |subject: &str, offset: u64, at_ms: i64| IdentityLink {
+            kind: "document".into(),
+            value: "h1".into(),
+            subject: subject.into(),
+            offset,
+            at_ms,
+        };
+        let batch = ProjectionBatch {
+            decisions: vec![
+                decision("dec_1", 1, "approve", false),
+                decision("dec_2", 2, "decline", false),
+                decision("dec_3", 2, "review", true),
+            ],
+            links: vec![
+                link("u1", 1, 100),
+                link("u2", 2, 200),
+                link("u2", 3, 300),
+                link("u3", 3, 50),
+            ],
+            subjects: vec![
+                SubjectVersion {
+                    subject: "u1".into(),
+                    offset: 1,
+                    at_ms: 1,
+                    attributes: serde_json::json!({"a": 1}),
+                },
+                SubjectVersion {
+                    subject: "u1".into(),
+                    offset: 3,
+                    at_ms: 3,
+                    attributes: serde_json::json!({"a": 2}),
+                },
+            ],
+            declines: vec![("u1".into(), "s2".into(), 2), ("u1".into(), "s2".into(), 3)],
+            ..ProjectionBatch::default()
+        };
+        s.commit("p", 0, 3, batch.clone()).await.unwrap();
+        // The same batch again is refused by the offset check and writes nothing.
+        assert!(s.commit("p", 0, 3, batch).await.is_err());
+        let mut linked = s.linked_subjects("document", "h1", 100).await.unwrap();
+        linked.sort();
+        assert_eq!(linked, vec!["u1", "u2"], "u3's link is outside the window");
+        assert_eq!(
+            s.subject("u1").await.unwrap().unwrap().attributes,
+            serde_json::json!({"a": 2})
+        );
+        assert!(s.subject("nobody").await.unwrap().is_none());
+        assert_eq!(s.declined_sessions("u1").await.unwrap(), vec!["s2"]);
+        assert_eq!(
+            s.get_decision("dec_2").await.unwrap().unwrap(),
+            decision("dec_2", 2, "decline", false)
+        );
+        let newest = s
+            .list_decisions(DecisionQuery {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            newest.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
+            ["dec_2", "dec_1"]
+        );
+        let declines = s
+            .list_decisions(DecisionQuery {
+                outcome: Some("decline".into()),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(declines.len(), 1);
+        let oldest_first = s
+            .list_decisions(DecisionQuery {
+                after_offset: Some(0),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(oldest_first[0].id, "dec_1");
+        assert_eq!(
+            s.decision_for_event(2, true).await.unwrap().unwrap().id,
+            "dec_3"
+        );
+        assert!(s.decision_for_event(1, true).await.unwrap().is_none());
     }
 
     async fn offsets_and_sessions_commit_together(s: Arc<dyn Store>) {

@@ -29,6 +29,13 @@ pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
         .route("/sessions/{session_id}", get(get_session))
         .route("/events/{id}", get(get_event))
         .route("/quarantine", get(list_quarantine))
+        .route("/decisions", get(crate::decisions::list_decisions))
+        .route("/decisions/{id}", get(crate::decisions::get_decision))
+        .route("/shadow", get(crate::decisions::shadow_compare))
+        .route(
+            "/subjects/{vendor_data}",
+            get(crate::decisions::get_subject).put(crate::decisions::put_subject),
+        )
         .route_layer(middleware::from_fn_with_state(app, require_token))
 }
 
@@ -56,7 +63,7 @@ async fn require_token(State(app): State<Arc<App>>, req: Request, next: Next) ->
     next.run(req).await
 }
 
-fn store_err(e: impl std::fmt::Display) -> ApiError {
+pub(crate) fn store_err(e: impl std::fmt::Display) -> ApiError {
     ApiError::internal(Code::Unavailable, &e)
 }
 
@@ -121,7 +128,7 @@ struct ListParams {
 pub const MAX_LIMIT: usize = 500;
 const DEFAULT_LIMIT: usize = 50;
 
-fn parse_limit(limit: Option<&str>) -> Result<usize, ApiError> {
+pub(crate) fn parse_limit(limit: Option<&str>) -> Result<usize, ApiError> {
     match limit {
         None => Ok(DEFAULT_LIMIT),
         Some(s) => match s.parse::<usize>() {

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod decisions;
 pub mod error;
 pub mod intake;
 pub mod settings;
@@ -21,10 +22,11 @@ use axum::routing::{get, post};
 use axum::Router;
 use didit::signature::Verifier;
 use kycd_core::clock::SharedClock;
-use kycd_engine::projector::Projector;
+use kycd_engine::projector::{Policies, Projector};
 use kycd_log::sqlite_log::{SqliteLog, SqliteLogOptions};
 use kycd_log::store::{SqliteStore, Store};
 use kycd_log::EventLog;
+use kycd_policy::Policy;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -38,6 +40,38 @@ pub struct App {
     pub store: Arc<dyn Store>,
     pub clock: SharedClock,
     pub metrics: telemetry::Metrics,
+    pub policies: Policies,
+    /// The offset up to which the projector has applied the log.
+    pub applied: watch::Receiver<u64>,
+}
+
+/// Load the active policy (built-in unless `path`) and the optional shadow.
+pub fn load_policies(settings: &Settings) -> anyhow::Result<Policies> {
+    let active = match &settings.policy {
+        Some(p) => Policy::from_file(p).map_err(|e| anyhow::anyhow!("{e}"))?,
+        None => Policy::builtin_default(),
+    };
+    let shadow = settings
+        .shadow_policy
+        .as_ref()
+        .map(|p| Policy::from_file(p).map_err(|e| anyhow::anyhow!("{e}")))
+        .transpose()?;
+    let mut policies = Policies::new(active, shadow);
+    policies.graph_window_ms = i64::from(settings.graph_window_days) * 86_400_000;
+    Ok(policies)
+}
+
+/// Reload the active policy from its file (on SIGHUP). An invalid file is
+/// refused with its error and the policy in force stays active. Returns the
+/// new version, or `None` when the built-in policy is in use.
+pub fn reload_policy(app: &App) -> Result<Option<String>, String> {
+    let Some(path) = &app.settings.policy else {
+        return Ok(None);
+    };
+    let policy = Policy::from_file(path).map_err(|e| e.to_string())?;
+    let version = policy.version().to_owned();
+    app.policies.set_active(policy);
+    Ok(Some(version))
 }
 
 /// A running server.
@@ -112,6 +146,16 @@ pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Run
         .with_context(|| format!("bind {}", settings.listen))?;
     let addr = listener.local_addr()?;
 
+    let policies = load_policies(&settings)?;
+    let active = policies.active();
+    tracing::info!(
+        policy = active.name(),
+        version = active.version(),
+        "active policy"
+    );
+    let projector = Projector::new(log.clone(), store.clone(), policies.clone());
+    let applied = projector.applied();
+
     let verifier = Verifier::new(settings.webhook_secrets.clone())
         .with_tolerance_secs(settings.webhook_tolerance_secs)
         .accept_simple(settings.accept_simple_signature);
@@ -122,10 +166,32 @@ pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Run
         store: store.clone(),
         clock,
         metrics,
+        policies,
+        applied,
     });
 
     let (stop, stop_rx) = watch::channel(false);
-    let projector = tokio::spawn(Projector::new(log.clone(), store).run(stop_rx.clone()));
+    // The projector decides (facts, policy, store writes): CPU work that
+    // must not queue in front of webhook acknowledgements. It gets its own
+    // thread and single-threaded runtime, so the intake's workers stay free.
+    let projector_stop = stop_rx.clone();
+    let projector = std::thread::Builder::new()
+        .name("kycd-projector".into())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(projector.run(projector_stop)),
+                Err(e) => tracing::error!(error = %e, "projector runtime failed to start"),
+            }
+        })
+        .context("start the projector thread")?;
+    let projector = tokio::task::spawn_blocking(move || {
+        if projector.join().is_err() {
+            tracing::error!("projector thread panicked");
+        }
+    });
     let router = router(app.clone());
     let mut shutdown_rx = stop_rx;
     let task = tokio::spawn(async move {

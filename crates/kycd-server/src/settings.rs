@@ -34,6 +34,14 @@ pub struct Settings {
     pub durability: Durability,
     /// Largest webhook body accepted, default 1 MiB.
     pub max_body_bytes: usize,
+    /// `KYCD_POLICY`: the active policy file; the built-in default when unset.
+    pub policy: Option<PathBuf>,
+    /// `KYCD_SHADOW_POLICY`: a policy evaluated beside the active one, whose
+    /// decisions are stored apart and never acted on.
+    pub shadow_policy: Option<PathBuf>,
+    /// `KYCD_GRAPH_WINDOW_DAYS`: how far back a shared document, device,
+    /// IP, phone or email counts in the identity graph, default 180.
+    pub graph_window_days: u32,
     /// A size cap for the event log file; when it is full the intake
     /// answers 503 (so Didit retries) instead of filling the disk.
     pub max_log_bytes: Option<u64>,
@@ -59,6 +67,9 @@ impl Default for Settings {
             durability: Durability::Full,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_log_bytes: None,
+            policy: None,
+            shadow_policy: None,
+            graph_window_days: 180,
         }
     }
 }

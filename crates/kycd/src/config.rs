@@ -53,6 +53,9 @@ struct FileConfig {
     didit_base_url: Option<String>,
     act_on_sandbox: Option<bool>,
     durability: Option<String>,
+    policy: Option<PathBuf>,
+    shadow_policy: Option<PathBuf>,
+    graph_window_days: Option<u32>,
 }
 
 /// Every `KYCD_*` variable kycd reads; others draw a warning.
@@ -70,6 +73,9 @@ pub const KNOWN_ENV: &[&str] = &[
     "KYCD_ACT_ON_SANDBOX",
     "KYCD_DURABILITY",
     "KYCD_BENCH_SECRET",
+    "KYCD_POLICY",
+    "KYCD_SHADOW_POLICY",
+    "KYCD_GRAPH_WINDOW_DAYS",
 ];
 
 /// The effective settings, and warnings to log once logging is up.
@@ -154,6 +160,15 @@ pub fn load(args: &ServeArgs, env: &[(String, String)]) -> anyhow::Result<Loaded
         if let Some(v) = f.durability {
             s.durability = parse_durability("durability", &v)?;
         }
+        if let Some(v) = f.policy {
+            s.policy = Some(v);
+        }
+        if let Some(v) = f.shadow_policy {
+            s.shadow_policy = Some(v);
+        }
+        if let Some(v) = f.graph_window_days {
+            s.graph_window_days = v;
+        }
     }
 
     // The environment.
@@ -186,6 +201,18 @@ pub fn load(args: &ServeArgs, env: &[(String, String)]) -> anyhow::Result<Loaded
     }
     if let Some(v) = var("KYCD_ACT_ON_SANDBOX") {
         s.act_on_sandbox = parse_bool("KYCD_ACT_ON_SANDBOX", &v)?;
+    }
+    if let Some(v) = var("KYCD_POLICY").filter(|v| !v.is_empty()) {
+        s.policy = Some(PathBuf::from(v));
+    }
+    if let Some(v) = var("KYCD_SHADOW_POLICY").filter(|v| !v.is_empty()) {
+        s.shadow_policy = Some(PathBuf::from(v));
+    }
+    if let Some(v) = var("KYCD_GRAPH_WINDOW_DAYS") {
+        s.graph_window_days = v
+            .trim()
+            .parse()
+            .context("KYCD_GRAPH_WINDOW_DAYS: expected a whole number of days")?;
     }
     if let Some(v) = var("KYCD_DURABILITY") {
         s.durability = parse_durability("KYCD_DURABILITY", &v)?;
@@ -270,6 +297,13 @@ pub fn render(s: &Settings) -> String {
     out.push_str(&format!("didit_base_url = {}\n", q(&s.didit_base_url)));
     out.push_str(&format!("act_on_sandbox = {}\n", s.act_on_sandbox));
     out.push_str(&format!("durability = {}\n", q(durability)));
+    let path = |p: &Option<PathBuf>| match p {
+        Some(p) => q(&p.to_string_lossy()),
+        None => "# not set".to_owned(),
+    };
+    out.push_str(&format!("policy = {}\n", path(&s.policy)));
+    out.push_str(&format!("shadow_policy = {}\n", path(&s.shadow_policy)));
+    out.push_str(&format!("graph_window_days = {}\n", s.graph_window_days));
     out
 }
 
@@ -360,7 +394,7 @@ mod tests {
         .unwrap();
         assert_eq!(l.settings.webhook_secrets.len(), 2);
         assert_eq!(l.settings.webhook_secrets[0].expose(), "current-secret");
-        let shown = render(&l.settings) + &format!("{:?}", l.settings);
+        let shown = format!("{}{:?}", render(&l.settings), l.settings);
         for secret in [
             "current-secret",
             "previous-secret",

@@ -12,6 +12,8 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod config;
+mod policy_cmd;
+mod replay;
 mod serve;
 mod webhook;
 
@@ -38,6 +40,11 @@ enum Command {
     Webhook(webhook::WebhookCmd),
     /// Fire signed deliveries at an intake and report throughput and latency.
     Bench(bench::BenchArgs),
+    /// Validate and test decision policies.
+    #[command(subcommand)]
+    Policy(policy_cmd::PolicyCmd),
+    /// Re-evaluate history with a candidate policy, without side effects.
+    Replay(replay::ReplayArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -53,6 +60,8 @@ fn main() -> ExitCode {
         Command::Config(ConfigCommand::Check(args)) => config::check(args),
         Command::Webhook(cmd) => webhook::run(cmd),
         Command::Bench(args) => bench::run(args),
+        Command::Policy(cmd) => policy_cmd::run(cmd),
+        Command::Replay(args) => replay::run(args),
     };
     match result {
         Ok(code) => code,

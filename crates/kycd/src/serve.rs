@@ -62,6 +62,22 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         writeln!(out, "listening on http://{}", running.addr)?;
         out.flush()?;
         drop(out);
+        #[cfg(unix)]
+        {
+            let app = running.app.clone();
+            tokio::spawn(async move {
+                let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+                    return;
+                };
+                while hup.recv().await.is_some() {
+                    match kycd_server::reload_policy(&app) {
+                        Ok(Some(version)) => tracing::info!(version, "policy reloaded"),
+                        Ok(None) => tracing::info!("SIGHUP: the built-in policy is in use; nothing to reload"),
+                        Err(e) => tracing::error!(error = %e, "policy reload refused; the previous policy stays active"),
+                    }
+                }
+            });
+        }
         running.run_until(shutdown_signal()).await?;
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)

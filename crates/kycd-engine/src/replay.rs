@@ -1,0 +1,118 @@
+//! Replay: re-evaluate history with a candidate policy, side-effect free.
+//!
+//! The whole log runs through the same [`Projector`] the server uses, into a
+//! scratch store, so every event's facts are rebuilt as of its position in
+//! the log exactly as they were live. Only decisions inside the time window
+//! are compared. Replaying with the policy that made the stored decisions
+//! must reproduce each of them byte for byte apart from its own id.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use kycd_log::store::{DecisionQuery, DecisionRecord, Store};
+use kycd_log::EventLog;
+use kycd_policy::Policy;
+use serde_json::{json, Value};
+
+use crate::projector::{Policies, Projector, ProjectorError};
+
+/// A decision as compared: everything but its own id.
+pub fn comparable(d: &DecisionRecord) -> Value {
+    let mut doc = d.doc.clone();
+    if let Some(o) = doc.as_object_mut() {
+        o.remove("id");
+    }
+    doc
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Report {
+    pub candidate_version: String,
+    /// Stored decisions in the window that the replay decided again.
+    pub compared: u64,
+    /// Of those, how many changed outcome.
+    pub changed: u64,
+    /// Of those, how many were reproduced byte for byte (apart from the id).
+    pub identical: u64,
+    /// Stored outcome -> replayed outcome -> count.
+    pub matrix: BTreeMap<String, BTreeMap<String, u64>>,
+    pub examples: Vec<Value>,
+}
+
+/// Window and presentation of a replay.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    pub max_examples: usize,
+    pub graph_window_ms: i64,
+}
+
+/// Replay `log` with `candidate` into `scratch` (an empty store) and compare
+/// with the active decisions in `live`.
+pub async fn replay(
+    log: Arc<dyn EventLog>,
+    live: &dyn Store,
+    scratch: Arc<dyn Store>,
+    candidate: Policy,
+    w: Window,
+) -> Result<Report, ProjectorError> {
+    let mut report = Report {
+        candidate_version: candidate.version().to_owned(),
+        ..Report::default()
+    };
+    let mut policies = Policies::new(candidate, None);
+    policies.graph_window_ms = w.graph_window_ms;
+    Projector::new(log, scratch.clone(), policies)
+        .catch_up()
+        .await?;
+
+    let mut after = 0u64;
+    loop {
+        let page = live
+            .list_decisions(DecisionQuery {
+                after_offset: Some(after),
+                limit: 500,
+                ..DecisionQuery::default()
+            })
+            .await?;
+        let Some(last) = page.last() else { break };
+        after = last.event_offset;
+        for stored in &page {
+            let t = stored.decided_at_ms;
+            if w.since_ms.is_some_and(|s| t < s) || w.until_ms.is_some_and(|u| t >= u) {
+                continue;
+            }
+            let Some(again) = scratch
+                .decision_for_event(stored.event_offset, false)
+                .await?
+            else {
+                continue;
+            };
+            report.compared += 1;
+            *report
+                .matrix
+                .entry(stored.outcome.clone())
+                .or_default()
+                .entry(again.outcome.clone())
+                .or_default() += 1;
+            if comparable(stored) == comparable(&again) {
+                report.identical += 1;
+            }
+            if stored.outcome != again.outcome {
+                report.changed += 1;
+                if report.examples.len() < w.max_examples {
+                    report.examples.push(json!({
+                        "session_id": stored.session_id,
+                        "event_offset": stored.event_offset,
+                        "from": stored.outcome,
+                        "to": again.outcome,
+                        "stored_reasons": stored.doc.get("reasons"),
+                        "replayed_reasons": again.doc.get("reasons"),
+                    }));
+                }
+            }
+        }
+    }
+    Ok(report)
+}

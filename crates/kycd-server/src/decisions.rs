@@ -1,0 +1,297 @@
+//! Decisions and the operator's subject data, under `/api/v1`:
+//!
+//! - `GET /decisions?outcome=&session_id=&shadow=&limit=&cursor=`, newest first;
+//! - `GET /decisions/{id}`: the whole decision, with trace and facts, and
+//!   the shadow policy's decision on the same event when there is one;
+//! - `GET /shadow?limit=`: how the shadow policy compares with the active
+//!   one over the latest decisions (a from-to matrix and disagreements);
+//! - `PUT /subjects/{vendor_data}`: store the operator's JSON attributes for
+//!   a subject, appended to the event log like a delivery so the facts of
+//!   any decision can be rebuilt as they stood; `GET` returns them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use didit::canonical::{Mode, Value as Canon};
+use kycd_core::when::format_millis;
+use kycd_log::store::{DecisionQuery, DecisionRecord};
+use kycd_log::{Appended, EventSource, NewEvent};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::api::{parse_limit, store_err};
+use crate::error::{ApiError, Code};
+use crate::App;
+
+type ApiResult = Result<Response, ApiError>;
+
+/// Largest subject attributes document accepted.
+pub const MAX_SUBJECT_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, Deserialize)]
+pub struct DecisionParams {
+    outcome: Option<String>,
+    session_id: Option<String>,
+    shadow: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+const OUTCOMES: [&str; 6] = [
+    "approve", "review", "decline", "resubmit", "step_up", "block",
+];
+
+fn listed(d: &DecisionRecord) -> Value {
+    json!({
+        "id": d.id,
+        "session_id": d.session_id,
+        "subject": d.subject,
+        "outcome": d.outcome,
+        "score": d.score,
+        "reasons": d.doc.get("reasons"),
+        "checks": d.doc.get("checks"),
+        "policy_version": d.policy_version,
+        "shadow": d.shadow,
+        "decided_at": format_millis(d.decided_at_ms),
+    })
+}
+
+pub async fn list_decisions(
+    State(app): State<Arc<App>>,
+    Query(p): Query<DecisionParams>,
+) -> ApiResult {
+    let limit = parse_limit(p.limit.as_deref())?;
+    if let Some(o) = p.outcome.as_deref().filter(|o| !o.is_empty()) {
+        if !OUTCOMES.contains(&o) {
+            return Err(ApiError::new(
+                Code::BadRequest,
+                format!("outcome must be one of {}", OUTCOMES.join(", ")),
+            ));
+        }
+    }
+    let shadow = match p.shadow.as_deref() {
+        None | Some("") | Some("false") => false,
+        Some("true") => true,
+        Some(_) => {
+            return Err(ApiError::new(
+                Code::BadRequest,
+                "shadow must be true or false",
+            ))
+        }
+    };
+    let before = p
+        .cursor
+        .as_deref()
+        .filter(|c| !c.is_empty())
+        .map(|c| {
+            c.strip_prefix('d')
+                .and_then(|n| n.parse::<u64>().ok())
+                .ok_or_else(|| ApiError::new(Code::BadRequest, "invalid cursor"))
+        })
+        .transpose()?;
+    let q = DecisionQuery {
+        outcome: p.outcome.filter(|o| !o.is_empty()),
+        session_id: p.session_id.filter(|s| !s.is_empty()),
+        shadow,
+        before_offset: before,
+        after_offset: None,
+        limit: limit + 1,
+    };
+    let mut rows = app.store.list_decisions(q).await.map_err(store_err)?;
+    let next = (rows.len() > limit).then(|| {
+        rows.truncate(limit);
+        rows.last().map(|d| format!("d{}", d.event_offset))
+    });
+    let items: Vec<Value> = rows.iter().map(listed).collect();
+    Ok(Json(json!({"items": items, "next_cursor": next.flatten()})).into_response())
+}
+
+pub async fn get_decision(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult {
+    let Some(d) = app.store.get_decision(&id).await.map_err(store_err)? else {
+        return Err(ApiError::new(Code::NotFound, "no such decision"));
+    };
+    let mut doc = d.doc.clone();
+    if !d.shadow {
+        if let Some(s) = app
+            .store
+            .decision_for_event(d.event_offset, true)
+            .await
+            .map_err(store_err)?
+        {
+            doc["shadow_decision"] = json!({
+                "id": s.id,
+                "outcome": s.outcome,
+                "score": s.score,
+                "reasons": s.doc.get("reasons"),
+                "policy_version": s.policy_version,
+                "agrees": s.outcome == d.outcome,
+            });
+        }
+    }
+    Ok(Json(doc).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ShadowParams {
+    limit: Option<String>,
+}
+
+/// The shadow policy against the active one over the latest decisions.
+pub async fn shadow_compare(
+    State(app): State<Arc<App>>,
+    Query(p): Query<ShadowParams>,
+) -> ApiResult {
+    let limit = parse_limit(p.limit.as_deref())?;
+    let active = app.policies.active();
+    let shadow = app
+        .policies
+        .shadow
+        .as_ref()
+        .map(|s| json!({"name": s.name(), "version": s.version()}));
+    let rows = app
+        .store
+        .list_decisions(DecisionQuery {
+            limit,
+            ..DecisionQuery::default()
+        })
+        .await
+        .map_err(store_err)?;
+    let mut matrix: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    let (mut compared, mut agreed) = (0u64, 0u64);
+    let mut disagreements = Vec::new();
+    for d in &rows {
+        let Some(s) = app
+            .store
+            .decision_for_event(d.event_offset, true)
+            .await
+            .map_err(store_err)?
+        else {
+            continue;
+        };
+        compared += 1;
+        *matrix
+            .entry(d.outcome.clone())
+            .or_default()
+            .entry(s.outcome.clone())
+            .or_default() += 1;
+        if s.outcome == d.outcome {
+            agreed += 1;
+        } else if disagreements.len() < 20 {
+            disagreements.push(json!({
+                "decision": d.id, "session_id": d.session_id,
+                "active": d.outcome, "shadow": s.outcome, "shadow_decision": s.id,
+            }));
+        }
+    }
+    Ok(Json(json!({
+        "active": {"name": active.name(), "version": active.version()},
+        "shadow": shadow,
+        "compared": compared,
+        "agreed": agreed,
+        "matrix": matrix,
+        "disagreements": disagreements,
+    }))
+    .into_response())
+}
+
+fn check_subject_id(id: &str) -> Result<(), ApiError> {
+    if id.is_empty() || id.len() > 256 || id.chars().any(char::is_control) {
+        return Err(ApiError::new(
+            Code::BadRequest,
+            "vendor_data must be 1 to 256 characters without control characters",
+        ));
+    }
+    Ok(())
+}
+
+pub async fn put_subject(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    check_subject_id(&id)?;
+    if body.len() > MAX_SUBJECT_BYTES {
+        return Err(ApiError::new(
+            Code::PayloadTooLarge,
+            format!("attributes larger than {MAX_SUBJECT_BYTES} bytes"),
+        ));
+    }
+    let attributes: Value = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            Code::BadRequest,
+            format!(
+                "body is not json (line {}, column {})",
+                e.line(),
+                e.column()
+            ),
+        )
+    })?;
+    if !attributes.is_object() {
+        return Err(ApiError::new(
+            Code::BadRequest,
+            "attributes must be a json object",
+        ));
+    }
+    let event_body = json!({"vendor_data": id, "attributes": attributes});
+    // Canonical bytes, so the stored write is the same whatever the client's spacing.
+    let text = event_body.to_string();
+    let canonical = Canon::parse(text.as_bytes())
+        .map(|v| v.to_canonical(Mode::Utf8))
+        .unwrap_or_else(|_| text.into_bytes());
+    let received_at_ms = app.clock.now_millis();
+    let appended = app
+        .log
+        .append(NewEvent {
+            received_at_ms,
+            source: EventSource::Subject,
+            kind: "subject.updated".to_owned(),
+            session_id: None,
+            didit_event_id: None,
+            // Every write is a new version: no dedupe.
+            dedupe_keys: Vec::new(),
+            body: canonical,
+            meta: json!({}),
+        })
+        .await
+        .map_err(|e| ApiError::internal(Code::Unavailable, &e))?;
+    let (event_id, offset) = match appended {
+        Appended::New { id, offset } => (id, offset),
+        Appended::Duplicate { id } => (id, 0),
+    };
+    // Read-your-writes: wait (briefly) until the projector has applied it,
+    // so a decision made after this answer sees the new attributes.
+    let mut applied = app.applied.clone();
+    let caught_up =
+        tokio::time::timeout(Duration::from_secs(5), applied.wait_for(|o| *o >= offset))
+            .await
+            .is_ok();
+    Ok(Json(json!({
+        "vendor_data": id,
+        "attributes": attributes,
+        "event_id": event_id.as_str(),
+        "updated_at": format_millis(received_at_ms),
+        "applied": caught_up,
+    }))
+    .into_response())
+}
+
+pub async fn get_subject(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult {
+    check_subject_id(&id)?;
+    match app.store.subject(&id).await.map_err(store_err)? {
+        Some(v) => Ok(Json(json!({
+            "vendor_data": v.subject,
+            "attributes": v.attributes,
+            "updated_at": format_millis(v.at_ms),
+        }))
+        .into_response()),
+        None => Err(ApiError::new(
+            Code::NotFound,
+            "no attributes stored for this subject",
+        )),
+    }
+}

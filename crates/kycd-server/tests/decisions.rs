@@ -1,0 +1,333 @@
+//! Decisions end to end: deliveries in, facts built as of each event's log
+//! position, the policy evaluated, decisions stored and served; subject data
+//! honoured; the identity graph counted; shadow policies kept apart; and a
+//! replay with the active policy reproducing every decision byte for byte.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use didit::canonical::Value as Canon;
+use didit::signature::{sign, Secret};
+use kycd_core::FixedClock;
+use kycd_engine::replay::{replay, Window};
+use kycd_log::store::{SqliteStore, Store};
+use kycd_server::{Running, Settings};
+use serde_json::{json, Value};
+
+const NOW: i64 = 1_774_970_000;
+const TOKEN: &str = "decisions-test-token";
+const SECRET: &str = "decisions-test-secret";
+const SHARED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/didit");
+
+struct App {
+    running: Running,
+    base: String,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+async fn spawn_with(f: impl FnOnce(&mut Settings)) -> App {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = Settings {
+        listen: "127.0.0.1:0".into(),
+        data_dir: dir.path().to_path_buf(),
+        webhook_secrets: vec![Secret::new(SECRET)],
+        api_token: Some(Secret::new(TOKEN)),
+        ..Settings::default()
+    };
+    f(&mut settings);
+    let running = kycd_server::start(settings, Arc::new(FixedClock::at_secs(NOW)))
+        .await
+        .unwrap();
+    App {
+        base: format!("http://{}", running.addr),
+        running,
+        http: reqwest::Client::new(),
+        _dir: dir,
+    }
+}
+
+/// A full v3 approved delivery (the vectors' first case) for another
+/// session and subject.
+fn approved(session: &str, subject: &str, document: &str) -> Value {
+    let v: Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{SHARED}/vectors.json")).unwrap())
+            .unwrap();
+    let mut p: Value = serde_json::from_str(v["cases"][0]["body"].as_str().unwrap()).unwrap();
+    p["session_id"] = json!(session);
+    p["event_id"] = json!(format!("ev-{session}"));
+    p["vendor_data"] = json!(subject);
+    p["decision"]["session_id"] = json!(session);
+    p["decision"]["vendor_data"] = json!(subject);
+    p["decision"]["id_verifications"][0]["document_number"] = json!(document);
+    p
+}
+
+impl App {
+    async fn deliver(&self, payload: &Value) -> Value {
+        let text = payload.to_string();
+        let signed = sign(
+            &Secret::new(SECRET),
+            &Canon::parse(text.as_bytes()).unwrap(),
+        );
+        let mut req = self
+            .http
+            .post(format!("{}/webhooks/didit", self.base))
+            .body(signed.body.clone());
+        for (k, v) in &signed.headers {
+            req = req.header(*k, v);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        resp.json().await.unwrap()
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{}", self.base, path))
+            .bearer_auth(TOKEN);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        (
+            resp.status().as_u16(),
+            resp.json().await.unwrap_or(Value::Null),
+        )
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    /// Poll until the session carries a decision.
+    async fn decided(&self, session: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (s, body) = self.get(&format!("/api/v1/sessions/{session}")).await;
+            if s == 200 && !body["decision"].is_null() {
+                return body["decision"].clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "session {session} never decided: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn rules(decision: &Value) -> Vec<String> {
+    decision["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["rule"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_clean_approval_is_approved_with_its_trace_and_facts() {
+    let app = spawn_with(|_| {}).await;
+    app.deliver(&approved("s-clean", "alice", "C0000001")).await;
+    let d = app.decided("s-clean").await;
+    assert_eq!(d["outcome"], "approve", "{d}");
+    for key in [
+        "id",
+        "score",
+        "reasons",
+        "checks",
+        "policy_version",
+        "decided_at",
+    ] {
+        assert!(
+            d.get(key).is_some(),
+            "{key} missing from the session's decision"
+        );
+    }
+    assert_eq!(
+        d["decided_at"], "2026-03-31T15:13:20.000Z",
+        "the receive time, not the wall clock"
+    );
+    let (s, full) = app
+        .get(&format!("/api/v1/decisions/{}", d["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(s, 200);
+    assert!(full["trace"].is_array() && !full["trace"].as_array().unwrap().is_empty());
+    assert_eq!(full["facts"]["document"]["age"], 37);
+    assert_eq!(full["policy"]["version"], d["policy_version"]);
+    let (_, list) = app.get("/api/v1/decisions?outcome=approve").await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+    let (s, _) = app.get("/api/v1/decisions?outcome=maybe").await;
+    assert_eq!(s, 400);
+    let (s, _) = app.get("/api/v1/decisions/dec_missing").await;
+    assert_eq!(s, 404);
+}
+
+#[tokio::test]
+async fn a_blocklisted_subject_is_never_approved_or_merely_stepped_up() {
+    let app = spawn_with(|_| {}).await;
+    let (s, put) = app
+        .call(
+            reqwest::Method::PUT,
+            "/api/v1/subjects/mallory",
+            Some(json!({"blocklisted": true, "chargebacks": 3})),
+        )
+        .await;
+    assert_eq!(s, 200, "{put}");
+    assert_eq!(put["applied"], true);
+    let (_, got) = app.get("/api/v1/subjects/mallory").await;
+    assert_eq!(got["attributes"]["chargebacks"], 3);
+    app.deliver(&approved("s-mallory", "mallory", "M0000001"))
+        .await;
+    let d = app.decided("s-mallory").await;
+    let outcome = d["outcome"].as_str().unwrap();
+    assert!(["review", "decline", "block"].contains(&outcome), "{d}");
+    assert!(!rules(&d).is_empty());
+    let (_, full) = app
+        .get(&format!("/api/v1/decisions/{}", d["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(full["facts"]["subject"]["blocklisted"], true);
+    assert_eq!(full["facts"]["subject"]["attributes"]["chargebacks"], 3);
+}
+
+#[tokio::test]
+async fn bad_subject_writes_are_refused() {
+    let app = spawn_with(|_| {}).await;
+    for body in [json!([1, 2]), json!("text"), json!(null)] {
+        let (s, e) = app
+            .call(reqwest::Method::PUT, "/api/v1/subjects/u", Some(body))
+            .await;
+        assert_eq!((s, e["error"]["code"].as_str()), (400, Some("bad_request")));
+    }
+    let resp = app
+        .http
+        .put(format!("{}/api/v1/subjects/u", app.base))
+        .bearer_auth(TOKEN)
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    let big = json!({"pad": "x".repeat(70_000)});
+    let (s, _) = app
+        .call(reqwest::Method::PUT, "/api/v1/subjects/u", Some(big))
+        .await;
+    assert_eq!(s, 413);
+    let (s, _) = app.get("/api/v1/subjects/nobody").await;
+    assert_eq!(s, 404);
+    let resp = app
+        .http
+        .put(format!("{}/api/v1/subjects/u", app.base))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+}
+
+#[tokio::test]
+async fn a_document_shared_with_another_subject_is_not_approved() {
+    let app = spawn_with(|_| {}).await;
+    app.deliver(&approved("s-first", "bob", "SHARED01")).await;
+    let first = app.decided("s-first").await;
+    assert_eq!(first["outcome"], "approve");
+    app.deliver(&approved("s-second", "carol", "SHARED01"))
+        .await;
+    let second = app.decided("s-second").await;
+    let (_, full) = app
+        .get(&format!(
+            "/api/v1/decisions/{}",
+            second["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(full["facts"]["graph"]["document_subjects"], 1);
+    let outcome = second["outcome"].as_str().unwrap();
+    assert!(
+        ["review", "decline", "block"].contains(&outcome),
+        "{second}"
+    );
+    // The same subject again is not "another subject".
+    app.deliver(&approved("s-third", "bob", "SHARED01")).await;
+    let third = app.decided("s-third").await;
+    let (_, full) = app
+        .get(&format!(
+            "/api/v1/decisions/{}",
+            third["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(
+        full["facts"]["graph"]["document_subjects"], 1,
+        "carol, not bob himself"
+    );
+}
+
+#[tokio::test]
+async fn replaying_with_the_active_policy_reproduces_every_decision_byte_for_byte() {
+    let app = spawn_with(|_| {}).await;
+    // A mixed history: shared documents, a blocklisted subject written
+    // between deliveries, declines, and several events per session.
+    app.call(
+        reqwest::Method::PUT,
+        "/api/v1/subjects/u3",
+        Some(json!({"blocklisted": true})),
+    )
+    .await;
+    let mut last = String::new();
+    for i in 0..40 {
+        let session = format!("s-r{i}");
+        let mut p = approved(&session, &format!("u{}", i % 7), &format!("D{}", i % 5));
+        if i % 4 == 1 {
+            p["status"] = json!("Declined");
+            p["decision"]["status"] = json!("Declined");
+            p["decision"]["liveness_checks"][0]["warnings"] = json!([{"risk": "LIVENESS_FACE_ATTACK", "log_type": "error", "feature": "LIVENESS"}]);
+        }
+        if i % 6 == 2 {
+            p["decision"]["ip_analyses"][0]["ip_country_code"] = json!("RU");
+            p["decision"]["ip_analyses"][0]["is_vpn_or_tor"] = json!(true);
+        }
+        if i == 20 {
+            app.call(
+                reqwest::Method::PUT,
+                "/api/v1/subjects/u4",
+                Some(json!({"blocklisted": true})),
+            )
+            .await;
+        }
+        app.deliver(&p).await;
+        last = session;
+    }
+    app.decided(&last).await;
+    let store = app.running.app.store.clone();
+    let log = app.running.app.log.clone();
+    let scratch_dir = tempfile::tempdir().unwrap();
+    let scratch: Arc<dyn Store> =
+        Arc::new(SqliteStore::open(&scratch_dir.path().join("s.db"), false).unwrap());
+    let window = Window {
+        since_ms: None,
+        until_ms: None,
+        max_examples: 5,
+        graph_window_ms: kycd_engine::projector::DEFAULT_GRAPH_WINDOW_MS,
+    };
+    let report = replay(
+        log,
+        store.as_ref(),
+        scratch,
+        kycd_policy::Policy::builtin_default(),
+        window,
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.compared, 40, "{report:?}");
+    assert_eq!(report.changed, 0, "{report:?}");
+    assert_eq!(
+        report.identical, 40,
+        "every decision reproduced byte for byte: {report:?}"
+    );
+    let outcomes: std::collections::BTreeSet<&String> = report.matrix.keys().collect();
+    assert!(
+        outcomes.len() >= 2,
+        "the history exercised several outcomes: {outcomes:?}"
+    );
+}
