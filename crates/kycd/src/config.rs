@@ -407,6 +407,25 @@ mod tests {
     }
 
     #[test]
+    fn the_reference_config_file_loads_with_the_defaults() {
+        let path = PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../config/default.toml"
+        ));
+        let args = ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        };
+        let s = load(&args, &[]).unwrap().settings;
+        let d = Settings::default();
+        assert_eq!(
+            (s.listen, s.data_dir, s.graph_window_days),
+            (d.listen, d.data_dir, d.graph_window_days)
+        );
+        assert_eq!(s.webhook_tolerance_secs, d.webhook_tolerance_secs);
+    }
+
+    #[test]
     fn bad_values_name_their_variable() {
         for (k, v) in [
             ("KYCD_ACCEPT_SIMPLE_SIGNATURE", "maybe"),
