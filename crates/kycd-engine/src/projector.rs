@@ -383,7 +383,8 @@ impl Projector {
                     tracing::warn!(error = %e, "projector failed; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
-                        _ = stop.changed() => {}
+                        // A dropped sender means the server is gone: stop.
+                        r = stop.changed() => if r.is_err() { return },
                     }
                     backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
                     continue;
@@ -403,7 +404,7 @@ impl Projector {
             }
             tokio::select! {
                 r = head.changed() => if r.is_err() { return },
-                _ = stop.changed() => {}
+                r = stop.changed() => if r.is_err() { return },
             }
         }
     }

@@ -175,7 +175,10 @@ pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Run
     // must not queue in front of webhook acknowledgements. It gets its own
     // thread and single-threaded runtime, so the intake's workers stay free.
     let projector_stop = stop_rx.clone();
-    let projector = std::thread::Builder::new()
+    // Completion is signalled, not joined: a blocking join would hold up the
+    // shutdown of whatever runtime is waiting on it.
+    let (projector_done, projector_finished) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
         .name("kycd-projector".into())
         .spawn(move || {
             match tokio::runtime::Builder::new_current_thread()
@@ -185,13 +188,9 @@ pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Run
                 Ok(rt) => rt.block_on(projector.run(projector_stop)),
                 Err(e) => tracing::error!(error = %e, "projector runtime failed to start"),
             }
+            let _ = projector_done.send(());
         })
         .context("start the projector thread")?;
-    let projector = tokio::task::spawn_blocking(move || {
-        if projector.join().is_err() {
-            tracing::error!("projector thread panicked");
-        }
-    });
     let router = router(app.clone());
     let mut shutdown_rx = stop_rx;
     let task = tokio::spawn(async move {
@@ -203,7 +202,7 @@ pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Run
         // In-flight requests have been answered; let the log finish any
         // commit still queued, then stop the projector.
         log.shutdown().await;
-        let _ = projector.await;
+        let _ = projector_finished.await;
         served.context("http server failed")
     });
     tracing::info!(%addr, "kycd serving");

@@ -331,3 +331,84 @@ async fn replaying_with_the_active_policy_reproduces_every_decision_byte_for_byt
         "the history exercised several outcomes: {outcomes:?}"
     );
 }
+
+const REVIEW_ALL: &str = r#"
+name = "review-everything"
+description = "A candidate that sends every case to a person"
+[bands]
+approve = 29
+review = 100
+[[rule]]
+id = "always_review"
+when = "true"
+outcome = "review"
+reason = "Every case goes to a person"
+"#;
+
+#[tokio::test]
+async fn a_shadow_policy_is_evaluated_stored_apart_and_compared() {
+    let dir = tempfile::tempdir().unwrap();
+    let shadow = dir.path().join("shadow.toml");
+    std::fs::write(&shadow, REVIEW_ALL).unwrap();
+    let app = spawn_with(|s| s.shadow_policy = Some(shadow)).await;
+    app.deliver(&approved("s-shadow", "dana", "S0000001")).await;
+    let d = app.decided("s-shadow").await;
+    assert_eq!(d["outcome"], "approve", "the active policy decides");
+    let (_, full) = app
+        .get(&format!("/api/v1/decisions/{}", d["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(full["shadow_decision"]["outcome"], "review");
+    assert_eq!(full["shadow_decision"]["agrees"], false);
+    let (_, active) = app.get("/api/v1/decisions").await;
+    assert_eq!(
+        active["items"].as_array().unwrap().len(),
+        1,
+        "shadow decisions are not listed as active"
+    );
+    let (_, shadows) = app.get("/api/v1/decisions?shadow=true").await;
+    assert_eq!(shadows["items"][0]["outcome"], "review");
+    let (_, cmp) = app.get("/api/v1/shadow").await;
+    assert_eq!(
+        (cmp["compared"].as_u64(), cmp["agreed"].as_u64()),
+        (Some(1), Some(0))
+    );
+    assert_eq!(cmp["matrix"]["approve"]["review"], 1);
+    assert_eq!(cmp["shadow"]["name"], "review-everything");
+}
+
+#[tokio::test]
+async fn reloading_refuses_an_invalid_policy_and_keeps_the_active_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policy.toml");
+    std::fs::write(&path, REVIEW_ALL).unwrap();
+    let app = spawn_with(|s| s.policy = Some(path.clone())).await;
+    let before = app.running.app.policies.active().version().to_owned();
+    std::fs::write(
+        &path,
+        REVIEW_ALL.replace("outcome = \"review\"", "outcome = \"maybe\""),
+    )
+    .unwrap();
+    let err = kycd_server::reload_policy(&app.running.app).unwrap_err();
+    assert!(
+        err.contains("policy.toml") && err.contains("always_review"),
+        "{err}"
+    );
+    assert_eq!(
+        app.running.app.policies.active().version(),
+        before,
+        "the old policy stays active"
+    );
+    std::fs::write(&path, REVIEW_ALL.replace("Every case", "Each case")).unwrap();
+    let after = kycd_server::reload_policy(&app.running.app)
+        .unwrap()
+        .unwrap();
+    assert_ne!(after, before);
+    assert_eq!(app.running.app.policies.active().version(), after);
+    // Decisions after the reload carry the new version.
+    app.deliver(&approved("s-reloaded", "erin", "R0000001"))
+        .await;
+    assert_eq!(
+        app.decided("s-reloaded").await["policy_version"],
+        after.as_str()
+    );
+}
