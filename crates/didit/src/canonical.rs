@@ -621,6 +621,7 @@ fn write_python_repr(f: f64, out: &mut Vec<u8>) {
         None => (false, mantissa),
     };
     let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    let digits = break_tie_to_even(f, digits, exp);
     if negative {
         out.push(b'-');
     }
@@ -651,6 +652,57 @@ fn write_python_repr(f: f64, out: &mut Vec<u8>) {
             out.extend_from_slice(rest.as_bytes());
         }
         out.extend_from_slice(format!("e-{:02}", -exp).as_bytes());
+    }
+}
+
+/// When a double lies exactly halfway between the two shortest decimal
+/// candidates (`1801255537148536.25` between `...536.2` and `...536.3`),
+/// Python's repr (David Gay's dtoa) picks the one with an even last digit,
+/// while Rust's shortest formatting rounds up. Detect the tie from the exact
+/// expansion and choose as Python does; found by the python3 oracle test.
+fn break_tie_to_even(f: f64, digits: String, exp: i32) -> String {
+    let n = digits.len();
+    // The exact value with 20 digits to spare: a tie means the digit after
+    // the shortest ones is a 5 and nothing follows it.
+    let wide = format!("{:.*e}", n + 20, f.abs());
+    let Some((mantissa, e)) = wide.split_once('e') else {
+        return digits;
+    };
+    if e.parse::<i32>().ok() != Some(exp) {
+        return digits;
+    }
+    let all: Vec<u8> = mantissa.bytes().filter(u8::is_ascii_digit).collect();
+    if all.len() != n + 21 || all[n] != b'5' || all[n + 1..].iter().any(|&b| b != b'0') {
+        return digits;
+    }
+    let down = &all[..n];
+    let chosen: Vec<u8> = if (down[n - 1] - b'0') % 2 == 0 {
+        down.to_vec()
+    } else {
+        // Round up; an all-nines prefix would change the length: leave it.
+        let mut up = down.to_vec();
+        let mut i = n;
+        loop {
+            if i == 0 {
+                return digits;
+            }
+            i -= 1;
+            if up[i] == b'9' {
+                up[i] = b'0';
+            } else {
+                up[i] += 1;
+                break;
+            }
+        }
+        up
+    };
+    let chosen = String::from_utf8(chosen).unwrap_or_default();
+    // Only if it reads back as the same double.
+    let text = format!("{}.{}e{}", &chosen[..1], &chosen[1..], exp);
+    if text.parse::<f64>().ok() == Some(f.abs()) {
+        chosen
+    } else {
+        digits
     }
 }
 
@@ -767,6 +819,11 @@ mod tests {
         assert_eq!(ascii("-2.5"), "-2.5");
         assert_eq!(ascii("91.30"), "91.3");
         assert_eq!(ascii("1.5e-100"), "1.5e-100");
+        // Exactly halfway between two shortest candidates: Python picks the
+        // even digit (found by the oracle test).
+        assert_eq!(ascii("1801255537148536.3"), "1801255537148536.2");
+        assert_eq!(ascii("1801255537148536.2"), "1801255537148536.2");
+        assert_eq!(ascii("-1743189479455964.3"), "-1743189479455964.2");
     }
 
     #[test]
