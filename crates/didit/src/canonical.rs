@@ -676,7 +676,7 @@ fn break_tie_to_even(f: f64, digits: String, exp: i32) -> String {
         return digits;
     }
     let down = &all[..n];
-    let chosen: Vec<u8> = if (down[n - 1] - b'0') % 2 == 0 {
+    let chosen: Vec<u8> = if (down[n - 1] - b'0').is_multiple_of(2) {
         down.to_vec()
     } else {
         // Round up; an all-nines prefix would change the length: leave it.
