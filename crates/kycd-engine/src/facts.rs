@@ -182,6 +182,25 @@ fn age_band(age: i64) -> &'static str {
     }
 }
 
+/// The distance between the IP's and the document's locations from Didit's
+/// `locations_info`, whose exact shape is not documented: a number under a
+/// key naming a distance, at the top or one level down (keys in sorted
+/// order, so the choice is deterministic).
+fn distance_km(info: &Value) -> Option<f64> {
+    let direct = |v: &Value| -> Option<f64> {
+        let o = v.as_object()?;
+        ["distance_km", "distance"]
+            .iter()
+            .find_map(|k| o.get(*k).and_then(Value::as_f64))
+            .or_else(|| {
+                o.iter()
+                    .find(|(k, _)| k.contains("distance"))
+                    .and_then(|(_, v)| v.as_f64())
+            })
+    };
+    direct(info).or_else(|| info.as_object()?.values().find_map(direct))
+}
+
 fn any_true(mut it: impl Iterator<Item = Option<bool>>) -> bool {
     it.any(|b| b == Some(true))
 }
@@ -303,6 +322,7 @@ pub fn build(input: &FactsInput<'_>) -> Value {
             (Some(a), Some(b)) => json!(a != b),
             _ => Value::Null,
         },
+        "distance_km": ipa.and_then(|i| i.locations_info.as_ref()).and_then(distance_km),
     });
 
     let phone = json!({
@@ -493,6 +513,22 @@ mod tests {
         let a = facts_of(&env, GraphSignals::default(), None).to_string();
         let b = facts_of(&env, GraphSignals::default(), None).to_string();
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn the_ip_to_document_distance_is_read_when_didit_gives_it() {
+        assert_eq!(distance_km(&json!({"distance_km": 12.4})), Some(12.4));
+        assert_eq!(
+            distance_km(&json!({"ip": {"distance_to_document_km": 830}})),
+            Some(830.0)
+        );
+        assert_eq!(distance_km(&json!({"city": "Berlin"})), None);
+        let f = facts_of(
+            &vector("approved_full_decision"),
+            GraphSignals::default(),
+            None,
+        );
+        assert_eq!(f["ip"]["distance_km"], Value::Null, "unknown, not zero");
     }
 
     #[test]

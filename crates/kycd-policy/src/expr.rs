@@ -78,6 +78,7 @@ const FACTS: &[(&str, &[&str])] = &[
             "vpn_or_tor",
             "data_center",
             "country_mismatch",
+            "distance_km",
         ],
     ),
     ("phone", &["present", "disposable", "virtual"]),
