@@ -1,0 +1,291 @@
+//! The scenario catalogue: what each simulated customer is, what Didit
+//! makes of them, and what a perfect policy would want to know (the label).
+
+use rand::Rng;
+use serde::Serialize;
+
+use crate::ids::SimRng;
+
+/// Ground truth about a session's presenter: is this a legitimate customer
+/// or an attack. It is not Didit's verdict: a genuine customer with an
+/// expired document is declined by Didit and still `Genuine`, and a ring
+/// member with a perfect-looking document is approved by Didit and still
+/// `Fraudulent`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Label {
+    Genuine,
+    Fraudulent,
+}
+
+macro_rules! scenarios {
+    ($(
+        $(#[$doc:meta])*
+        $variant:ident = $name:literal, weight $weight:literal, $label:ident, solo $solo:literal;
+    )*) => {
+        /// What a simulated customer is; see the crate README for what Didit
+        /// makes of each.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum Scenario {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl Scenario {
+            /// Every scenario, in catalogue order.
+            pub const ALL: &'static [Scenario] = &[$(Scenario::$variant,)*];
+
+            /// The snake_case name used in JSON and in `metadata.sim_scenario`.
+            pub fn name(self) -> &'static str {
+                match self { $(Scenario::$variant => $name,)* }
+            }
+
+            /// The scenario's relative weight in a run's draw.
+            pub fn weight(self) -> u32 {
+                match self { $(Scenario::$variant => $weight,)* }
+            }
+
+            /// The label of the scenario's (first) session.
+            pub fn label(self) -> Label {
+                match self { $(Scenario::$variant => Label::$label,)* }
+            }
+
+            /// Whether the scenario makes sense for a single session created
+            /// through the API (rings and returning customers need more).
+            pub fn solo(self) -> bool {
+                match self { $(Scenario::$variant => $solo,)* }
+            }
+
+            /// The scenario named `name`, as [`Scenario::name`] spells it.
+            pub fn from_name(name: &str) -> Option<Scenario> {
+                match name { $($name => Some(Scenario::$variant),)* _ => None }
+            }
+        }
+    };
+}
+
+scenarios! {
+    /// Everything checks out: Approved (a few get a later `data.updated`).
+    CleanApproval = "clean_approval", weight 43, Genuine, solo true;
+    /// A real person whose document has expired: Declined, `DOCUMENT_EXPIRED`.
+    ExpiredDocument = "expired_document", weight 3, Genuine, solo true;
+    /// A minor: Declined, `AGE_BELOW_MINIMUM`.
+    UnderAge = "under_age", weight 2, Genuine, solo true;
+    /// A photographed printout of a document: Declined, `PRINTED_COPY_DETECTED`.
+    PrintedCopy = "printed_copy", weight 2, Fraudulent, solo true;
+    /// A document shown on a screen: Declined, `SCREEN_CAPTURE_DETECTED`.
+    ScreenReplay = "screen_replay", weight 2, Fraudulent, solo true;
+    /// A mask or replayed video at the selfie: Declined, `LIVENESS_FACE_ATTACK`.
+    LivenessAttack = "liveness_attack", weight 3, Fraudulent, solo true;
+    /// The right person with an old photo or bad light: In Review,
+    /// `LOW_FACE_MATCH_SIMILARITY` as a warning.
+    WeakFaceMatch = "weak_face_match", weight 3, Genuine, solo true;
+    /// Someone else's document: Declined, `LOW_FACE_MATCH_SIMILARITY` as an error.
+    Impostor = "impostor", weight 2, Fraudulent, solo true;
+    /// A sanctioned person: In Review, `POSSIBLE_MATCH_FOUND` on a sanctions list.
+    AmlSanction = "aml_sanction", weight 1, Fraudulent, solo true;
+    /// A politically exposed person: In Review, `POSSIBLE_MATCH_FOUND` on a PEP list.
+    AmlPep = "aml_pep", weight 2, Genuine, solo true;
+    /// A namesake on a list, weak match: In Review, `POSSIBLE_MATCH_FOUND`.
+    AmlFalsePositive = "aml_false_positive", weight 2, Genuine, solo true;
+    /// A VPN exit in another country: In Review, `PRIVATE_NETWORK_DETECTED`
+    /// and `COUNTRY_FROM_DOCUMENT_DOES_NOT_MATCH_COUNTRY_FROM_IP`.
+    VpnCountryMismatch = "vpn_country_mismatch", weight 3, Fraudulent, solo true;
+    /// A data-centre address abroad: In Review, country mismatch.
+    DataCentreIp = "data_centre_ip", weight 2, Fraudulent, solo true;
+    /// One of a few customers sharing a document number, a device and an IP
+    /// (each with their own face): Approved by Didit, `POSSIBLE_DUPLICATED_USER`
+    /// as information on all but the first.
+    DocumentRing = "document_ring", weight 4, Fraudulent, solo false;
+    /// One person opening several accounts with the same face and document:
+    /// In Review from the second on, `DUPLICATED_FACE` with liveness matches.
+    MultiAccount = "multi_account", weight 2, Fraudulent, solo false;
+    /// A temporary number: In Review, `DISPOSABLE_NUMBER_DETECTED`.
+    DisposablePhone = "disposable_phone", weight 2, Fraudulent, solo true;
+    /// A VoIP number: In Review, `VOIP_NUMBER_DETECTED`.
+    VoipPhone = "voip_phone", weight 1, Fraudulent, solo true;
+    /// A throwaway mailbox: In Review, `DISPOSABLE_EMAIL_DETECTED`.
+    DisposableEmail = "disposable_email", weight 1, Fraudulent, solo true;
+    /// An address found in old breaches: Approved, `BREACHED_EMAIL_DETECTED`
+    /// as information.
+    BreachedEmail = "breached_email", weight 2, Genuine, solo true;
+    /// Starts and leaves halfway: Abandoned, with a partial decision.
+    Abandoned = "abandoned", weight 4, Genuine, solo true;
+    /// Never opens the link: Expired, no decision.
+    ExpiredSession = "expired_session", weight 1, Genuine, solo true;
+    /// A borderline selfie: In Review, `LOW_LIVENESS_SCORE`; Didit's reviewer approves.
+    ReviewApproved = "review_approved", weight 3, Genuine, solo true;
+    /// A borderline selfie: In Review, `LOW_LIVENESS_SCORE`; Didit's reviewer declines.
+    ReviewDeclined = "review_declined", weight 1, Fraudulent, solo true;
+    /// A blurry document: In Review, `DOCUMENT_NUMBER_NOT_DETECTED`; the
+    /// reviewer sets Resubmitted for the document step, the customer redoes
+    /// it, and the session is Approved.
+    Resubmission = "resubmission", weight 3, Genuine, solo true;
+    /// Approved, then back later for a biometric re-authentication that
+    /// matches the approved portrait: Approved.
+    ReturningCustomer = "returning_customer", weight 5, Genuine, solo false;
+    /// Approved, then someone else attempts the biometric re-authentication:
+    /// the KYC session is `Genuine`, the re-authentication `Fraudulent` and
+    /// Declined with `LOW_FACE_MATCH_SIMILARITY`.
+    AccountTakeover = "account_takeover", weight 1, Genuine, solo false;
+}
+
+impl std::fmt::Display for Scenario {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Draws a scenario by weight, from every scenario or only the solo ones.
+pub(crate) fn draw(rng: &mut SimRng, solo_only: bool) -> Scenario {
+    let pool = Scenario::ALL
+        .iter()
+        .copied()
+        .filter(|s| !solo_only || s.solo());
+    let total: u32 = pool.clone().map(Scenario::weight).sum();
+    let mut ticket = rng.gen_range(0..total);
+    for s in pool {
+        if ticket < s.weight() {
+            return s;
+        }
+        ticket -= s.weight();
+    }
+    Scenario::CleanApproval
+}
+
+/// How each check behaves for the person presenting a session. Built from
+/// the scenario; a genuine customer's resubmitted step is redone clean.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Traits {
+    pub document: DocTrait,
+    pub liveness: LivenessTrait,
+    /// A poor-quality but same-person face match.
+    pub weak_face: bool,
+    pub aml: AmlTrait,
+    pub ip: IpTrait,
+    pub phone: PhoneTrait,
+    pub email: EmailTrait,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum DocTrait {
+    #[default]
+    Clean,
+    Printed,
+    Screen,
+    /// Too blurry to read the number.
+    Blurry,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum LivenessTrait {
+    #[default]
+    Clean,
+    Low,
+    Attack,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum AmlTrait {
+    #[default]
+    None,
+    Sanction,
+    Pep,
+    FalsePositive,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum IpTrait {
+    #[default]
+    Home,
+    /// A VPN exit at `HOSTING[i]`.
+    Vpn(usize),
+    /// A data-centre address at `HOSTING[i]`.
+    DataCentre(usize),
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum PhoneTrait {
+    #[default]
+    Mobile,
+    Disposable,
+    Voip,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum EmailTrait {
+    #[default]
+    Clean,
+    Disposable,
+    Breached,
+}
+
+impl Traits {
+    pub(crate) fn for_scenario(scenario: Scenario, rng: &mut SimRng) -> Self {
+        let mut t = Traits::default();
+        let hosting = rng.gen_range(0..crate::people::HOSTING.len());
+        match scenario {
+            Scenario::PrintedCopy => t.document = DocTrait::Printed,
+            Scenario::ScreenReplay => t.document = DocTrait::Screen,
+            Scenario::Resubmission => t.document = DocTrait::Blurry,
+            Scenario::LivenessAttack => t.liveness = LivenessTrait::Attack,
+            Scenario::ReviewApproved | Scenario::ReviewDeclined => t.liveness = LivenessTrait::Low,
+            Scenario::WeakFaceMatch => t.weak_face = true,
+            Scenario::AmlSanction => t.aml = AmlTrait::Sanction,
+            Scenario::AmlPep => t.aml = AmlTrait::Pep,
+            Scenario::AmlFalsePositive => t.aml = AmlTrait::FalsePositive,
+            Scenario::VpnCountryMismatch => t.ip = IpTrait::Vpn(hosting),
+            Scenario::DataCentreIp => t.ip = IpTrait::DataCentre(hosting),
+            Scenario::DisposablePhone => t.phone = PhoneTrait::Disposable,
+            Scenario::VoipPhone => t.phone = PhoneTrait::Voip,
+            Scenario::DisposableEmail => t.email = EmailTrait::Disposable,
+            Scenario::BreachedEmail => t.email = EmailTrait::Breached,
+            _ => {}
+        }
+        t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::rng_for;
+
+    #[test]
+    fn names_round_trip() {
+        for s in Scenario::ALL {
+            assert_eq!(Scenario::from_name(s.name()), Some(*s));
+            assert_eq!(
+                serde_json::to_value(s).unwrap(),
+                serde_json::json!(s.name())
+            );
+        }
+    }
+
+    #[test]
+    fn the_draw_follows_the_weights_roughly() {
+        let mut rng = rng_for(1, "draw", "");
+        let n = 20_000;
+        let clean = (0..n)
+            .filter(|_| draw(&mut rng, false) == Scenario::CleanApproval)
+            .count();
+        let total: u32 = Scenario::ALL.iter().map(|s| s.weight()).sum();
+        let expected = n as f64 * 43.0 / f64::from(total);
+        assert!(
+            (clean as f64 - expected).abs() < expected * 0.1,
+            "{clean} vs {expected}"
+        );
+    }
+
+    #[test]
+    fn solo_draws_never_need_other_customers() {
+        let mut rng = rng_for(2, "draw", "");
+        assert!((0..5000).all(|_| draw(&mut rng, true).solo()));
+    }
+
+    #[test]
+    fn the_catalogue_weights_sum_to_100() {
+        let total: u32 = Scenario::ALL.iter().map(|s| s.weight()).sum();
+        assert_eq!(total, 100);
+    }
+}

@@ -1,0 +1,447 @@
+//! Webhook deliveries: signatures, payload versions, retries and faults.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use didit::payload::{Envelope, PayloadVersion};
+use didit::signature::{Scheme, Secret, Verifier, USER_AGENT};
+use kycd_sim::{AttemptOutcome, Fate, Faults, Outage, WebhookVersion};
+use serde_json::{json, Value};
+
+use crate::support::{self, Api, Receiver, SECRET};
+
+const SETTLE: Duration = Duration::from_secs(30);
+
+/// What a decision says, compared across payload versions: the liveness
+/// score and the risk codes.
+type Facts = (Option<f64>, Vec<String>);
+
+#[tokio::test]
+async fn every_delivery_verifies_with_the_configured_secret_on_every_scheme() {
+    let sim = support::sim(21, 1000.0).await;
+    let receiver = Receiver::start().await;
+    sim.add_destination(&receiver.url(), WebhookVersion::V3)
+        .unwrap();
+    sim.run(30);
+    sim.wait_settled(SETTLE).await.unwrap();
+    let received = receiver.received();
+    assert_eq!(received.len(), sim.deliveries().len());
+    assert!(received.len() >= 60, "{}", received.len());
+
+    let verifier = Verifier::new(vec![Secret::new(SECRET)]);
+    let wrong = Verifier::new(vec![Secret::new("another-secret")]);
+    let mut non_ascii_names = 0;
+    for r in &received {
+        let headers = r.signature_headers();
+        assert!(headers.x_signature.is_some() && headers.x_signature_v2.is_some());
+        assert!(headers.x_signature_simple.is_some());
+        assert_eq!(r.header("user-agent"), Some(USER_AGENT));
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        assert!(
+            r.body.is_ascii(),
+            "the wire body escapes non-ascii characters"
+        );
+
+        // Raw first, as the verifier tries it; and timestamps are the real
+        // clock, so they pass the 300 s freshness check.
+        let verified = verifier.verify(&r.body, &headers, support::now()).unwrap();
+        assert_eq!(verified.scheme, Scheme::Raw);
+        let body = r.json();
+        assert_eq!(
+            r.header("x-timestamp"),
+            Some(body["timestamp"].to_string().as_str())
+        );
+        assert!(wrong.verify(&r.body, &headers, support::now()).is_err());
+
+        // V2 alone verifies the same body.
+        let mut v2_only = headers.clone();
+        v2_only.x_signature = None;
+        let verified = verifier.verify(&r.body, &v2_only, support::now()).unwrap();
+        assert_eq!(verified.scheme, Scheme::V2);
+
+        // Simple alone authenticates the envelope fields when accepted.
+        let mut simple_only = headers.clone();
+        simple_only.x_signature = None;
+        simple_only.x_signature_v2 = None;
+        let verified = verifier
+            .clone()
+            .accept_simple(true)
+            .verify(&r.body, &simple_only, support::now())
+            .unwrap();
+        assert_eq!(verified.scheme, Scheme::Simple);
+
+        // Any changed byte breaks it.
+        let mut tampered = r.body.clone();
+        let at = tampered.len() / 2;
+        tampered[at] ^= 0x01;
+        assert!(verifier
+            .verify(&tampered, &headers, support::now())
+            .is_err());
+
+        let envelope = Envelope::from_slice(&r.body).unwrap();
+        let status = envelope.status.clone().unwrap();
+        assert_eq!(envelope.decision.is_some(), status.is_decided(), "{status}");
+        assert_eq!(envelope.environment.unwrap().as_str(), "sandbox");
+        assert!(envelope.event_id.is_some());
+        assert_eq!(
+            envelope.application_id.as_deref(),
+            Some(sim.application_id())
+        );
+        if let Some(d) = &envelope.decision {
+            assert_eq!(d.version, PayloadVersion::V3);
+            if d.id_verifications
+                .iter()
+                .any(|i| i.full_name.as_deref().is_some_and(|n| !n.is_ascii()))
+            {
+                non_ascii_names += 1;
+            }
+        }
+    }
+    assert!(non_ascii_names > 0, "some names exercise the escaping");
+}
+
+#[tokio::test]
+async fn v1_and_v2_destinations_get_payloads_kycd_reads_back_to_the_same_facts() {
+    let sim = support::sim(22, 1000.0).await;
+    let receivers = [
+        (WebhookVersion::V1, Receiver::start().await),
+        (WebhookVersion::V2, Receiver::start().await),
+        (WebhookVersion::V3, Receiver::start().await),
+    ];
+    for (version, r) in &receivers {
+        sim.add_destination(&r.url(), *version).unwrap();
+    }
+    sim.run(40);
+    sim.wait_settled(SETTLE).await.unwrap();
+    let verifier = Verifier::new(vec![Secret::new(SECRET)]);
+
+    // (session, status) -> liveness score and risks, per version.
+    let mut seen: BTreeMap<(String, String), HashMap<WebhookVersion, Facts>> = BTreeMap::new();
+    for (version, r) in &receivers {
+        let received = r.received();
+        assert!(!received.is_empty());
+        for delivery in received {
+            verifier
+                .verify(
+                    &delivery.body,
+                    &delivery.signature_headers(),
+                    support::now(),
+                )
+                .unwrap();
+            let envelope = Envelope::from_slice(&delivery.body).unwrap();
+            if *version == WebhookVersion::V1 {
+                assert!(envelope.webhook_type_inferred, "v1 has no webhook_type");
+                assert!(envelope.event_id.is_none());
+            } else {
+                assert!(!envelope.webhook_type_inferred);
+            }
+            let Some(decision) = envelope.decision else {
+                continue;
+            };
+            let expected = match version {
+                WebhookVersion::V1 => PayloadVersion::V1,
+                WebhookVersion::V2 => PayloadVersion::V2,
+                WebhookVersion::V3 => PayloadVersion::V3,
+            };
+            if decision.liveness_checks.is_empty() && decision.id_verifications.is_empty() {
+                continue;
+            }
+            assert_eq!(decision.version, expected);
+            if envelope.webhook_type.as_str() != "status.updated" {
+                continue;
+            }
+            let mut risks: Vec<String> = decision
+                .risk_codes()
+                .into_iter()
+                .filter(|r| !r.contains("EMAIL") && !r.contains("NUMBER"))
+                .map(str::to_owned)
+                .collect();
+            risks.sort();
+            let liveness = decision.liveness_checks.first().and_then(|l| l.score);
+            seen.entry((
+                envelope.session_id.unwrap(),
+                envelope.status.unwrap().as_str().to_owned(),
+            ))
+            .or_default()
+            .insert(*version, (liveness, risks));
+        }
+    }
+    let mut compared = 0;
+    for (key, by_version) in &seen {
+        let Some(v3) = by_version.get(&WebhookVersion::V3) else {
+            continue;
+        };
+        for version in [WebhookVersion::V1, WebhookVersion::V2] {
+            let other = by_version
+                .get(&version)
+                .unwrap_or_else(|| panic!("{key:?} missing for {version:?}"));
+            assert_eq!(other, v3, "{key:?} {version:?}");
+            compared += 1;
+        }
+    }
+    assert!(compared > 20, "{compared}");
+    // v1 predates data.updated.
+    let v1_types: Vec<Value> = receivers[0]
+        .1
+        .received()
+        .iter()
+        .map(|r| r.json()["webhook_type"].clone())
+        .collect();
+    assert!(v1_types.iter().all(Value::is_null));
+}
+
+#[tokio::test]
+async fn with_duplicate_1_every_delivery_arrives_twice_with_the_same_event_id() {
+    let mut config = support::config(23, 1000.0);
+    config.faults = Faults {
+        duplicate: 1.0,
+        ..Faults::none()
+    };
+    let sim = kycd_sim::start(config).await.unwrap();
+    let receiver = Receiver::start().await;
+    sim.add_destination(&receiver.url(), WebhookVersion::V3)
+        .unwrap();
+    sim.run(10);
+    sim.wait_settled(SETTLE).await.unwrap();
+    let mut by_event: HashMap<String, Vec<Value>> = HashMap::new();
+    for r in receiver.received() {
+        let body = r.json();
+        by_event
+            .entry(body["event_id"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(body);
+    }
+    assert!(by_event.len() >= 20);
+    for (event_id, copies) in &by_event {
+        assert_eq!(copies.len(), 2, "{event_id}");
+        assert_eq!(copies[0]["status"], copies[1]["status"]);
+        assert_eq!(copies[0]["session_id"], copies[1]["session_id"]);
+    }
+    let stats = sim.stats();
+    assert_eq!(stats.duplicated, by_event.len());
+    assert_eq!(stats.acknowledged, 2 * by_event.len());
+}
+
+#[tokio::test]
+async fn lost_deliveries_are_never_received_and_are_counted() {
+    let mut config = support::config(24, 1000.0);
+    config.faults = Faults {
+        loss: 0.4,
+        ..Faults::none()
+    };
+    let sim = kycd_sim::start(config).await.unwrap();
+    let receiver = Receiver::start().await;
+    sim.add_destination(&receiver.url(), WebhookVersion::V3)
+        .unwrap();
+    sim.run(20);
+    sim.wait_settled(SETTLE).await.unwrap();
+    let records = sim.deliveries();
+    let lost: Vec<_> = records.iter().filter(|r| r.fate == Fate::Lost).collect();
+    assert!(!lost.is_empty());
+    assert!(lost.iter().all(|r| r.attempts.is_empty()));
+    let received: Vec<String> = receiver
+        .received()
+        .iter()
+        .map(|r| r.json()["event_id"].as_str().unwrap().to_owned())
+        .collect();
+    for r in &lost {
+        assert!(
+            !received.contains(&r.event_id),
+            "lost {} arrived",
+            r.event_id
+        );
+    }
+    let stats = sim.stats();
+    assert_eq!(stats.lost, lost.len());
+    assert_eq!(received.len(), records.len() - lost.len());
+    assert_eq!(stats.acknowledged, received.len());
+}
+
+#[tokio::test]
+async fn reordering_delivers_a_later_event_before_an_earlier_one() {
+    let mut config = support::config(25, 1000.0);
+    config.faults = Faults {
+        reorder: 1.0,
+        ..Faults::none()
+    };
+    let sim = kycd_sim::start(config).await.unwrap();
+    let receiver = Receiver::start().await;
+    sim.add_destination(&receiver.url(), WebhookVersion::V3)
+        .unwrap();
+    sim.run(10);
+    sim.wait_settled(SETTLE).await.unwrap();
+    // Emission order per session, from the records.
+    let emitted: HashMap<String, u64> = sim
+        .deliveries()
+        .iter()
+        .map(|r| (r.event_id.clone(), r.id))
+        .collect();
+    let mut last_seen: HashMap<String, u64> = HashMap::new();
+    let mut inversions = 0;
+    for r in receiver.received() {
+        let body = r.json();
+        let session = body["session_id"].as_str().unwrap().to_owned();
+        let order = emitted[body["event_id"].as_str().unwrap()];
+        if let Some(previous) = last_seen.get(&session) {
+            if order < *previous {
+                inversions += 1;
+            }
+        }
+        let entry = last_seen.entry(session).or_insert(order);
+        *entry = (*entry).max(order);
+    }
+    assert!(inversions > 0, "nothing arrived out of order");
+    assert!(sim.stats().reordered > 0);
+    assert_eq!(sim.stats().acknowledged, receiver.received().len());
+}
+
+#[tokio::test]
+async fn a_receiver_answering_500_gets_three_attempts_and_the_delivery_is_dropped() {
+    let sim = support::sim(26, 10_000.0).await;
+    let receiver = Receiver::answering(500).await;
+    sim.add_destination(&receiver.url(), WebhookVersion::V3)
+        .unwrap();
+    let api = Api::new(&sim);
+    api.create_session(
+        sim.kyc_workflow_id(),
+        json!({"metadata": {"sim_auto": false}}),
+    )
+    .await;
+    sim.wait_settled(SETTLE).await.unwrap();
+    let records = sim.deliveries();
+    assert_eq!(records.len(), 1);
+    let record = &records[0];
+    assert_eq!(record.fate, Fate::Dropped);
+    assert_eq!(
+        record
+            .attempts
+            .iter()
+            .map(|a| a.outcome)
+            .collect::<Vec<_>>(),
+        [AttemptOutcome::Status(500); 3]
+    );
+    // About 60 s and 240 s apart, scaled down 10 000 times.
+    let gaps: Vec<u64> = record
+        .attempts
+        .windows(2)
+        .map(|w| w[1].at_ms - w[0].at_ms)
+        .collect();
+    assert!(gaps[0] >= 5 && gaps[1] >= 21, "{gaps:?}");
+    let received = receiver.received();
+    assert_eq!(received.len(), 3);
+    let event_ids: Vec<Value> = received
+        .iter()
+        .map(|r| r.json()["event_id"].clone())
+        .collect();
+    assert!(event_ids.iter().all(|e| *e == event_ids[0]));
+    let stats = sim.stats();
+    assert_eq!((stats.dropped, stats.failed, stats.retried), (1, 1, 2));
+    assert_eq!(stats.acknowledged, 0);
+}
+
+#[tokio::test]
+async fn a_receiver_answering_404_is_retried_but_400_is_not() {
+    for (status, attempts, fate) in [
+        (404, 3, Fate::Dropped),
+        (400, 1, Fate::Rejected),
+        (302, 1, Fate::Rejected),
+    ] {
+        let sim = support::sim(27, 10_000.0).await;
+        let receiver = Receiver::answering(status).await;
+        sim.add_destination(&receiver.url(), WebhookVersion::V3)
+            .unwrap();
+        Api::new(&sim)
+            .create_session(
+                sim.kyc_workflow_id(),
+                json!({"metadata": {"sim_auto": false}}),
+            )
+            .await;
+        sim.wait_settled(SETTLE).await.unwrap();
+        let record = &sim.deliveries()[0];
+        assert_eq!(record.attempts.len(), attempts, "{status}");
+        assert_eq!(record.fate, fate, "{status}");
+        assert_eq!(receiver.received().len(), attempts, "{status}");
+    }
+}
+
+#[tokio::test]
+async fn an_outage_shorter_than_the_retry_schedule_is_recovered_by_the_retries() {
+    let mut config = support::config(28, 1000.0);
+    config.faults = Faults {
+        outage: Some(Outage {
+            start: Duration::ZERO,
+            length: Duration::from_secs(30),
+        }),
+        ..Faults::none()
+    };
+    let sim = kycd_sim::start(config).await.unwrap();
+    let receiver = Receiver::start().await;
+    sim.add_destination(&receiver.url(), WebhookVersion::V3)
+        .unwrap();
+    Api::new(&sim)
+        .create_session(
+            sim.kyc_workflow_id(),
+            json!({"metadata": {"sim_auto": false}}),
+        )
+        .await;
+    sim.wait_settled(SETTLE).await.unwrap();
+    let record = &sim.deliveries()[0];
+    assert_eq!(record.fate, Fate::Delivered);
+    assert_eq!(
+        record
+            .attempts
+            .iter()
+            .map(|a| a.outcome)
+            .collect::<Vec<_>>(),
+        [AttemptOutcome::Outage, AttemptOutcome::Status(200)]
+    );
+    assert_eq!(receiver.received().len(), 1);
+}
+
+#[tokio::test]
+async fn an_outage_longer_than_the_retry_schedule_loses_the_delivery() {
+    let mut config = support::config(29, 1000.0);
+    config.faults = Faults {
+        outage: Some(Outage {
+            start: Duration::ZERO,
+            length: Duration::from_secs(600),
+        }),
+        ..Faults::none()
+    };
+    let sim = kycd_sim::start(config).await.unwrap();
+    let receiver = Receiver::start().await;
+    sim.add_destination(&receiver.url(), WebhookVersion::V3)
+        .unwrap();
+    Api::new(&sim)
+        .create_session(
+            sim.kyc_workflow_id(),
+            json!({"metadata": {"sim_auto": false}}),
+        )
+        .await;
+    sim.wait_settled(SETTLE).await.unwrap();
+    let record = &sim.deliveries()[0];
+    assert_eq!(record.fate, Fate::Dropped);
+    assert_eq!(record.attempts.len(), 3);
+    assert!(receiver.received().is_empty());
+}
+
+#[tokio::test]
+async fn delays_postpone_deliveries_without_losing_them() {
+    let mut config = support::config(30, 1000.0);
+    config.faults = Faults {
+        delay_ms: (1_000, 30_000),
+        ..Faults::none()
+    };
+    let sim = kycd_sim::start(config).await.unwrap();
+    let receiver = Receiver::start().await;
+    sim.add_destination(&receiver.url(), WebhookVersion::V3)
+        .unwrap();
+    sim.run(5);
+    sim.wait_settled(SETTLE).await.unwrap();
+    let records = sim.deliveries();
+    assert!(records
+        .iter()
+        .all(|r| (1_000..=30_000).contains(&r.delay_ms)));
+    assert!(records.iter().all(|r| r.fate == Fate::Delivered));
+    assert_eq!(receiver.received().len(), records.len());
+}
