@@ -26,7 +26,8 @@ use std::sync::{Arc, RwLock};
 use didit::payload::{Envelope, SessionStatus, WebhookType};
 use kycd_core::when::format_millis;
 use kycd_log::store::{
-    DecisionRecord, IdentityLink, ProjectionBatch, SessionRecord, Store, StoreError, SubjectVersion,
+    DecisionRecord, GraphContext, GraphQuery, IdentityLink, ProjectionBatch, SessionRecord, Store,
+    StoreError, SubjectVersion,
 };
 use kycd_log::{EventLog, EventSource, LogError, StoredEvent};
 use kycd_policy::Policy;
@@ -53,6 +54,12 @@ pub enum ProjectorError {
     Store(#[from] StoreError),
 }
 
+/// Graph counts stop at this many other subjects. A value shared by
+/// thousands (a carrier's IP address) then costs a bounded read, and the
+/// count is the same whichever batch an event fell into, so replays stay
+/// exact. No sensible rule distinguishes 1,000 subjects from 10,000.
+pub const GRAPH_COUNT_CAP: u64 = 1000;
+
 /// The policies the projector decides with. The active policy can be
 /// swapped while running (SIGHUP); the swap takes effect from the next event.
 #[derive(Clone)]
@@ -60,6 +67,8 @@ pub struct Policies {
     pub active: Arc<RwLock<Arc<Policy>>>,
     pub shadow: Option<Arc<Policy>>,
     pub graph_window_ms: i64,
+    /// Where graph counts stop ([`GRAPH_COUNT_CAP`] by default).
+    pub graph_count_cap: u64,
 }
 
 impl Policies {
@@ -68,6 +77,7 @@ impl Policies {
             active: Arc::new(RwLock::new(Arc::new(active))),
             shadow: shadow.map(Arc::new),
             graph_window_ms: DEFAULT_GRAPH_WINDOW_MS,
+            graph_count_cap: GRAPH_COUNT_CAP,
         }
     }
 
@@ -163,23 +173,16 @@ impl Projector {
         let mut pending = Pending::default();
         let mut batch = ProjectionBatch::default();
         let active = self.policies.active();
+        let envelopes = parse_envelopes(events);
+        let history = self.prefetch(events, &envelopes, &sessions).await?;
 
-        for event in events {
+        for (event, env) in events.iter().zip(envelopes) {
             if event.source == EventSource::Subject {
                 self.apply_subject(event, &mut pending, &mut batch);
                 continue;
             }
-            if event.session_id.is_none() {
+            let Some(env) = env else {
                 continue;
-            }
-            let env = match Envelope::from_slice(&event.body) {
-                Ok(env) => env,
-                Err(err) => {
-                    // The intake only logs what parsed, so this means a bug
-                    // or a corrupted row; say which event, never its content.
-                    tracing::error!(event = %event.id, error = %err, "stored event does not parse; skipped");
-                    continue;
-                }
             };
             let Some(session_id) = env.session_id.clone() else {
                 continue;
@@ -221,13 +224,19 @@ impl Projector {
                     || event.source == EventSource::Polled;
                 let keys = facts::identity_keys(decision);
                 if decides {
-                    let graph = self
-                        .graph(&pending, &subject, &session_id, &keys, event.received_at_ms)
-                        .await?;
-                    let attributes = match pending.subjects.get(&subject) {
-                        Some(a) => Some(a.clone()),
-                        None => self.store.subject(&subject).await?.map(|v| v.attributes),
-                    };
+                    let graph = self.graph(
+                        &history,
+                        &pending,
+                        &subject,
+                        &session_id,
+                        &keys,
+                        event.received_at_ms,
+                    );
+                    let attributes = pending
+                        .subjects
+                        .get(&subject)
+                        .or_else(|| history.attributes.get(&subject))
+                        .cloned();
                     let input = FactsInput {
                         now_ms: event.received_at_ms,
                         session_id: &session_id,
@@ -311,34 +320,97 @@ impl Projector {
         });
     }
 
+    /// One read for the whole batch: the committed history of every
+    /// identity value and subject the batch's decisions will look at. Every
+    /// event in the batch comes after every committed one, so this is
+    /// exactly the history each of them sees, before [`Pending`]'s overlay.
+    async fn prefetch(
+        &self,
+        events: &[StoredEvent],
+        envelopes: &[Option<Envelope>],
+        sessions: &HashMap<String, SessionRecord>,
+    ) -> Result<GraphContext, ProjectorError> {
+        // A session's subject is the latest non-empty vendor_data it was
+        // given (see `session::apply`): its record's, or any of this batch's.
+        let mut vendors: HashMap<&str, BTreeSet<&str>> = HashMap::new();
+        for (id, record) in sessions {
+            if let Some(v) = record.vendor_data.as_deref() {
+                vendors.entry(id.as_str()).or_default().insert(v);
+            }
+        }
+        for env in envelopes.iter().flatten() {
+            if let (Some(id), Some(v)) = (&env.session_id, &env.vendor_data) {
+                if !v.is_empty() {
+                    vendors.entry(id.as_str()).or_default().insert(v.as_str());
+                }
+            }
+        }
+        let mut values = BTreeSet::new();
+        let mut subjects = BTreeSet::new();
+        let mut oldest_ms = i64::MAX;
+        for (event, env) in events.iter().zip(envelopes) {
+            let Some(env) = env else { continue };
+            let (Some(session_id), Some(decision)) = (&env.session_id, &env.decision) else {
+                continue;
+            };
+            subjects.insert(subject_key(None, session_id));
+            for vendor in vendors.get(session_id.as_str()).into_iter().flatten() {
+                subjects.insert(subject_key(Some(vendor), session_id));
+            }
+            for (kind, value) in facts::identity_keys(decision) {
+                values.insert((kind.as_str().to_owned(), value));
+            }
+            oldest_ms = oldest_ms.min(event.received_at_ms);
+        }
+        if subjects.is_empty() {
+            return Ok(GraphContext::default());
+        }
+        let q = GraphQuery {
+            values: values.into_iter().collect(),
+            subjects: subjects.into_iter().collect(),
+            from_ms: oldest_ms.saturating_sub(self.policies.graph_window_ms),
+            // One more than the cap: the subject itself may be among them.
+            limit: usize::try_from(self.policies.graph_count_cap)
+                .unwrap_or(usize::MAX)
+                .saturating_add(1),
+        };
+        Ok(self.store.graph_context(q).await?)
+    }
+
     /// Identity-graph signals as of the event: committed links within the
     /// window plus those earlier in this batch, other subjects only.
-    async fn graph(
+    fn graph(
         &self,
+        history: &GraphContext,
         pending: &Pending,
         subject: &str,
         session_id: &str,
         keys: &[(IdentityKind, String)],
         now_ms: i64,
-    ) -> Result<GraphSignals, ProjectorError> {
+    ) -> GraphSignals {
         let from_ms = now_ms.saturating_sub(self.policies.graph_window_ms);
         let mut g = GraphSignals::default();
         for (kind, value) in keys {
-            let mut others: BTreeSet<String> = self
-                .store
-                .linked_subjects(kind.as_str(), value, from_ms)
-                .await?
-                .into_iter()
-                .collect();
+            let mut others: BTreeSet<&str> = BTreeSet::new();
+            if let Some(list) = history
+                .linked
+                .get(&(kind.as_str().to_owned(), value.clone()))
+            {
+                others.extend(
+                    list.iter()
+                        .filter(|(_, at)| *at >= from_ms)
+                        .map(|(s, _)| s.as_str()),
+                );
+            }
             if let Some(list) = pending.links.get(&(*kind, value.clone())) {
                 others.extend(
                     list.iter()
                         .filter(|(_, at)| *at >= from_ms)
-                        .map(|(s, _)| s.clone()),
+                        .map(|(s, _)| s.as_str()),
                 );
             }
             others.remove(subject);
-            let n = others.len() as u64;
+            let n = (others.len() as u64).min(self.policies.graph_count_cap);
             let slot = match kind {
                 IdentityKind::Document => &mut g.document_subjects,
                 IdentityKind::Device => &mut g.device_subjects,
@@ -348,18 +420,19 @@ impl Projector {
             };
             *slot = (*slot).max(n);
         }
-        let mut declined: BTreeSet<String> = self
-            .store
-            .declined_sessions(subject)
-            .await?
+        let mut declined: BTreeSet<&str> = history
+            .declined
+            .get(subject)
             .into_iter()
+            .flatten()
+            .map(String::as_str)
             .collect();
         if let Some(p) = pending.declines.get(subject) {
-            declined.extend(p.iter().cloned());
+            declined.extend(p.iter().map(String::as_str));
         }
         declined.remove(session_id);
         g.prior_declines = declined.len() as u64;
-        Ok(g)
+        g
     }
 
     /// Follow the log until `stop` turns true: apply a batch at a time
@@ -412,6 +485,27 @@ impl Projector {
     fn applied_offset(&self) -> u64 {
         *self.applied.borrow()
     }
+}
+
+/// Parse each session event's stored body once for the whole batch.
+fn parse_envelopes(events: &[StoredEvent]) -> Vec<Option<Envelope>> {
+    events
+        .iter()
+        .map(|event| {
+            if event.source == EventSource::Subject || event.session_id.is_none() {
+                return None;
+            }
+            match Envelope::from_slice(&event.body) {
+                Ok(env) => Some(env),
+                Err(err) => {
+                    // The intake only logs what parsed, so this means a bug
+                    // or a corrupted row; say which event, never its content.
+                    tracing::error!(event = %event.id, error = %err, "stored event does not parse; skipped");
+                    None
+                }
+            }
+        })
+        .collect()
 }
 
 /// Evaluate `policy` on `facts` and record the decision. Its time is the
@@ -474,4 +568,106 @@ pub fn summary(d: &DecisionRecord) -> Value {
         "policy_version": d.policy_version,
         "decided_at": d.doc.get("decided_at").cloned().unwrap_or(Value::Null),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kycd_log::sqlite_log::{SqliteLog, SqliteLogOptions};
+    use kycd_log::store::{DecisionQuery, SqliteStore};
+    use kycd_log::NewEvent;
+
+    const SHARED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/didit");
+
+    /// The approved vector as a different customer with their own document,
+    /// all behind the same IP address.
+    fn approval(n: usize) -> Vec<u8> {
+        let v: Value = serde_json::from_str(
+            &std::fs::read_to_string(format!("{SHARED}/vectors.json")).unwrap(),
+        )
+        .unwrap();
+        let case = v["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "approved_full_decision")
+            .unwrap();
+        let mut body: Value = serde_json::from_str(case["body"].as_str().unwrap()).unwrap();
+        body["session_id"] = json!(format!("s-{n}"));
+        body["vendor_data"] = json!(format!("user-{n}"));
+        body["event_id"] = json!(format!("e-{n}"));
+        let d = &mut body["decision"];
+        d["session_id"] = json!(format!("s-{n}"));
+        d["id_verifications"][0]["document_number"] = json!(format!("D{n:06}"));
+        d["ip_analyses"][0]["ip_address"] = json!("203.0.113.7");
+        serde_json::to_vec(&body).unwrap()
+    }
+
+    async fn append(log: &SqliteLog, n: usize) {
+        log.append(NewEvent {
+            received_at_ms: 1_774_970_000_000 + n as i64,
+            source: EventSource::Webhook,
+            kind: "status.updated".into(),
+            session_id: Some(format!("s-{n}")),
+            didit_event_id: Some(format!("e-{n}")),
+            dedupe_keys: vec![format!("event:e-{n}")],
+            body: approval(n),
+            meta: json!({}),
+        })
+        .await
+        .unwrap();
+    }
+
+    async fn ip_counts(store: &SqliteStore) -> Vec<u64> {
+        let mut decisions = store
+            .list_decisions(DecisionQuery {
+                limit: 100,
+                after_offset: Some(0),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        decisions.sort_by_key(|d| d.event_offset);
+        decisions
+            .iter()
+            .map(|d| d.doc["facts"]["graph"]["ip_subjects"].as_u64().unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn graph_counts_stop_at_the_cap_within_a_batch_and_across_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(
+            SqliteLog::open(&dir.path().join("events.db"), SqliteLogOptions::default()).unwrap(),
+        );
+        let store = Arc::new(SqliteStore::open(&dir.path().join("store.db"), false).unwrap());
+        let mut policies = Policies::new(Policy::builtin_default(), None);
+        policies.graph_count_cap = 3;
+        let projector = Projector::new(log.clone(), store.clone(), policies);
+
+        // One batch: the counts come from the batch's own earlier events.
+        for n in 0..6 {
+            append(&log, n).await;
+        }
+        projector.catch_up().await.unwrap();
+        assert_eq!(ip_counts(&store).await, [0, 1, 2, 3, 3, 3]);
+
+        // Later batches: the counts come from the store, read with the cap.
+        append(&log, 6).await;
+        projector.catch_up().await.unwrap();
+        append(&log, 7).await;
+        projector.catch_up().await.unwrap();
+        assert_eq!(ip_counts(&store).await, [0, 1, 2, 3, 3, 3, 3, 3]);
+        // Each subject's document is its own: no document links at all.
+        let any_document_link = store
+            .list_decisions(DecisionQuery {
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .iter()
+            .any(|d| d.doc["facts"]["graph"]["document_subjects"] != json!(0));
+        assert!(!any_document_link);
+    }
 }

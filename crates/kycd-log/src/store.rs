@@ -115,6 +115,30 @@ pub struct ProjectionBatch {
     pub declines: Vec<(String, String, u64)>,
 }
 
+/// What one projector batch needs from committed history, asked in one
+/// round trip: the subjects linked to each identity value, and each
+/// subject's latest attributes and declined sessions.
+#[derive(Debug, Clone, Default)]
+pub struct GraphQuery {
+    /// `(kind, value)` pairs.
+    pub values: Vec<(String, String)>,
+    pub subjects: Vec<String>,
+    /// Only links last seen at or after this time (Unix ms).
+    pub from_ms: i64,
+    /// At most this many subjects per value, the most recently seen first.
+    pub limit: usize,
+}
+
+/// The answer to a [`GraphQuery`]; a value or subject with nothing stored
+/// is absent.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GraphContext {
+    /// `(kind, value)` → `(subject, last seen at ms)`, newest first.
+    pub linked: HashMap<(String, String), Vec<(String, i64)>>,
+    pub attributes: HashMap<String, serde_json::Value>,
+    pub declined: HashMap<String, Vec<String>>,
+}
+
 /// Filter and page for [`Store::list_decisions`].
 #[derive(Debug, Clone, Default)]
 pub struct DecisionQuery {
@@ -165,6 +189,9 @@ pub trait Store: Send + Sync + 'static {
         };
         self.commit(consumer, from_offset, to_offset, batch).await
     }
+
+    /// Everything [`GraphQuery`] asks for, from one consistent snapshot.
+    async fn graph_context(&self, q: GraphQuery) -> Result<GraphContext, StoreError>;
 
     /// Distinct subjects linked to this identity value at or after `from_ms`.
     async fn linked_subjects(
@@ -235,14 +262,19 @@ CREATE TABLE IF NOT EXISTS decisions (
 CREATE INDEX IF NOT EXISTS decisions_by_offset ON decisions(shadow, event_offset);
 CREATE INDEX IF NOT EXISTS decisions_by_outcome ON decisions(shadow, outcome, event_offset);
 CREATE INDEX IF NOT EXISTS decisions_by_session ON decisions(session_id, event_offset);
-CREATE TABLE IF NOT EXISTS identity_links (
+-- The identity graph: one row per (hashed) value and subject, with when
+-- the subject last presented it. A value shared by many subjects (a
+-- carrier's IP address) costs one row each, and reading it is bounded by
+-- the query's limit, never by how often the value was seen.
+CREATE TABLE IF NOT EXISTS identity_values (
     kind TEXT NOT NULL,
     value TEXT NOT NULL,
     subject TEXT NOT NULL,
-    event_offset INTEGER NOT NULL,
-    at_ms INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS identity_links_by_value ON identity_links(kind, value, at_ms);
+    first_offset INTEGER NOT NULL,
+    last_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (kind, value, subject)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS identity_values_by_recency ON identity_values(kind, value, last_at_ms);
 CREATE TABLE IF NOT EXISTS subjects (
     subject TEXT NOT NULL,
     event_offset INTEGER NOT NULL,
@@ -281,6 +313,7 @@ impl SqliteStore {
         )?;
         writer.busy_timeout(std::time::Duration::from_secs(5))?;
         writer.execute_batch(SCHEMA)?;
+        migrate_identity_links(&writer)?;
         let reader = Connection::open_with_flags(
             path,
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -366,6 +399,77 @@ fn session_by_id(conn: &Connection, id: &str) -> Result<Option<SessionRecord>, S
         .optional()?
         .map(finish)
         .transpose()
+}
+
+/// Stores written before `identity_values` kept one row per link; fold
+/// them into the new table once and drop the old one.
+fn migrate_identity_links(conn: &Connection) -> Result<(), StoreError> {
+    let old: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'identity_links')",
+        [],
+        |r| r.get(0),
+    )?;
+    if old {
+        conn.execute_batch(
+            "BEGIN IMMEDIATE;
+             INSERT OR IGNORE INTO identity_values (kind, value, subject, first_offset, last_at_ms)
+               SELECT kind, value, subject, MIN(event_offset), MAX(at_ms)
+               FROM identity_links GROUP BY kind, value, subject;
+             DROP TABLE identity_links;
+             COMMIT;",
+        )?;
+    }
+    Ok(())
+}
+
+fn linked(
+    conn: &Connection,
+    kind: &str,
+    value: &str,
+    from_ms: i64,
+    limit: usize,
+) -> Result<Vec<(String, i64)>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT subject, last_at_ms FROM identity_values
+         WHERE kind = ?1 AND value = ?2 AND last_at_ms >= ?3
+         ORDER BY last_at_ms DESC, subject LIMIT ?4",
+    )?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = stmt.query_map(params![kind, value, from_ms, limit], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+    })?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+fn latest_subject(conn: &Connection, subject: &str) -> Result<Option<SubjectVersion>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT event_offset, at_ms, attributes FROM subjects WHERE subject = ?1 ORDER BY event_offset DESC LIMIT 1",
+    )?;
+    let row = stmt
+        .query_row([subject], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })
+        .optional()?;
+    row.map(|(offset, at_ms, text)| {
+        Ok(SubjectVersion {
+            subject: subject.to_owned(),
+            offset: offset as u64,
+            at_ms,
+            attributes: serde_json::from_str(&text)
+                .map_err(|e| StoreError::Corrupt(format!("subject attributes: {e}")))?,
+        })
+    })
+    .transpose()
+}
+
+fn declined_of(conn: &Connection, subject: &str) -> Result<Vec<String>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT session_id FROM declines WHERE subject = ?1")?;
+    let rows = stmt.query_map([subject], |r| r.get::<_, String>(0))?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
 fn offset_of(conn: &Connection, consumer: &str) -> Result<u64, StoreError> {
@@ -461,7 +565,10 @@ impl Store for SqliteStore {
                     ])?;
                 }
                 let mut link = tx.prepare_cached(
-                    "INSERT INTO identity_links (kind, value, subject, event_offset, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    "INSERT INTO identity_values (kind, value, subject, first_offset, last_at_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (kind, value, subject) DO UPDATE
+                       SET last_at_ms = max(last_at_ms, excluded.last_at_ms)",
                 )?;
                 for l in &batch.links {
                     link.execute(params![l.kind, l.value, l.subject, l.offset as i64, l.at_ms])?;
@@ -520,6 +627,31 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn graph_context(&self, q: GraphQuery) -> Result<GraphContext, StoreError> {
+        Self::with(&self.reader, move |c| {
+            // One read transaction: every answer is from the same snapshot.
+            let tx = c.transaction()?;
+            let mut out = GraphContext::default();
+            for (kind, value) in q.values {
+                let rows = linked(&tx, &kind, &value, q.from_ms, q.limit)?;
+                if !rows.is_empty() {
+                    out.linked.insert((kind, value), rows);
+                }
+            }
+            for subject in q.subjects {
+                if let Some(v) = latest_subject(&tx, &subject)? {
+                    out.attributes.insert(subject.clone(), v.attributes);
+                }
+                let declined = declined_of(&tx, &subject)?;
+                if !declined.is_empty() {
+                    out.declined.insert(subject, declined);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn linked_subjects(
         &self,
         kind: &str,
@@ -528,47 +660,22 @@ impl Store for SqliteStore {
     ) -> Result<Vec<String>, StoreError> {
         let (kind, value) = (kind.to_owned(), value.to_owned());
         Self::with(&self.reader, move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT DISTINCT subject FROM identity_links WHERE kind = ?1 AND value = ?2 AND at_ms >= ?3",
-            )?;
-            let rows = stmt.query_map(params![kind, value, from_ms], |r| r.get::<_, String>(0))?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            Ok(linked(c, &kind, &value, from_ms, usize::MAX)?
+                .into_iter()
+                .map(|(s, _)| s)
+                .collect())
         })
         .await
     }
 
     async fn subject(&self, subject: &str) -> Result<Option<SubjectVersion>, StoreError> {
         let subject = subject.to_owned();
-        Self::with(&self.reader, move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT event_offset, at_ms, attributes FROM subjects WHERE subject = ?1 ORDER BY event_offset DESC LIMIT 1",
-            )?;
-            let row = stmt
-                .query_row([&subject], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?)))
-                .optional()?;
-            row.map(|(offset, at_ms, text)| {
-                Ok(SubjectVersion {
-                    subject: subject.clone(),
-                    offset: offset as u64,
-                    at_ms,
-                    attributes: serde_json::from_str(&text)
-                        .map_err(|e| StoreError::Corrupt(format!("subject attributes: {e}")))?,
-                })
-            })
-            .transpose()
-        })
-        .await
+        Self::with(&self.reader, move |c| latest_subject(c, &subject)).await
     }
 
     async fn declined_sessions(&self, subject: &str) -> Result<Vec<String>, StoreError> {
         let subject = subject.to_owned();
-        Self::with(&self.reader, move |c| {
-            let mut stmt =
-                c.prepare_cached("SELECT session_id FROM declines WHERE subject = ?1")?;
-            let rows = stmt.query_map([&subject], |r| r.get::<_, String>(0))?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
-        .await
+        Self::with(&self.reader, move |c| declined_of(c, &subject)).await
     }
 
     async fn get_decision(&self, id: &str) -> Result<Option<DecisionRecord>, StoreError> {
@@ -718,6 +825,40 @@ pub mod suite {
         let mut linked = s.linked_subjects("document", "h1", 100).await.unwrap();
         linked.sort();
         assert_eq!(linked, vec!["u1", "u2"], "u3's link is outside the window");
+        let h1 = ("document".to_owned(), "h1".to_owned());
+        let ctx = s
+            .graph_context(GraphQuery {
+                values: vec![h1.clone(), ("ip".into(), "h1".into())],
+                subjects: vec!["u1".into(), "u2".into()],
+                from_ms: 100,
+                limit: 10,
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            ctx.linked[&h1],
+            vec![("u2".to_owned(), 300), ("u1".to_owned(), 100)],
+            "one row per subject, last seen first, inside the window"
+        );
+        assert_eq!(ctx.linked.len(), 1, "the ip value has no links");
+        assert_eq!(ctx.attributes["u1"], serde_json::json!({"a": 2}));
+        assert!(!ctx.attributes.contains_key("u2"));
+        assert_eq!(ctx.declined["u1"], vec!["s2"]);
+        assert!(!ctx.declined.contains_key("u2"));
+        let capped = s
+            .graph_context(GraphQuery {
+                values: vec![h1.clone()],
+                from_ms: 0,
+                limit: 2,
+                ..GraphQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            capped.linked[&h1],
+            vec![("u2".to_owned(), 300), ("u1".to_owned(), 100)],
+            "the limit keeps the most recently seen subjects"
+        );
         assert_eq!(
             s.subject("u1").await.unwrap().unwrap().attributes,
             serde_json::json!({"a": 2})
@@ -887,6 +1028,38 @@ mod tests {
             s.get_session("a").await.unwrap().unwrap().status,
             "Approved"
         );
+    }
+
+    #[tokio::test]
+    async fn links_from_the_old_per_link_table_are_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE identity_links (kind TEXT NOT NULL, value TEXT NOT NULL,
+                   subject TEXT NOT NULL, event_offset INTEGER NOT NULL, at_ms INTEGER NOT NULL);
+                 INSERT INTO identity_links VALUES ('ip', 'h', 'u1', 1, 10), ('ip', 'h', 'u1', 4, 40),
+                   ('ip', 'h', 'u2', 2, 20);",
+            )
+            .unwrap();
+        }
+        let s = SqliteStore::open(&path, true).unwrap();
+        let ctx = s
+            .graph_context(GraphQuery {
+                values: vec![("ip".into(), "h".into())],
+                limit: 10,
+                ..GraphQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            ctx.linked[&("ip".to_owned(), "h".to_owned())],
+            vec![("u1".to_owned(), 40), ("u2".to_owned(), 20)]
+        );
+        // Opening again finds nothing left to migrate.
+        drop(s);
+        SqliteStore::open(&path, true).unwrap();
     }
 
     fn suite_record() -> SessionRecord {
