@@ -231,13 +231,32 @@ impl SqliteLog {
 
         let head = Arc::new(watch::Sender::new(head));
         let stats = Arc::new(Stats::default());
+        // Checkpoints copy the WAL back into the database file and fsync
+        // it: milliseconds of I/O that, run by the writer (SQLite's
+        // default), would stall every append queued behind them. A separate
+        // connection checkpoints instead, concurrently with the writer; the
+        // writer's own automatic checkpoint stays only as a backstop.
+        conn.pragma_update(None, "wal_autocheckpoint", BACKSTOP_CHECKPOINT_PAGES)
+            .map_err(|e| sql_error("cannot configure the event log (wal_autocheckpoint)", e))?;
+        let checkpointer = Connection::open(path)
+            .map_err(|e| sql_error(&format!("cannot open {}", path.display()), e))?;
+        checkpointer
+            .busy_timeout(BUSY_TIMEOUT)
+            .map_err(|e| sql_error("cannot configure the checkpointer", e))?;
         let (tx, rx) = mpsc::channel(max_batch.saturating_mul(4).clamp(64, 1 << 16));
+        let (alive, writer_gone) = std::sync::mpsc::channel::<()>();
+        let watched = head.subscribe();
+        let checkpointer = std::thread::Builder::new()
+            .name("kycd-log-ckpt".into())
+            .spawn(move || checkpoint_loop(checkpointer, watched, writer_gone))
+            .map_err(|e| LogError::Unavailable(format!("cannot start the checkpointer: {e}")))?;
         let writer = Writer {
             conn,
             requests: rx,
             head: Arc::clone(&head),
             stats: Arc::clone(&stats),
             max_batch,
+            checkpointer: Some((alive, checkpointer)),
         };
         std::thread::Builder::new()
             .name("kycd-log-writer".into())
@@ -467,6 +486,41 @@ impl EventLog for SqliteLog {
 }
 
 // ---------------------------------------------------------------------------
+// The checkpointer.
+
+/// The writer checkpoints by itself only if the WAL reaches this many pages
+/// (about 64 MB), which happens only if the checkpointer cannot keep up.
+const BACKSTOP_CHECKPOINT_PAGES: i64 = 16_384;
+
+/// How often the checkpointer looks for new commits.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Run passive checkpoints (they never block the writer or readers) while
+/// the log has new commits, until the writer stops.
+fn checkpoint_loop(
+    conn: Connection,
+    head: watch::Receiver<u64>,
+    writer_gone: std::sync::mpsc::Receiver<()>,
+) {
+    let mut checkpointed = *head.borrow();
+    loop {
+        match writer_gone.recv_timeout(CHECKPOINT_EVERY) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            // The writer's end dropped: it has stopped.
+            _ => return,
+        }
+        let now = *head.borrow();
+        if now == checkpointed {
+            continue;
+        }
+        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            Ok(()) => checkpointed = now,
+            Err(e) => tracing::warn!(error = %e, "event log checkpoint failed; will retry"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
 // The writer.
 
 /// An event ready for the writer: id minted, JSON already serialised.
@@ -540,6 +594,9 @@ struct Writer {
     head: Arc<watch::Sender<u64>>,
     stats: Arc<Stats>,
     max_batch: usize,
+    /// Dropping the sender stops the checkpointer; joined before the writer
+    /// reports that the log is shut.
+    checkpointer: Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
 }
 
 impl Writer {
@@ -573,6 +630,10 @@ impl Writer {
         // Close the write connection before telling shutdown() it is done,
         // so that the file can be reopened (or copied) right after.
         drop(self.conn);
+        if let Some((alive, thread)) = self.checkpointer.take() {
+            drop(alive);
+            let _ = thread.join();
+        }
         for waiter in shutdown_waiters {
             let _ = waiter.send(());
         }
