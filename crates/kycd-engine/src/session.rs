@@ -13,8 +13,13 @@
 //!    one ([`SessionStatus::is_backwards_from`]: a late `In Progress` after
 //!    `Approved`) is recorded, not applied, whatever its timestamp. The one
 //!    way back is `Resubmitted` → `In Progress`, a new attempt.
-//! 4. Otherwise the status is applied (equal timestamps resolve in log
-//!    order, so the outcome is deterministic for a given log).
+//! 4. Deliveries with equal timestamps (Didit's are whole seconds) are
+//!    ordered by Didit's usual transitions ([`usual_transition`]): a
+//!    delivery whose status normally comes *before* the current one (an
+//!    `In Review` arriving after the reviewer's `Declined` of the same
+//!    second) is recorded, not applied. Pairs the transitions do not order
+//!    resolve in log order, so the outcome is deterministic for a given log.
+//! 5. Otherwise the status is applied.
 //!
 //! Independently of the status, Didit's **decision** payload is the latest
 //! by timestamp among deliveries that carry one and were authenticated
@@ -71,7 +76,28 @@ pub fn status_transition(
     if new.is_backwards_from(current) {
         return Err(Skip::Backwards);
     }
+    if new_ts == current_ts && usual_transition(new, current) && !usual_transition(current, new) {
+        return Err(Skip::Backwards);
+    }
     Ok(())
+}
+
+/// Didit's usual transitions (PROTOCOL.md section 2), including manual and
+/// API updates, as far as they order two statuses.
+pub fn usual_transition(from: &SessionStatus, to: &SessionStatus) -> bool {
+    use SessionStatus as S;
+    let updated = matches!(to, S::Approved | S::Declined | S::Resubmitted);
+    match from {
+        S::NotStarted => matches!(to, S::InProgress | S::Expired),
+        S::InProgress => matches!(
+            to,
+            S::Approved | S::Declined | S::InReview | S::Abandoned | S::AwaitingUser
+        ),
+        S::Approved => matches!(to, S::KycExpired) || updated,
+        S::Declined | S::InReview | S::Abandoned | S::KycExpired | S::AwaitingUser => updated,
+        S::Resubmitted => matches!(to, S::InProgress) || updated,
+        S::Expired | S::Other(_) => false,
+    }
 }
 
 fn doc_i64(doc: &Value, key: &str) -> i64 {
@@ -184,6 +210,39 @@ fn push(doc: &mut Value, key: &str, item: Value) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn equal_timestamps_follow_the_usual_transitions() {
+        use SessionStatus as S;
+        // The reviewer's decision and the review it ends, in one second.
+        assert_eq!(
+            status_transition(&S::Declined, 100, &S::InReview, 100),
+            Err(Skip::Backwards)
+        );
+        assert_eq!(
+            status_transition(&S::InReview, 100, &S::Declined, 100),
+            Ok(())
+        );
+        // An approval updated to a decline in the same second stands.
+        assert_eq!(
+            status_transition(&S::Approved, 100, &S::Declined, 100),
+            Ok(())
+        );
+        assert_eq!(
+            status_transition(&S::Declined, 100, &S::Approved, 100),
+            Ok(())
+        );
+        // A later review is a later review.
+        assert_eq!(
+            status_transition(&S::Declined, 100, &S::InReview, 101),
+            Ok(())
+        );
+        // Pairs the transitions do not order keep log order.
+        assert_eq!(
+            status_transition(&S::Abandoned, 100, &S::InReview, 100),
+            Ok(())
+        );
+    }
+
     use super::*;
 
     fn env(status: &str, ts: i64, webhook_type: &str, decision: bool) -> Envelope {
