@@ -366,6 +366,10 @@ pub fn build(input: &FactsInput<'_>) -> Value {
             "workflow_id": input.workflow_id,
             "payload_version": format!("{:?}", d.version).to_ascii_lowercase(),
             "sandbox": input.sandbox,
+            // A biometric authentication (a returning customer's selfie
+            // against their KYC portrait): liveness without a document.
+            "reauthentication": d.features.iter().any(|f| f == "LIVENESS")
+                && !d.features.iter().any(|f| f == "ID_VERIFICATION"),
         },
         "subject": {
             "id": input.subject,

@@ -23,7 +23,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 
-use didit::payload::{Envelope, SessionStatus, WebhookType};
+use didit::payload::{Decision, Envelope, SessionStatus, WebhookType};
 use kycd_core::when::format_millis;
 use kycd_log::store::{
     DecisionRecord, GraphContext, GraphQuery, IdentityLink, ProjectionBatch, SessionRecord, Store,
@@ -217,9 +217,16 @@ impl Projector {
                 .status
                 .clone()
                 .unwrap_or(SessionStatus::Other(String::new()));
+            // A session that expired unfinished carries no results, yet the
+            // operator needs a decision on it: decide on empty results (the
+            // status is authentic even from an envelope-only signature).
+            let nothing = Decision::default();
+            let expired = status == SessionStatus::Expired && record.status == status.as_str();
+            let trusted = trusted.or(expired.then_some(&nothing));
             let subject = subject_key(record.vendor_data.as_deref(), &session_id);
             if let Some(decision) = trusted {
                 let decides = status.is_decided()
+                    || expired
                     || env.webhook_type == WebhookType::DataUpdated
                     || event.source == EventSource::Polled;
                 let keys = facts::identity_keys(decision);
@@ -350,14 +357,18 @@ impl Projector {
         let mut oldest_ms = i64::MAX;
         for (event, env) in events.iter().zip(envelopes) {
             let Some(env) = env else { continue };
-            let (Some(session_id), Some(decision)) = (&env.session_id, &env.decision) else {
+            let Some(session_id) = &env.session_id else {
                 continue;
             };
+            let expired = env.status == Some(SessionStatus::Expired);
+            if env.decision.is_none() && !expired {
+                continue;
+            }
             subjects.insert(subject_key(None, session_id));
             for vendor in vendors.get(session_id.as_str()).into_iter().flatten() {
                 subjects.insert(subject_key(Some(vendor), session_id));
             }
-            for (kind, value) in facts::identity_keys(decision) {
+            for (kind, value) in env.decision.iter().flat_map(facts::identity_keys) {
                 values.insert((kind.as_str().to_owned(), value));
             }
             oldest_ms = oldest_ms.min(event.received_at_ms);

@@ -31,6 +31,7 @@ const FACTS: &[(&str, &[&str])] = &[
             "workflow_id",
             "payload_version",
             "sandbox",
+            "reauthentication",
         ],
     ),
     ("subject", &["id", "attributes", "blocklisted"]),
