@@ -12,9 +12,11 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod config;
+mod demo;
 mod policy_cmd;
 mod replay;
 mod serve;
+mod sim_cmd;
 mod webhook;
 
 #[derive(Debug, Parser)]
@@ -45,6 +47,12 @@ enum Command {
     Policy(policy_cmd::PolicyCmd),
     /// Re-evaluate history with a candidate policy, without side effects.
     Replay(replay::ReplayArgs),
+    /// The whole product offline: a simulated Didit and its customers
+    /// against kycd on the embedded defaults, with a summary.
+    Demo(demo::DemoArgs),
+    /// Run the Didit simulator on its own (for trying kycd serve without a
+    /// Didit account).
+    Sim(sim_cmd::SimArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -62,6 +70,8 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Policy(cmd) => policy_cmd::run(cmd),
         Command::Replay(args) => replay::run(args),
+        Command::Demo(args) => demo::run(args),
+        Command::Sim(args) => sim_cmd::run(args),
     };
     match result {
         Ok(code) => code,
