@@ -445,3 +445,88 @@ async fn delays_postpone_deliveries_without_losing_them() {
     assert!(records.iter().all(|r| r.fate == Fate::Delivered));
     assert_eq!(receiver.received().len(), records.len());
 }
+
+/// The keys of a JSON object, sorted.
+fn keys(v: &serde_json::Value) -> std::collections::BTreeSet<String> {
+    v.as_object()
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+/// Didit's published shapes (`../shared/didit/vectors.json`) against the
+/// simulator's deliveries of the same kind: every key a vector has, a
+/// simulated delivery of that version and status has too (values differ;
+/// extra keys such as `metadata` set per session are allowed).
+#[tokio::test]
+async fn deliveries_have_the_shapes_of_didits_own_vectors() {
+    let vectors: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../../shared/didit/vectors.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let vector = |name: &str| -> serde_json::Value {
+        let case = vectors["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap();
+        serde_json::from_str(case["body"].as_str().unwrap()).unwrap()
+    };
+    for (version, name) in [
+        (WebhookVersion::V3, "approved_full_decision"),
+        (WebhookVersion::V2, "v2_singular_decision"),
+        (WebhookVersion::V1, "v1_legacy_decision"),
+    ] {
+        let sim = support::sim(31, 1000.0).await;
+        let receiver = Receiver::start().await;
+        sim.add_destination(&receiver.url(), version).unwrap();
+        sim.run(25);
+        sim.wait_settled(SETTLE).await.unwrap();
+        let want = vector(name);
+        let approved: Vec<serde_json::Value> = receiver
+            .received()
+            .iter()
+            .map(|r| r.json())
+            .filter(|b| b["status"] == "Approved" && b["decision"].is_object())
+            // KYC sessions only: a biometric re-authentication has no
+            // document, AML or location block, in Didit's payloads too.
+            .filter(|b| {
+                let f = b["decision"]["features"].to_string();
+                f.contains("ID_VERIFICATION") || f.contains("OCR")
+            })
+            .collect();
+        assert!(!approved.is_empty(), "{name}: no approved delivery");
+        for body in &approved {
+            let missing: Vec<_> = keys(&want).difference(&keys(body)).cloned().collect();
+            assert!(missing.is_empty(), "{name}: envelope lacks {missing:?}");
+            let missing: Vec<_> = keys(&want["decision"])
+                .difference(&keys(&body["decision"]))
+                .cloned()
+                .collect();
+            assert!(missing.is_empty(), "{name}: decision lacks {missing:?}");
+        }
+        if version == WebhookVersion::V3 {
+            // Each feature entry has the keys Didit's own entries have,
+            // where the vector and the delivery both have one.
+            for feature in [
+                "id_verifications",
+                "liveness_checks",
+                "face_matches",
+                "ip_analyses",
+            ] {
+                let want = &want["decision"][feature][0];
+                let have = approved
+                    .iter()
+                    .find_map(|b| b["decision"][feature].get(0).cloned())
+                    .unwrap_or_else(|| panic!("no {feature} entry delivered"));
+                let missing: Vec<_> = keys(want).difference(&keys(&have)).cloned().collect();
+                assert!(missing.is_empty(), "{feature} entries lack {missing:?}");
+            }
+        }
+        sim.shutdown().await;
+    }
+}
