@@ -116,6 +116,16 @@ pub fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
+/// Lower the calling thread's scheduling priority to `nice` 10 (on Linux
+/// priorities are per thread). Elsewhere a no-op.
+fn lower_priority() {
+    // `None` is `who = 0`: on Linux, the calling thread.
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::process::setpriority_process(None, 10) {
+        tracing::debug!(error = %e, "could not lower the projector's priority");
+    }
+}
+
 /// Open storage in `settings.data_dir`, start the projector and serve on
 /// `settings.listen`.
 pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Running> {
@@ -179,11 +189,18 @@ pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Run
     // Completion is signalled, not joined: a blocking join would hold up the
     // shutdown of whatever runtime is waiting on it.
     let (projector_done, projector_finished) = tokio::sync::oneshot::channel::<()>();
+    //
+    // It also runs at a lower scheduling priority (and so do its store
+    // threads): when deliveries arrive faster than both can go, the
+    // acknowledgements Didit waits for come first and decisions catch up
+    // from the log as soon as the burst passes (`kycd_consumer_lag`).
     std::thread::Builder::new()
         .name("kycd-projector".into())
         .spawn(move || {
+            lower_priority();
             match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
+                .on_thread_start(lower_priority)
                 .build()
             {
                 Ok(rt) => rt.block_on(projector.run(projector_stop)),
