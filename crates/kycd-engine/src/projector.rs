@@ -199,6 +199,9 @@ impl Projector {
                 envelope: &env,
             };
             let current = sessions.remove(&session_id);
+            let before = current
+                .as_ref()
+                .map(|r| SessionStatus::from(r.status.as_str()));
             let held_ts = current
                 .as_ref()
                 .and_then(|r| r.doc.get("didit_decision_ts"))
@@ -220,8 +223,14 @@ impl Projector {
             // A session that expired unfinished carries no results, yet the
             // operator needs a decision on it: decide on empty results (the
             // status is authentic even from an envelope-only signature).
+            // Only the delivery that moved an unfinished session into
+            // Expired decides: not a repeat, not a late one after a result.
             let nothing = Decision::default();
-            let expired = status == SessionStatus::Expired && record.status == status.as_str();
+            let expired = status == SessionStatus::Expired
+                && record.status == status.as_str()
+                && before
+                    .as_ref()
+                    .is_none_or(|b| b.rank().is_some_and(|r| r < 2));
             let trusted = trusted.or(expired.then_some(&nothing));
             let subject = subject_key(record.vendor_data.as_deref(), &session_id);
             if let Some(decision) = trusted {
@@ -592,7 +601,7 @@ mod tests {
 
     /// The approved vector as a different customer with their own document,
     /// all behind the same IP address.
-    fn approval(n: usize) -> Vec<u8> {
+    fn approval(n: usize, subject: usize) -> Vec<u8> {
         let v: Value = serde_json::from_str(
             &std::fs::read_to_string(format!("{SHARED}/vectors.json")).unwrap(),
         )
@@ -605,7 +614,7 @@ mod tests {
             .unwrap();
         let mut body: Value = serde_json::from_str(case["body"].as_str().unwrap()).unwrap();
         body["session_id"] = json!(format!("s-{n}"));
-        body["vendor_data"] = json!(format!("user-{n}"));
+        body["vendor_data"] = json!(format!("user-{subject}"));
         body["event_id"] = json!(format!("e-{n}"));
         let d = &mut body["decision"];
         d["session_id"] = json!(format!("s-{n}"));
@@ -615,6 +624,10 @@ mod tests {
     }
 
     async fn append(log: &SqliteLog, n: usize) {
+        append_as(log, n, n).await;
+    }
+
+    async fn append_as(log: &SqliteLog, n: usize, subject: usize) {
         log.append(NewEvent {
             received_at_ms: 1_774_970_000_000 + n as i64,
             source: EventSource::Webhook,
@@ -622,7 +635,7 @@ mod tests {
             session_id: Some(format!("s-{n}")),
             didit_event_id: Some(format!("e-{n}")),
             dedupe_keys: vec![format!("event:e-{n}")],
-            body: approval(n),
+            body: approval(n, subject),
             meta: json!({}),
         })
         .await
@@ -643,6 +656,27 @@ mod tests {
             .iter()
             .map(|d| d.doc["facts"]["graph"]["ip_subjects"].as_u64().unwrap())
             .collect()
+    }
+
+    #[tokio::test]
+    async fn a_subject_among_the_most_recent_does_not_use_up_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(
+            SqliteLog::open(&dir.path().join("events.db"), SqliteLogOptions::default()).unwrap(),
+        );
+        let store = Arc::new(SqliteStore::open(&dir.path().join("store.db"), false).unwrap());
+        let mut policies = Policies::new(Policy::builtin_default(), None);
+        policies.graph_count_cap = 3;
+        let projector = Projector::new(log.clone(), store.clone(), policies);
+        for n in 0..4 {
+            append(&log, n).await;
+        }
+        projector.catch_up().await.unwrap();
+        // user-3 verifies again: the three others count, although user-3
+        // itself is the most recently seen subject of that IP.
+        append_as(&log, 4, 3).await;
+        projector.catch_up().await.unwrap();
+        assert_eq!(ip_counts(&store).await, [0, 1, 2, 3, 3]);
     }
 
     #[tokio::test]

@@ -13,12 +13,15 @@
 //!    one ([`SessionStatus::is_backwards_from`]: a late `In Progress` after
 //!    `Approved`) is recorded, not applied, whatever its timestamp. The one
 //!    way back is `Resubmitted` → `In Progress`, a new attempt.
-//! 4. Deliveries with equal timestamps (Didit's are whole seconds) are
+//! 4. Within [`REORDER_WINDOW_SECS`] of the current status, deliveries are
 //!    ordered by Didit's usual transitions ([`usual_transition`]): a
 //!    delivery whose status normally comes *before* the current one (an
-//!    `In Review` arriving after the reviewer's `Declined` of the same
-//!    second) is recorded, not applied. Pairs the transitions do not order
-//!    resolve in log order, so the outcome is deterministic for a given log.
+//!    `In Review` arriving after the reviewer's `Declined`, stamped in the
+//!    same or a later second because Didit stamps each attempt) is
+//!    recorded, not applied. `Expired` follows only an unfinished session,
+//!    so it never replaces a result. Pairs the transitions do not order
+//!    resolve by timestamp, then log order, so the outcome is deterministic
+//!    for a given log.
 //! 5. Otherwise the status is applied.
 //!
 //! Independently of the status, Didit's **decision** payload is the latest
@@ -76,11 +79,22 @@ pub fn status_transition(
     if new.is_backwards_from(current) {
         return Err(Skip::Backwards);
     }
-    if new_ts == current_ts && usual_transition(new, current) && !usual_transition(current, new) {
+    if new_ts - current_ts <= REORDER_WINDOW_SECS
+        && usual_transition(new, current)
+        && !usual_transition(current, new)
+    {
+        return Err(Skip::Backwards);
+    }
+    if *new == SessionStatus::Expired && current.rank() == Some(2) && *current != *new {
         return Err(Skip::Backwards);
     }
     Ok(())
 }
+
+/// How far apart (in Didit's timestamps) two deliveries may be and still be
+/// ordered by the usual transitions rather than by time: Didit stamps each
+/// attempt, and its retries come up to about five minutes later.
+pub const REORDER_WINDOW_SECS: i64 = 300;
 
 /// Didit's usual transitions (PROTOCOL.md section 2), including manual and
 /// API updates, as far as they order two statuses.
@@ -231,9 +245,23 @@ mod tests {
             status_transition(&S::Declined, 100, &S::Approved, 100),
             Ok(())
         );
-        // A later review is a later review.
+        // A review re-stamped by a retry minutes later is still the review
+        // that came before the decision; one after the window is new.
         assert_eq!(
-            status_transition(&S::Declined, 100, &S::InReview, 101),
+            status_transition(&S::Declined, 100, &S::InReview, 340),
+            Err(Skip::Backwards)
+        );
+        assert_eq!(
+            status_transition(&S::Declined, 100, &S::InReview, 401),
+            Ok(())
+        );
+        // Expiry never replaces a result.
+        assert_eq!(
+            status_transition(&S::Approved, 100, &S::Expired, 500),
+            Err(Skip::Backwards)
+        );
+        assert_eq!(
+            status_transition(&S::NotStarted, 100, &S::Expired, 500),
             Ok(())
         );
         // Pairs the transitions do not order keep log order.
