@@ -7,7 +7,7 @@
 //! handed in, never read from a clock. That is what lets a replay rebuild
 //! a decision's facts exactly.
 
-use didit::payload::{Decision, FeatureStatus, LogType};
+use didit::payload::{Decision, Feature, FeatureStatus, LogType};
 use kycd_core::when::format_millis;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
@@ -60,6 +60,24 @@ impl IdentityKind {
             IdentityKind::Email => "email",
         }
     }
+}
+
+/// A biometric authentication: a returning customer's liveness check and a
+/// face match against the portrait the operator sent, and nothing else (IP
+/// analysis aside). Feature names are read in every wire version's
+/// spelling; a liveness check without a face match proves nothing about
+/// who it is, so it does not count.
+pub fn is_reauthentication(features: &[String]) -> bool {
+    let parsed: Vec<Option<Feature>> = features.iter().map(|f| Feature::from_name(f)).collect();
+    let has = |f: Feature| parsed.contains(&Some(f));
+    has(Feature::Liveness)
+        && has(Feature::FaceMatch)
+        && parsed.iter().all(|f| {
+            matches!(
+                f,
+                Some(Feature::Liveness | Feature::FaceMatch | Feature::IpAnalysis)
+            )
+        })
 }
 
 /// The identity values a decision carries, normalised and hashed so that
@@ -366,10 +384,7 @@ pub fn build(input: &FactsInput<'_>) -> Value {
             "workflow_id": input.workflow_id,
             "payload_version": format!("{:?}", d.version).to_ascii_lowercase(),
             "sandbox": input.sandbox,
-            // A biometric authentication (a returning customer's selfie
-            // against their KYC portrait): liveness without a document.
-            "reauthentication": d.features.iter().any(|f| f == "LIVENESS")
-                && !d.features.iter().any(|f| f == "ID_VERIFICATION"),
+            "reauthentication": is_reauthentication(&d.features),
         },
         "subject": {
             "id": input.subject,
@@ -552,6 +567,31 @@ mod tests {
         assert_eq!(age_at("2008-03-31", NOW_MS), Some(18));
         assert_eq!(age_at("2008-04-01", NOW_MS), Some(17));
         assert_eq!(days_from_date("garbage"), None);
+    }
+
+    #[test]
+    fn only_liveness_with_a_face_match_is_a_reauthentication() {
+        let f = |names: &[&str]| {
+            is_reauthentication(&names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+        };
+        assert!(f(&["LIVENESS", "FACE_MATCH"]));
+        assert!(f(&["liveness", "FACE", "IP_ANALYSIS"]));
+        assert!(!f(&["LIVENESS"]), "no face match: who it is stays unknown");
+        assert!(
+            !f(&["OCR", "LIVENESS", "FACE"]),
+            "v1 spells the document OCR"
+        );
+        assert!(!f(&["LIVENESS", "FACE_MATCH", "NFC"]));
+        assert!(!f(&["LIVENESS", "FACE_MATCH", "SOMETHING_NEW"]));
+        assert!(!f(&[]));
+        let env = vector("biometric_reauthentication");
+        assert!(is_reauthentication(
+            &env.decision.as_ref().unwrap().features
+        ));
+        let env = vector("approved_full_decision");
+        assert!(!is_reauthentication(
+            &env.decision.as_ref().unwrap().features
+        ));
     }
 
     #[test]
