@@ -231,6 +231,9 @@ pub trait Store: Send + Sync + 'static {
 pub struct SqliteStore {
     writer: Arc<Mutex<Connection>>,
     reader: Arc<Mutex<Connection>>,
+    /// The projector's reads (`graph_context`), apart from the API's, so a
+    /// batch's reads never hold up a request.
+    graph_reader: Arc<Mutex<Connection>>,
 }
 
 const SCHEMA: &str = "
@@ -319,9 +322,15 @@ impl SqliteStore {
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         reader.busy_timeout(std::time::Duration::from_secs(5))?;
+        let graph_reader = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        graph_reader.busy_timeout(std::time::Duration::from_secs(5))?;
         Ok(Self {
             writer: Arc::new(Mutex::new(writer)),
             reader: Arc::new(Mutex::new(reader)),
+            graph_reader: Arc::new(Mutex::new(graph_reader)),
         })
     }
 
@@ -412,9 +421,12 @@ fn migrate_identity_links(conn: &Connection) -> Result<(), StoreError> {
     if old {
         conn.execute_batch(
             "BEGIN IMMEDIATE;
-             INSERT OR IGNORE INTO identity_values (kind, value, subject, first_offset, last_at_ms)
+             INSERT INTO identity_values (kind, value, subject, first_offset, last_at_ms)
                SELECT kind, value, subject, MIN(event_offset), MAX(at_ms)
-               FROM identity_links GROUP BY kind, value, subject;
+               FROM identity_links WHERE true GROUP BY kind, value, subject
+             ON CONFLICT (kind, value, subject) DO UPDATE
+               SET first_offset = min(first_offset, excluded.first_offset),
+                   last_at_ms = max(last_at_ms, excluded.last_at_ms);
              DROP TABLE identity_links;
              COMMIT;",
         )?;
@@ -628,7 +640,7 @@ impl Store for SqliteStore {
     }
 
     async fn graph_context(&self, q: GraphQuery) -> Result<GraphContext, StoreError> {
-        Self::with(&self.reader, move |c| {
+        Self::with(&self.graph_reader, move |c| {
             // One read transaction: every answer is from the same snapshot.
             let tx = c.transaction()?;
             let mut out = GraphContext::default();
@@ -1057,8 +1069,17 @@ mod tests {
             ctx.linked[&("ip".to_owned(), "h".to_owned())],
             vec![("u1".to_owned(), 40), ("u2".to_owned(), 20)]
         );
-        // Opening again finds nothing left to migrate.
+        // The old table is gone, so opening again migrates nothing.
         drop(s);
+        let c = Connection::open(&path).unwrap();
+        let old: i64 = c
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'identity_links'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(old, 0);
         SqliteStore::open(&path, true).unwrap();
     }
 
