@@ -79,6 +79,11 @@ impl AppliedTimes {
 
 async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
+    // Take Ctrl-C from the start: an interrupted run still shuts down
+    // cleanly and removes its temporary data directory.
+    let mut interrupted = tokio::spawn(async {
+        let _ = tokio::signal::ctrl_c().await;
+    });
     let data = tempfile::Builder::new()
         .prefix("kycd-demo-")
         .tempdir()
@@ -184,7 +189,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
             }
             break;
         }
-        if Instant::now() >= deadline {
+        if Instant::now() >= deadline || interrupted.is_finished() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -203,6 +208,12 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         );
     }
 
+    if interrupted.is_finished() {
+        println!("\nInterrupted.");
+        sim.shutdown().await;
+        running.shutdown().await?;
+        return Ok(ExitCode::from(130));
+    }
     if args.keep_running {
         let data_dir = data.keep();
         println!("\nStill running (Ctrl-C to stop):");
@@ -215,7 +226,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         println!("  ground truth    {}/sim/v1/truth", sim.base_url());
         println!("  data directory  {}", data_dir.display());
         std::io::stdout().flush()?;
-        let _ = tokio::signal::ctrl_c().await;
+        let _ = (&mut interrupted).await;
     }
     sim.shutdown().await;
     running.shutdown().await?;

@@ -15,11 +15,16 @@ pub struct SimArgs {
     #[arg(long, default_value = "127.0.0.1:8090")]
     pub listen: SocketAddr,
     /// The API key clients must send as `x-api-key`.
-    #[arg(long, env = "KYCD_SIM_API_KEY", default_value = "sim-api-key")]
+    #[arg(
+        long,
+        env = "KYCD_SIM_API_KEY",
+        hide_env_values = true,
+        default_value = "sim-api-key"
+    )]
     pub api_key: String,
     /// The application's webhook secret (give kycd the same one in
     /// `KYCD_WEBHOOK_SECRETS`).
-    #[arg(long, env = "KYCD_SIM_WEBHOOK_SECRET")]
+    #[arg(long, env = "KYCD_SIM_WEBHOOK_SECRET", hide_env_values = true)]
     pub secret: String,
     /// A webhook destination; append `#v1` or `#v2` for the older payload
     /// versions. Repeatable; more can be added with
