@@ -11,6 +11,7 @@ pub mod api;
 pub mod decisions;
 pub mod error;
 pub mod intake;
+pub mod operator_webhook;
 pub mod settings;
 pub mod telemetry;
 
