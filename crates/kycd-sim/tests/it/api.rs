@@ -2,11 +2,11 @@
 
 use std::time::Duration;
 
-use kycd_sim::{RateLimits, WebhookVersion};
+use kycd_sim::RateLimits;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::support::{self, Api, Receiver, API_KEY, SECRET};
+use crate::support::{self, Api, API_KEY, SECRET};
 
 #[tokio::test]
 async fn requests_without_or_with_a_wrong_api_key_get_403_with_a_detail() {
@@ -76,9 +76,7 @@ async fn unknown_paths_and_bad_bodies_answer_with_a_detail() {
 #[tokio::test]
 async fn update_status_follows_didits_rules_and_only_real_changes_are_delivered() {
     let sim = support::sim(2, 1000.0).await;
-    let receiver = Receiver::start().await;
-    sim.add_destination(&receiver.url(), WebhookVersion::V3)
-        .unwrap();
+    let receiver = support::v3_receiver(&sim).await;
     let api = Api::new(&sim);
     let same = "The new status is the same as the current status.";
     // (current, new, expected status, expected detail, delivered)

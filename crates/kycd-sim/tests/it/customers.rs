@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use kycd_sim::{Fate, Label, Scenario, WebhookVersion};
+use kycd_sim::{Fate, Label, Scenario};
 use serde_json::{json, Value};
 
 use crate::support::{self, Api, Receiver};
@@ -16,9 +16,7 @@ const SETTLE: Duration = Duration::from_secs(30);
 #[tokio::test]
 async fn a_run_of_200_users_settles_in_seconds_and_the_truth_covers_every_customer() {
     let sim = support::sim(31, 1000.0).await;
-    let receiver = Receiver::start().await;
-    sim.add_destination(&receiver.url(), WebhookVersion::V3)
-        .unwrap();
+    let _receiver = support::v3_receiver(&sim).await;
     let started = Instant::now();
     let run = sim.run(200);
     assert_eq!(run.customers(), 0..200);
@@ -223,9 +221,7 @@ fn comparable(mut value: Value, base_url: &str) -> Value {
 
 async fn snapshot(seed: u64) -> (Vec<Value>, Vec<(String, String, String, String)>) {
     let sim = support::sim(seed, 1000.0).await;
-    let receiver = Receiver::start().await;
-    sim.add_destination(&receiver.url(), WebhookVersion::V3)
-        .unwrap();
+    let _receiver = support::v3_receiver(&sim).await;
     sim.run(60);
     sim.wait_settled(SETTLE).await.unwrap();
     let api = Api::new(&sim);
@@ -345,9 +341,7 @@ fn statuses(receiver: &Receiver, session_id: &str) -> Vec<String> {
 #[tokio::test]
 async fn didits_reviewer_resubmits_a_blurry_document_and_the_customer_redoes_it() {
     let sim = support::sim(36, 1000.0).await;
-    let receiver = Receiver::start().await;
-    sim.add_destination(&receiver.url(), WebhookVersion::V3)
-        .unwrap();
+    let receiver = support::v3_receiver(&sim).await;
     let api = Api::new(&sim);
     let created = api
         .create_session(
@@ -387,9 +381,7 @@ async fn didits_reviewer_resubmits_a_blurry_document_and_the_customer_redoes_it(
 #[tokio::test]
 async fn an_api_resubmission_sends_the_customer_back_through_the_named_step() {
     let sim = support::sim(37, 1000.0).await;
-    let receiver = Receiver::start().await;
-    sim.add_destination(&receiver.url(), WebhookVersion::V3)
-        .unwrap();
+    let receiver = support::v3_receiver(&sim).await;
     let api = Api::new(&sim);
     let created = api
         .create_session(
@@ -427,9 +419,7 @@ async fn an_api_resubmission_sends_the_customer_back_through_the_named_step() {
 #[tokio::test]
 async fn sessions_sent_to_review_are_decided_by_didits_reviewer() {
     let sim = support::sim(38, 1000.0).await;
-    let receiver = Receiver::start().await;
-    sim.add_destination(&receiver.url(), WebhookVersion::V3)
-        .unwrap();
+    let receiver = support::v3_receiver(&sim).await;
     let api = Api::new(&sim);
     let mut ids = Vec::new();
     for (vendor, scenario) in [
@@ -524,9 +514,7 @@ async fn a_returning_customer_reauthenticates_against_the_approved_portrait() {
 #[tokio::test]
 async fn data_corrections_are_delivered_as_data_updated() {
     let sim = support::sim(40, 1000.0).await;
-    let receiver = Receiver::start().await;
-    sim.add_destination(&receiver.url(), WebhookVersion::V3)
-        .unwrap();
+    let receiver = support::v3_receiver(&sim).await;
     sim.run(150);
     sim.wait_settled(SETTLE).await.unwrap();
     let updates: Vec<Value> = receiver

@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
 use didit::signature::SignatureHeaders;
-use kycd_sim::{Faults, Sim, SimConfig};
+use kycd_sim::{Faults, Sim, SimConfig, WebhookVersion};
 use serde_json::Value;
 use tokio::sync::watch;
 
@@ -112,6 +112,14 @@ pub fn config(seed: u64, time_scale: f64) -> SimConfig {
 
 pub async fn sim(seed: u64, time_scale: f64) -> Sim {
     kycd_sim::start(config(seed, time_scale)).await.unwrap()
+}
+
+/// A fresh receiver, registered as the simulator's v3 destination.
+pub async fn v3_receiver(sim: &Sim) -> Receiver {
+    let receiver = Receiver::start().await;
+    sim.add_destination(&receiver.url(), WebhookVersion::V3)
+        .unwrap();
+    receiver
 }
 
 pub fn now() -> i64 {
