@@ -176,12 +176,12 @@ impl Projector {
         let envelopes = parse_envelopes(events);
         let history = self.prefetch(events, &envelopes, &sessions).await?;
 
-        for (event, env) in events.iter().zip(envelopes) {
+        for (event, parsed) in events.iter().zip(envelopes) {
             if event.source == EventSource::Subject {
                 self.apply_subject(event, &mut pending, &mut batch);
                 continue;
             }
-            let Some(env) = env else {
+            let Some(Parsed { env, keys }) = parsed else {
                 continue;
             };
             let Some(session_id) = env.session_id.clone() else {
@@ -221,24 +221,22 @@ impl Projector {
                 .clone()
                 .unwrap_or(SessionStatus::Other(String::new()));
             // A session that expired unfinished carries no results, yet the
-            // operator needs a decision on it: decide on empty results (the
-            // status is authentic even from an envelope-only signature).
-            // Only the delivery that moved an unfinished session into
-            // Expired decides: not a repeat, not a late one after a result.
-            let nothing = Decision::default();
-            let expired = status == SessionStatus::Expired
-                && record.status == status.as_str()
-                && before
-                    .as_ref()
-                    .is_none_or(|b| b.rank().is_some_and(|r| r < 2));
-            let trusted = trusted.or(expired.then_some(&nothing));
+            // operator needs a decision on it: the delivery that moved it
+            // into Expired (the state machine never lets Expired replace a
+            // result) is decided on empty results, with no identity values.
+            // Its status is authentic even from an envelope-only signature.
+            let no_results = Decision::default();
+            let expired = record.status == SessionStatus::Expired.as_str()
+                && before != Some(SessionStatus::Expired);
+            let trusted = trusted
+                .map(|d| (d, keys))
+                .or_else(|| expired.then(|| (&no_results, Vec::new())));
             let subject = subject_key(record.vendor_data.as_deref(), &session_id);
-            if let Some(decision) = trusted {
+            if let Some((decision, keys)) = trusted {
                 let decides = status.is_decided()
                     || expired
                     || env.webhook_type == WebhookType::DataUpdated
                     || event.source == EventSource::Polled;
-                let keys = facts::identity_keys(decision);
                 if decides {
                     let graph = self.graph(
                         &history,
@@ -343,7 +341,7 @@ impl Projector {
     async fn prefetch(
         &self,
         events: &[StoredEvent],
-        envelopes: &[Option<Envelope>],
+        envelopes: &[Option<Parsed>],
         sessions: &HashMap<String, SessionRecord>,
     ) -> Result<GraphContext, ProjectorError> {
         // A session's subject is the latest non-empty vendor_data it was
@@ -354,7 +352,7 @@ impl Projector {
                 vendors.entry(id.as_str()).or_default().insert(v);
             }
         }
-        for env in envelopes.iter().flatten() {
+        for Parsed { env, .. } in envelopes.iter().flatten() {
             if let (Some(id), Some(v)) = (&env.session_id, &env.vendor_data) {
                 if !v.is_empty() {
                     vendors.entry(id.as_str()).or_default().insert(v.as_str());
@@ -364,8 +362,10 @@ impl Projector {
         let mut values = BTreeSet::new();
         let mut subjects = BTreeSet::new();
         let mut oldest_ms = i64::MAX;
-        for (event, env) in events.iter().zip(envelopes) {
-            let Some(env) = env else { continue };
+        for (event, parsed) in events.iter().zip(envelopes) {
+            let Some(Parsed { env, keys }) = parsed else {
+                continue;
+            };
             let Some(session_id) = &env.session_id else {
                 continue;
             };
@@ -377,8 +377,8 @@ impl Projector {
             for vendor in vendors.get(session_id.as_str()).into_iter().flatten() {
                 subjects.insert(subject_key(Some(vendor), session_id));
             }
-            for (kind, value) in env.decision.iter().flat_map(facts::identity_keys) {
-                values.insert((kind.as_str().to_owned(), value));
+            for (kind, value) in keys {
+                values.insert((kind.as_str().to_owned(), value.clone()));
             }
             oldest_ms = oldest_ms.min(event.received_at_ms);
         }
@@ -507,8 +507,15 @@ impl Projector {
     }
 }
 
+/// A session event's envelope, and the identity values its decision
+/// carries (hashed once, for both the batch's prefetch and its facts).
+struct Parsed {
+    env: Envelope,
+    keys: Vec<(IdentityKind, String)>,
+}
+
 /// Parse each session event's stored body once for the whole batch.
-fn parse_envelopes(events: &[StoredEvent]) -> Vec<Option<Envelope>> {
+fn parse_envelopes(events: &[StoredEvent]) -> Vec<Option<Parsed>> {
     events
         .iter()
         .map(|event| {
@@ -516,7 +523,14 @@ fn parse_envelopes(events: &[StoredEvent]) -> Vec<Option<Envelope>> {
                 return None;
             }
             match Envelope::from_slice(&event.body) {
-                Ok(env) => Some(env),
+                Ok(env) => {
+                    let keys = env
+                        .decision
+                        .as_ref()
+                        .map(facts::identity_keys)
+                        .unwrap_or_default();
+                    Some(Parsed { env, keys })
+                }
                 Err(err) => {
                     // The intake only logs what parsed, so this means a bug
                     // or a corrupted row; say which event, never its content.
@@ -658,9 +672,8 @@ mod tests {
             .collect()
     }
 
-    #[tokio::test]
-    async fn a_subject_among_the_most_recent_does_not_use_up_the_cap() {
-        let dir = tempfile::tempdir().unwrap();
+    /// A log, a store and a projector whose graph counts stop at 3.
+    fn capped_at_three(dir: &tempfile::TempDir) -> (Arc<SqliteLog>, Arc<SqliteStore>, Projector) {
         let log = Arc::new(
             SqliteLog::open(&dir.path().join("events.db"), SqliteLogOptions::default()).unwrap(),
         );
@@ -668,6 +681,13 @@ mod tests {
         let mut policies = Policies::new(Policy::builtin_default(), None);
         policies.graph_count_cap = 3;
         let projector = Projector::new(log.clone(), store.clone(), policies);
+        (log, store, projector)
+    }
+
+    #[tokio::test]
+    async fn a_subject_among_the_most_recent_does_not_use_up_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, store, projector) = capped_at_three(&dir);
         for n in 0..4 {
             append(&log, n).await;
         }
@@ -682,13 +702,7 @@ mod tests {
     #[tokio::test]
     async fn graph_counts_stop_at_the_cap_within_a_batch_and_across_batches() {
         let dir = tempfile::tempdir().unwrap();
-        let log = Arc::new(
-            SqliteLog::open(&dir.path().join("events.db"), SqliteLogOptions::default()).unwrap(),
-        );
-        let store = Arc::new(SqliteStore::open(&dir.path().join("store.db"), false).unwrap());
-        let mut policies = Policies::new(Policy::builtin_default(), None);
-        policies.graph_count_cap = 3;
-        let projector = Projector::new(log.clone(), store.clone(), policies);
+        let (log, store, projector) = capped_at_three(&dir);
 
         // One batch: the counts come from the batch's own earlier events.
         for n in 0..6 {
