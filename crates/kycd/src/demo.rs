@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use didit::signature::Secret;
 use kycd_core::{Clock, SystemClock};
-use kycd_log::store::{DecisionQuery, Store};
+use kycd_log::store::{DecisionQuery, DecisionRecord, Store};
 use kycd_server::settings::Settings;
 use kycd_sim::{Faults, Label, SimConfig, Truth};
 use rand::Rng;
@@ -260,19 +260,31 @@ struct DecidedSessions {
 
 impl DecidedSessions {
     async fn count(&mut self, store: &dyn Store) -> anyhow::Result<usize> {
-        loop {
-            let page = store
-                .list_decisions(DecisionQuery {
-                    after_offset: Some(self.after),
-                    limit: 500,
-                    ..Default::default()
-                })
-                .await?;
-            let Some(last) = page.last() else { break };
+        let new = decisions_after(store, self.after).await?;
+        if let Some(last) = new.last() {
             self.after = last.event_offset;
-            self.sessions.extend(page.into_iter().map(|d| d.session_id));
         }
+        self.sessions.extend(new.into_iter().map(|d| d.session_id));
         Ok(self.sessions.len())
+    }
+}
+
+/// Every active-policy decision on events after `offset`, oldest first.
+async fn decisions_after(store: &dyn Store, offset: u64) -> anyhow::Result<Vec<DecisionRecord>> {
+    let mut out: Vec<DecisionRecord> = Vec::new();
+    loop {
+        let after = out.last().map_or(offset, |d| d.event_offset);
+        let page = store
+            .list_decisions(DecisionQuery {
+                after_offset: Some(after),
+                limit: 500,
+                ..Default::default()
+            })
+            .await?;
+        if page.is_empty() {
+            return Ok(out);
+        }
+        out.extend(page);
     }
 }
 
@@ -380,30 +392,12 @@ impl Report {
         // Webhook-to-decision latency: from the delivery's arrival (the
         // event's receive time, which is also the decision's time) to the
         // commit that made the decision visible.
-        let marks = applied
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .marks
-            .clone();
-        let applied = AppliedTimes { marks };
-        let mut after = Some(0);
-        while let Some(cursor) = after {
-            let page = store
-                .list_decisions(DecisionQuery {
-                    after_offset: Some(cursor),
-                    limit: 500,
-                    ..Default::default()
-                })
-                .await?;
-            after = page.last().map(|d| d.event_offset);
-            for d in &page {
-                r.decisions += 1;
-                if let Some(at) = applied.committed_at(d.event_offset) {
-                    r.latencies_ms.push((at - d.decided_at_ms).max(0));
-                }
-            }
-            if page.len() < 500 {
-                break;
+        let decisions = decisions_after(store, 0).await?;
+        let applied = applied.lock().unwrap_or_else(|p| p.into_inner());
+        r.decisions = decisions.len();
+        for d in &decisions {
+            if let Some(at) = applied.committed_at(d.event_offset) {
+                r.latencies_ms.push((at - d.decided_at_ms).max(0));
             }
         }
         r.latencies_ms.sort_unstable();
