@@ -3,10 +3,14 @@
 //!
 //! Every `/v3/` call needs the configured `x-api-key` (403 otherwise) and
 //! counts against its scope's rate limit (see [`crate::ratelimit`]). The
-//! `/sim/v1/truth`, `/stats` and `/deliveries` endpoints need the same key
-//! but are not rate limited. `/sim/v1/media/...` and `/session/{token}` need
-//! no key: they stand for Didit's signed media links and hosted page.
-//! Every error body is `{"detail": "..."}`.
+//! `/sim/v1/truth`, `/stats`, `/deliveries` and `/calls` endpoints need the
+//! same key but are not rate limited. `/sim/v1/media/...` and
+//! `/session/{token}` need no key: they stand for Didit's signed media links
+//! and hosted page. Every error body is `{"detail": "..."}`.
+//!
+//! The calls that ask for an effect and the decision and session-list reads
+//! go through [`logged`], which records them in the call log
+//! ([`crate::calls`]), refused ones included.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,7 +18,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, patch, post};
 use axum::{Json, Router};
@@ -22,6 +26,7 @@ use serde_json::{json, Map, Value};
 use time::format_description::well_known::Rfc3339;
 use time::{Date, OffsetDateTime, PrimitiveDateTime, Time};
 
+use crate::calls::{self, ApiCall, CallEffect};
 use crate::decision::Feat;
 use crate::ids;
 use crate::media;
@@ -109,6 +114,7 @@ pub(crate) fn router(inner: Arc<Inner>) -> Router {
         .route("/sim/v1/truth", get(truth))
         .route("/sim/v1/stats", get(stats))
         .route("/sim/v1/deliveries", get(deliveries))
+        .route("/sim/v1/calls", get(calls_log))
         .route("/sim/v1/media/{session_id}/{name}", get(media_file))
         .route("/session/{token}", get(hosted_page))
         .fallback(not_found)
@@ -167,6 +173,101 @@ fn json_response(status: StatusCode, body: Value) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// A logged call as it came in, before it is answered.
+struct Call {
+    method: String,
+    path: String,
+    query: Option<String>,
+    /// From the path or the body; the handler may name another.
+    session_id: Option<String>,
+    request: Value,
+}
+
+impl Call {
+    fn new(method: &Method, uri: &Uri) -> Self {
+        Self {
+            method: method.as_str().to_owned(),
+            path: uri.path().to_owned(),
+            query: uri.query().map(str::to_owned),
+            session_id: None,
+            request: Value::Null,
+        }
+    }
+
+    fn about(mut self, session_id: &str) -> Self {
+        self.session_id = Some(session_id.to_owned());
+        self
+    }
+
+    /// Keeps the body (redacted) and, for blocklist calls, its `session_id`.
+    fn with_body(mut self, body: &Result<Map<String, Value>, ApiError>) -> Self {
+        if let Ok(map) = body {
+            self.request = calls::redact(map);
+            if let Some(id) = map.get("session_id").and_then(Value::as_str) {
+                self.session_id = Some(id.to_owned());
+            }
+        }
+        self
+    }
+}
+
+/// What a logged call's handler did, besides answering.
+struct Done {
+    response: Response,
+    effect: CallEffect,
+    /// The session created or handed back, when the call did not name one.
+    session_id: Option<String>,
+}
+
+impl Done {
+    fn new(response: Response, effect: CallEffect) -> Self {
+        Self {
+            response,
+            effect,
+            session_id: None,
+        }
+    }
+}
+
+/// Admits `call` to `scope`, runs `work`, answers with the rate-limit
+/// headers, and records the answer in the call log. Whatever answered a
+/// 4xx (403, 429, 400, 404, 413) is logged as `rejected`.
+fn logged(
+    inner: &Inner,
+    headers: &HeaderMap,
+    scope: Scope,
+    call: Call,
+    work: impl FnOnce() -> Result<Done, ApiError>,
+) -> Response {
+    let (response, effect, session_id) = match admit(inner, headers, scope) {
+        Err(e) => (e.into_response(), CallEffect::Rejected, None),
+        Ok(rate) => match work() {
+            Ok(done) => (
+                finish(rate, Ok(done.response)),
+                done.effect,
+                done.session_id,
+            ),
+            Err(e) => (finish(rate, Err(e)), CallEffect::Rejected, None),
+        },
+    };
+    let status = response.status();
+    inner.calls.record(ApiCall {
+        seq: 0, // numbered by the log
+        method: call.method,
+        path: call.path,
+        query: call.query,
+        session_id: session_id.or(call.session_id),
+        status: status.as_u16(),
+        effect: if status.is_client_error() {
+            CallEffect::Rejected
+        } else {
+            effect
+        },
+        request: call.request,
+    });
+    response
+}
+
 /// A request body, or why it could not be read (too large, cut off).
 type Body = Result<Bytes, BytesRejection>;
 
@@ -209,13 +310,17 @@ fn threshold(body: &Map<String, Value>, key: &str, default: f64) -> Result<f64, 
     }
 }
 
-async fn create_workflow(State(inner): Shared, headers: HeaderMap, body: Body) -> Response {
-    let rate = match admit(&inner, &headers, Scope::Write) {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
-    };
-    let result = (|| -> ApiResult {
-        let body = object_body(body)?;
+async fn create_workflow(
+    State(inner): Shared,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let body = object_body(body);
+    let call = Call::new(&method, &uri).with_body(&body);
+    logged(&inner, &headers, Scope::Write, call, || {
+        let body = body?;
         let kind = body
             .get("workflow_type")
             .and_then(Value::as_str)
@@ -243,7 +348,14 @@ async fn create_workflow(State(inner): Shared, headers: HeaderMap, body: Body) -
         let aml = bool_switch(&body, "is_aml_enabled", false)?;
         let phone = bool_switch(&body, "is_phone_verification_enabled", false)?;
         let email = bool_switch(&body, "is_email_verification_enabled", false)?;
-        bool_switch(&body, "is_nfc_enabled", false)?;
+        let nfc = bool_switch(&body, "is_nfc_enabled", false)?;
+        if nfc && kind != "kyc" {
+            // The chip is read after the document photo, which only KYC
+            // workflows take.
+            return Err(ApiError::bad_request(
+                "is_nfc_enabled needs a kyc workflow (NFC reads the document's chip).",
+            ));
+        }
         let decline = threshold(&body, "face_match_score_decline_threshold", 50.0)?;
         let review = threshold(&body, "face_match_score_review_threshold", 70.0)?.max(decline);
         let mut features = Vec::new();
@@ -256,6 +368,7 @@ async fn create_workflow(State(inner): Shared, headers: HeaderMap, body: Body) -
             "kyc" => {
                 add(ip, Feat::Ip);
                 add(true, Feat::Id);
+                add(nfc, Feat::Nfc);
                 add(liveness, Feat::Liveness);
                 add(liveness && face_match, Feat::FaceMatch);
                 add(aml, Feat::Aml);
@@ -299,9 +412,11 @@ async fn create_workflow(State(inner): Shared, headers: HeaderMap, body: Body) -
         };
         let answer = workflow.to_json();
         st.workflows.push(workflow);
-        Ok(json_response(StatusCode::CREATED, answer))
-    })();
-    finish(rate, result)
+        Ok(Done::new(
+            json_response(StatusCode::CREATED, answer),
+            CallEffect::Created,
+        ))
+    })
 }
 
 async fn list_workflows(State(inner): Shared, headers: HeaderMap) -> Response {
@@ -318,14 +433,17 @@ async fn list_workflows(State(inner): Shared, headers: HeaderMap) -> Response {
     finish(rate, Ok(json_response(StatusCode::OK, Value::Array(list))))
 }
 
-async fn create_session(State(inner): Shared, headers: HeaderMap, body: Body) -> Response {
-    let rate = match admit(&inner, &headers, Scope::SessionCreation) {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
-    };
-    let result = (|| -> ApiResult {
-        let body = object_body(body)?;
-        let req = CreateRequest::from_json(&body)?;
+async fn create_session(
+    State(inner): Shared,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let body = object_body(body);
+    let call = Call::new(&method, &uri).with_body(&body);
+    logged(&inner, &headers, Scope::SessionCreation, call, || {
+        let req = CreateRequest::from_json(&body?)?;
         let created = session::create(&inner, req, None)?;
         if let Some(scenario) = created.auto {
             let guard = inner.activity.enter();
@@ -333,59 +451,81 @@ async fn create_session(State(inner): Shared, headers: HeaderMap, body: Body) ->
                 crate::flow::api_session(inner.clone(), created.session_id.clone(), scenario);
             inner.spawn(guard, task);
         }
-        Ok(json_response(StatusCode::CREATED, created.body))
-    })();
-    finish(rate, result)
+        let effect = if created.existing {
+            CallEffect::ReturnedExisting
+        } else {
+            CallEffect::Created
+        };
+        Ok(Done {
+            response: json_response(StatusCode::CREATED, created.body),
+            effect,
+            session_id: Some(created.session_id),
+        })
+    })
 }
 
 async fn get_decision(
     State(inner): Shared,
     Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    let rate = match admit(&inner, &headers, Scope::DecisionRead) {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
-    };
-    let st = inner.lock();
-    let result = st
-        .live_session(&id)
-        .map(|s| json_response(StatusCode::OK, session::decision_json(&inner, s)))
-        .ok_or_else(ApiError::session_not_found);
-    drop(st);
-    finish(rate, result)
+    let call = Call::new(&method, &uri).about(&id);
+    logged(&inner, &headers, Scope::DecisionRead, call, || {
+        let st = inner.lock();
+        let s = st
+            .live_session(&id)
+            .ok_or_else(ApiError::session_not_found)?;
+        let decision = session::decision_json(&inner, s);
+        drop(st);
+        Ok(Done::new(
+            json_response(StatusCode::OK, decision),
+            CallEffect::Read,
+        ))
+    })
 }
 
 async fn update_status(
     State(inner): Shared,
     Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let rate = match admit(&inner, &headers, Scope::Write) {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
-    };
-    let result = (|| -> ApiResult {
-        let body = object_body(body)?;
-        let req = UpdateRequest::from_json(&body)?;
-        let answer = session::update_status(&inner, &id, req, session::Actor::Api)?;
-        Ok(json_response(StatusCode::OK, answer))
-    })();
-    finish(rate, result)
+    let body = object_body(body);
+    let call = Call::new(&method, &uri).with_body(&body).about(&id);
+    logged(&inner, &headers, Scope::Write, call, || {
+        let req = UpdateRequest::from_json(&body?)?;
+        let updated = session::update_status(&inner, &id, req, session::Actor::Api)?;
+        let effect = if updated.changed {
+            CallEffect::Changed
+        } else {
+            CallEffect::Noop
+        };
+        Ok(Done::new(
+            json_response(StatusCode::OK, updated.answer),
+            effect,
+        ))
+    })
 }
 
 async fn delete_session(
     State(inner): Shared,
     Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    let rate = match admit(&inner, &headers, Scope::Write) {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
-    };
-    let result = session::delete(&inner, &id).map(|()| StatusCode::NO_CONTENT.into_response());
-    finish(rate, result)
+    let call = Call::new(&method, &uri).about(&id);
+    logged(&inner, &headers, Scope::Write, call, || {
+        session::delete(&inner, &id)?;
+        Ok(Done::new(
+            StatusCode::NO_CONTENT.into_response(),
+            CallEffect::Changed,
+        ))
+    })
 }
 
 async fn generate_pdf(
@@ -414,13 +554,17 @@ async fn generate_pdf(
     finish(rate, result)
 }
 
-fn blocklist_call(inner: &Arc<Inner>, headers: &HeaderMap, body: Body, add: bool) -> Response {
-    let rate = match admit(inner, headers, Scope::Write) {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
-    };
-    let result = (|| -> ApiResult {
-        let body = object_body(body)?;
+fn blocklist_call(
+    inner: &Arc<Inner>,
+    call: Call,
+    headers: &HeaderMap,
+    body: Body,
+    add: bool,
+) -> Response {
+    let body = object_body(body);
+    let call = call.with_body(&body);
+    logged(inner, headers, Scope::Write, call, || {
+        let body = body?;
         let session_id = body
             .get("session_id")
             .and_then(Value::as_str)
@@ -444,18 +588,34 @@ fn blocklist_call(inner: &Arc<Inner>, headers: &HeaderMap, body: Body, add: bool
         for (flag, name) in flags.iter_mut().zip(names) {
             *flag = bool_switch(&body, name, false)?;
         }
-        let answer = session::blocklist(inner, session_id, flags, add)?;
-        Ok(json_response(StatusCode::OK, answer))
-    })();
-    finish(rate, result)
+        let (answer, changed) = session::blocklist(inner, session_id, flags, add)?;
+        let effect = if changed {
+            CallEffect::Changed
+        } else {
+            CallEffect::Noop
+        };
+        Ok(Done::new(json_response(StatusCode::OK, answer), effect))
+    })
 }
 
-async fn blocklist_add(State(inner): Shared, headers: HeaderMap, body: Body) -> Response {
-    blocklist_call(&inner, &headers, body, true)
+async fn blocklist_add(
+    State(inner): Shared,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    blocklist_call(&inner, Call::new(&method, &uri), &headers, body, true)
 }
 
-async fn blocklist_remove(State(inner): Shared, headers: HeaderMap, body: Body) -> Response {
-    blocklist_call(&inner, &headers, body, false)
+async fn blocklist_remove(
+    State(inner): Shared,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    blocklist_call(&inner, Call::new(&method, &uri), &headers, body, false)
 }
 
 /// `2026-03-01` (a whole day) or an RFC 3339 instant.
@@ -487,14 +647,13 @@ fn encode(text: &str) -> String {
 
 async fn list_sessions(
     State(inner): Shared,
+    method: Method,
+    uri: Uri,
     headers: HeaderMap,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Response {
-    let rate = match admit(&inner, &headers, Scope::Read) {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
-    };
-    let result = (|| -> ApiResult {
+    let call = Call::new(&method, &uri);
+    logged(&inner, &headers, Scope::Read, call, || {
         let Query(q) = query.map_err(|_| ApiError::bad_request("Invalid query string."))?;
         let number = |key: &str, default: usize| -> Result<usize, ApiError> {
             match q.get(key) {
@@ -562,12 +721,14 @@ async fn list_sessions(
         };
         let next = (offset + limit < count).then(|| page_url(offset + limit));
         let previous = (offset > 0).then(|| page_url(offset.saturating_sub(limit)));
-        Ok(json_response(
-            StatusCode::OK,
-            json!({"count": count, "next": next, "previous": previous, "results": results}),
+        Ok(Done::new(
+            json_response(
+                StatusCode::OK,
+                json!({"count": count, "next": next, "previous": previous, "results": results}),
+            ),
+            CallEffect::Read,
         ))
-    })();
-    finish(rate, result)
+    })
 }
 
 pub(crate) fn destination_info(inner: &Inner, d: &Destination) -> DestinationInfo {
@@ -621,13 +782,17 @@ pub(crate) fn add_destination(
     Ok(info)
 }
 
-async fn create_destination(State(inner): Shared, headers: HeaderMap, body: Body) -> Response {
-    let rate = match admit(&inner, &headers, Scope::Write) {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
-    };
-    let result = (|| -> ApiResult {
-        let body = object_body(body)?;
+async fn create_destination(
+    State(inner): Shared,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let body = object_body(body);
+    let call = Call::new(&method, &uri).with_body(&body);
+    logged(&inner, &headers, Scope::Write, call, || {
+        let body = body?;
         let text = |key: &str| body.get(key).and_then(Value::as_str).map(str::to_owned);
         let url = text("url").ok_or_else(|| ApiError::bad_request("url is required."))?;
         let version = match body.get("webhook_version") {
@@ -648,9 +813,11 @@ async fn create_destination(State(inner): Shared, headers: HeaderMap, body: Body
         };
         let enabled = bool_switch(&body, "enabled", true)?;
         let info = add_destination(&inner, text("label"), url, version, events, enabled)?;
-        Ok(json_response(StatusCode::CREATED, json!(info)))
-    })();
-    finish(rate, result)
+        Ok(Done::new(
+            json_response(StatusCode::CREATED, json!(info)),
+            CallEffect::Created,
+        ))
+    })
 }
 
 async fn list_destinations(State(inner): Shared, headers: HeaderMap) -> Response {
@@ -688,6 +855,13 @@ async fn deliveries(State(inner): Shared, headers: HeaderMap) -> Response {
     }
 }
 
+async fn calls_log(State(inner): Shared, headers: HeaderMap) -> Response {
+    match authenticate(&inner, &headers) {
+        Ok(_) => json_response(StatusCode::OK, json!(inner.calls.all())),
+        Err(e) => e.into_response(),
+    }
+}
+
 /// Didit's signed media links, simulated: a JPEG-framed file naming the
 /// face it shows (see [`crate::media`]).
 async fn media_file(
@@ -702,6 +876,9 @@ async fn media_file(
         "selfie.jpg" => s.persona.face,
         "portrait.jpg" | "front.jpg" | "back.jpg" => s.persona.document_face,
         "reference.jpg" => s.reference_face.flatten().unwrap_or(0),
+        // The chip holds the document's own photo; a signature shows no face.
+        "chip.jpg" => s.persona.document_face,
+        "signature.jpg" => 0,
         "liveness.mp4" => {
             return (
                 [(header::CONTENT_TYPE, "video/mp4")],

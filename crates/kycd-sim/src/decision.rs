@@ -10,7 +10,9 @@ use time::Date;
 
 use crate::ids::{round2, score, SimRng};
 use crate::people::{self, Persona, HOSTING};
-use crate::scenario::{AmlTrait, DocTrait, EmailTrait, IpTrait, LivenessTrait, PhoneTrait, Traits};
+use crate::scenario::{
+    AmlTrait, DocTrait, EmailTrait, IpTrait, LivenessTrait, NfcTrait, PhoneTrait, Traits,
+};
 
 /// A verification step. The order of [`Feat::ALL`] is the order a user goes
 /// through them.
@@ -18,6 +20,8 @@ use crate::scenario::{AmlTrait, DocTrait, EmailTrait, IpTrait, LivenessTrait, Ph
 pub(crate) enum Feat {
     Ip,
     Id,
+    /// The document's chip, read after the document photo.
+    Nfc,
     Liveness,
     FaceMatch,
     Aml,
@@ -28,9 +32,10 @@ pub(crate) enum Feat {
 }
 
 impl Feat {
-    pub(crate) const ALL: [Feat; 9] = [
+    pub(crate) const ALL: [Feat; 10] = [
         Feat::Ip,
         Feat::Id,
+        Feat::Nfc,
         Feat::Liveness,
         Feat::FaceMatch,
         Feat::Aml,
@@ -45,6 +50,7 @@ impl Feat {
         match self {
             Feat::Ip => "IP_ANALYSIS",
             Feat::Id => "ID_VERIFICATION",
+            Feat::Nfc => "NFC",
             Feat::Liveness => "LIVENESS",
             Feat::FaceMatch => "FACE_MATCH",
             Feat::Aml => "AML",
@@ -60,6 +66,7 @@ impl Feat {
         match self {
             Feat::Ip => "ip_analyses",
             Feat::Id => "id_verifications",
+            Feat::Nfc => "nfc_verifications",
             Feat::Liveness => "liveness_checks",
             Feat::FaceMatch => "face_matches",
             Feat::Aml => "aml_screenings",
@@ -75,6 +82,7 @@ impl Feat {
         Some(match self {
             Feat::Ip => "ip_analysis",
             Feat::Id => "id_verification",
+            Feat::Nfc => "nfc",
             Feat::Liveness => "liveness",
             Feat::FaceMatch => "face_match",
             Feat::Aml => "aml",
@@ -89,6 +97,7 @@ impl Feat {
         match self {
             Feat::Ip => "feature_ip_analysis_1",
             Feat::Id => "feature_ocr_1",
+            Feat::Nfc => "feature_nfc_1",
             Feat::Liveness => "feature_liveness_1",
             Feat::FaceMatch => "feature_face_match_1",
             Feat::Aml => "feature_aml_1",
@@ -197,6 +206,14 @@ fn describe(risk: &str) -> (&'static str, &'static str) {
         "POSSIBLE_DUPLICATED_USER" => (
             "Possible duplicated approved user from other session",
             "The same document was presented in another session with a different vendor data.",
+        ),
+        "SKIPPED_NFC_VALIDATION" => (
+            "NFC validation skipped",
+            "The document's NFC chip could not be read, so its validation was not completed.",
+        ),
+        "NFC_AND_OCR_DATA_NOT_SAME" => (
+            "NFC and OCR data do not match",
+            "The data stored in the document's chip does not match the data read from its printed page.",
         ),
         "LIVENESS_FACE_ATTACK" => (
             "Presentation attack",
@@ -332,6 +349,7 @@ fn iso_date(d: Date) -> String {
 pub(crate) fn build(feat: Feat, ctx: &Ctx<'_>, rng: &mut SimRng) -> Value {
     match feat {
         Feat::Id => id_verification(ctx, rng),
+        Feat::Nfc => nfc(ctx, rng),
         Feat::Liveness => liveness(ctx, rng),
         Feat::FaceMatch => face_match(ctx, rng),
         Feat::Aml => aml(ctx, rng),
@@ -440,6 +458,92 @@ fn id_verification(ctx: &Ctx<'_>, rng: &mut SimRng) -> Value {
         "back_image": ctx.media("back.jpg", rng),
     });
     entry(Feat::Id, obj(fields), warnings)
+}
+
+/// The chip read (Didit's NFC report): the chip's own copy of the
+/// document data (`chip_data`), the SOD signature and data-group hash checks
+/// (`authenticity`) and the document signer certificate. A genuine
+/// document's chip repeats the page; a printout has no chip to read; a
+/// forged document's chip names someone else.
+fn nfc(ctx: &Ctx<'_>, rng: &mut SimRng) -> Value {
+    let p = ctx.persona;
+    let c = p.country();
+    if ctx.traits.nfc == NfcTrait::NoChip {
+        let warnings = vec![warning(
+            Feat::Nfc,
+            "SKIPPED_NFC_VALIDATION",
+            "warning",
+            Value::Null,
+        )];
+        let fields = json!({
+            "chip_read": false,
+            "document_type": p.document_type,
+            "document_number": Value::Null,
+            "issuing_state": c.a3,
+            "chip_data": Value::Null,
+            "authenticity": Value::Null,
+            "certificate_summary": Value::Null,
+            "portrait_image": Value::Null,
+            "signature_image": Value::Null,
+        });
+        return entry(Feat::Nfc, obj(fields), warnings);
+    }
+    let forged = ctx.traits.nfc == NfcTrait::Forged;
+    let (first_name, last_name) = if forged {
+        // Never the page's own surname, so the mismatch is real.
+        let others: Vec<&str> = c
+            .last
+            .iter()
+            .copied()
+            .filter(|l| *l != p.last_name)
+            .collect();
+        (
+            people::pick(rng, c.male).to_owned(),
+            people::pick(rng, &others).to_owned(),
+        )
+    } else {
+        (p.first_name.clone(), p.last_name.clone())
+    };
+    let mut warnings = Vec::new();
+    if forged {
+        warnings.push(warning(
+            Feat::Nfc,
+            "NFC_AND_OCR_DATA_NOT_SAME",
+            "error",
+            json!({"fields": ["first_name", "last_name"]}),
+        ));
+    }
+    let signed = p.date_of_issue - time::Duration::days(rng.gen_range(30..400));
+    let fields = json!({
+        "chip_read": true,
+        "document_type": p.document_type,
+        "document_number": p.document_number,
+        "issuing_state": c.a3,
+        "chip_data": {
+            "document_type": p.document_type,
+            "issuing_country": c.a3,
+            "document_number": p.document_number,
+            "expiration_date": iso_date(p.expiration_date),
+            "first_name": first_name,
+            "last_name": last_name,
+            "birth_date": iso_date(p.date_of_birth),
+            "gender": p.gender,
+            "nationality": c.a3,
+            "place_of_birth": p.city().name,
+        },
+        "authenticity": {"sod_integrity": true, "dg_integrity": !forged},
+        "certificate_summary": {
+            "issuer": format!("CSCA {}", c.name),
+            "subject": format!("Document Signer {}", c.a3),
+            "serial_number": hex::encode(rng.gen::<[u8; 8]>()),
+            "not_valid_before": format!("{} 00:00:00", iso_date(signed)),
+            "not_valid_after": format!("{} 00:00:00", iso_date(people::add_years(signed, 10))),
+        },
+        "portrait_image": ctx.media("chip.jpg", rng),
+        "signature_image": ctx.media("signature.jpg", rng),
+        "verified_at": ctx.now_iso,
+    });
+    entry(Feat::Nfc, obj(fields), warnings)
 }
 
 fn liveness(ctx: &Ctx<'_>, rng: &mut SimRng) -> Value {
@@ -943,6 +1047,50 @@ mod tests {
             assert!(risks.contains(&risk), "{scenario}: {risks:?}");
             assert_eq!(status(&entries), expected, "{scenario}");
         }
+    }
+
+    fn nfc_of(persona: &Persona, scenario: Scenario) -> Value {
+        let traits = Traits::for_scenario(scenario, &mut rng_for(1, "t", scenario.name()));
+        let ctx = Ctx {
+            today: today(),
+            now_iso: "2026-03-31T10:00:00.000000Z",
+            base_url: "http://sim",
+            session_id: "s",
+            persona,
+            traits: &traits,
+            face_review_below: 70.0,
+            face_decline_below: 50.0,
+            reference_face: None,
+            blocked: Blocked::default(),
+            same_face: &[],
+            same_document: &[],
+        };
+        build(Feat::Nfc, &ctx, &mut rng_for(1, "nfc", ""))
+    }
+
+    #[test]
+    fn a_genuine_chip_repeats_the_document_and_a_forged_or_missing_one_does_not() {
+        let p = Persona::generate(&mut rng_for(1, "p", "nfc"), today());
+        let genuine = nfc_of(&p, Scenario::CleanApproval);
+        assert_eq!(genuine["status"], json!("Approved"));
+        assert_eq!(genuine["node_id"], json!("feature_nfc_1"));
+        assert_eq!(genuine["warnings"], json!([]));
+        assert_eq!(genuine["chip_read"], json!(true));
+        assert_eq!(genuine["document_number"], json!(p.document_number));
+        assert_eq!(genuine["chip_data"]["last_name"], json!(p.last_name));
+        assert_eq!(
+            genuine["authenticity"],
+            json!({"sod_integrity": true, "dg_integrity": true})
+        );
+        let printed = nfc_of(&p, Scenario::PrintedCopy);
+        assert_eq!(printed["chip_read"], json!(false));
+        assert_eq!(printed["status"], json!("In Review"));
+        let forged = nfc_of(&p, Scenario::DocumentRing);
+        assert_eq!(forged["status"], json!("Declined"));
+        assert_eq!(
+            forged["warnings"][0]["risk"],
+            json!("NFC_AND_OCR_DATA_NOT_SAME")
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::clock::secs;
 use crate::decision::Feat;
 use crate::ids::{rng_for, SimRng};
 use crate::media;
-use crate::scenario::{DocTrait, EmailTrait, Label, LivenessTrait, PhoneTrait, Scenario};
+use crate::scenario::{DocTrait, EmailTrait, Label, LivenessTrait, NfcTrait, PhoneTrait, Scenario};
 use crate::session::{self, Actor, CreateRequest, Presenter, Scope, UpdateRequest};
 use crate::sim::Inner;
 
@@ -217,6 +217,7 @@ pub(crate) async fn redo(
                             s.traits.liveness = LivenessTrait::Clean;
                             s.traits.weak_face = false;
                         }
+                        Feat::Nfc => s.traits.nfc = NfcTrait::Genuine,
                         Feat::FaceMatch => s.traits.weak_face = false,
                         Feat::Phone => s.traits.phone = PhoneTrait::Mobile,
                         Feat::Email => s.traits.email = EmailTrait::Clean,

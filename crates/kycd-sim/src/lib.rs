@@ -13,6 +13,9 @@
 //! - Time is compressed by [`SimConfig::time_scale`]; deliveries are retried
 //!   as Didit retries them and can be duplicated, reordered, delayed, lost
 //!   or hit by a receiver outage ([`Faults`]).
+//! - [`Sim::calls`] logs every API call that asks for an effect (and the
+//!   decision and session-list reads) with what it did ([`CallEffect`]), so
+//!   tests can prove each effect was asked for exactly once.
 //! - Everything is reproducible from [`SimConfig::seed`]: the same seed and
 //!   the same calls give the same scenarios, ids and decisions; only
 //!   timestamps (which are the real wall clock) differ.
@@ -21,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 mod api;
+mod calls;
 mod clock;
 mod decision;
 mod delivery;
@@ -50,6 +54,7 @@ use serde::Serialize;
 use time::{Date, OffsetDateTime};
 use tokio::sync::watch;
 
+pub use calls::{ApiCall, CallEffect};
 pub use delivery::{Attempt, AttemptOutcome, DeliveryRecord, Fate};
 pub use ratelimit::RateLimits;
 pub use scenario::{Label, Scenario};
@@ -234,6 +239,10 @@ pub struct Stats {
     pub rejected: usize,
     /// Not settled yet.
     pub pending: usize,
+    /// Logged API calls ([`Sim::calls`]) by effect: `created`,
+    /// `returned_existing`, `changed`, `noop`, `rejected`, `read`. Only
+    /// effects that occurred are present.
+    pub api_calls: BTreeMap<String, usize>,
 }
 
 /// A running simulator. Dropping it stops its work; [`Sim::shutdown`] also
@@ -360,6 +369,7 @@ pub async fn start(config: SimConfig) -> anyhow::Result<Sim> {
             .unwrap_or_else(|| OffsetDateTime::now_utc().date()),
         state: Mutex::new(state),
         dispatcher: delivery::Dispatcher::new()?,
+        calls: calls::CallLog::new(),
         activity: Activity::new(),
         limiter: ratelimit::Limiter::new(config.rate_limits, clock.real(clock::secs(60.0))),
         shutdown: watch::Sender::new(false),
@@ -606,6 +616,15 @@ impl Sim {
         self.inner.dispatcher.records()
     }
 
+    /// Every logged API call so far, in answer order: the calls that ask
+    /// for an effect (session creation, update-status, blocklist add and
+    /// remove, deletion, workflow and destination creation) and the
+    /// decision and session-list reads, including refused ones (4xx, 403,
+    /// 429). See [`ApiCall`].
+    pub fn calls(&self) -> Vec<ApiCall> {
+        self.inner.calls.all()
+    }
+
     /// Test control: puts a session in `status` without delivering
     /// anything, and stops whatever its flow was going to do next. For
     /// reaching states such as `Kyc Expired` that no scenario produces.
@@ -677,5 +696,11 @@ pub(crate) fn stats_of(inner: &Inner) -> Stats {
         }
     }
     stats.failed = stats.dropped + stats.rejected;
+    for call in inner.calls.all() {
+        *stats
+            .api_calls
+            .entry(call.effect.as_str().to_owned())
+            .or_default() += 1;
+    }
     stats
 }

@@ -63,6 +63,24 @@ pub(crate) fn decode_portrait(text: &str) -> Result<Vec<u8>, PortraitError> {
     Ok(bytes)
 }
 
+/// The decoded size of a `portrait_image`, for the call log: exact for
+/// valid base64 (also above the 1 MB limit, counted without decoding),
+/// `None` for text that is not base64.
+pub(crate) fn decoded_len(text: &str) -> Option<usize> {
+    let text = text.trim();
+    let payload = match text.strip_prefix("data:") {
+        Some(rest) => rest.split_once(',').map(|(_, b)| b).unwrap_or(""),
+        None => text,
+    };
+    let alphabet = |b: &u8| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/';
+    let data = payload.trim_end_matches('=');
+    let padding = payload.len() - data.len();
+    if payload.len() % 4 != 0 || padding > 2 || !data.bytes().all(|b| alphabet(&b)) {
+        return None;
+    }
+    Some(payload.len() / 4 * 3 - padding)
+}
+
 pub(crate) fn encode(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
@@ -97,5 +115,16 @@ mod tests {
         let exact = encode(&vec![0u8; MAX_PORTRAIT_BYTES]);
         assert!(decode_portrait(&exact).is_ok());
         assert_eq!(face_of(&[1, 2, 3]), None);
+    }
+
+    #[test]
+    fn decoded_lengths_are_counted_without_decoding() {
+        for n in [0, 1, 2, 3, 4, 1000, MAX_PORTRAIT_BYTES + 5] {
+            assert_eq!(decoded_len(&encode(&vec![7u8; n])), Some(n), "{n}");
+        }
+        let url = format!("data:image/jpeg;base64,{}", encode(&[1, 2, 3, 4, 5]));
+        assert_eq!(decoded_len(&url), Some(5));
+        assert_eq!(decoded_len("%%%"), None);
+        assert_eq!(decoded_len("abc"), None);
     }
 }

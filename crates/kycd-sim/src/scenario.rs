@@ -165,6 +165,8 @@ pub(crate) struct Traits {
     pub ip: IpTrait,
     pub phone: PhoneTrait,
     pub email: EmailTrait,
+    /// What an NFC step finds on the document's chip.
+    pub nfc: NfcTrait,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -204,6 +206,20 @@ pub(crate) enum IpTrait {
     DataCentre(usize),
 }
 
+/// The document's chip, for workflows with NFC.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum NfcTrait {
+    /// A genuine document: the chip reads, its signature and data-group
+    /// hashes check out, and its data is what the page shows.
+    #[default]
+    Genuine,
+    /// A printout or a screen has no chip to read.
+    NoChip,
+    /// A forged document (a ring's reused number): the chip does not match
+    /// the printed page.
+    Forged,
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) enum PhoneTrait {
     #[default]
@@ -225,8 +241,15 @@ impl Traits {
         let mut t = Traits::default();
         let hosting = rng.gen_range(0..crate::people::HOSTING.len());
         match scenario {
-            Scenario::PrintedCopy => t.document = DocTrait::Printed,
-            Scenario::ScreenReplay => t.document = DocTrait::Screen,
+            Scenario::PrintedCopy => {
+                t.document = DocTrait::Printed;
+                t.nfc = NfcTrait::NoChip;
+            }
+            Scenario::ScreenReplay => {
+                t.document = DocTrait::Screen;
+                t.nfc = NfcTrait::NoChip;
+            }
+            Scenario::DocumentRing => t.nfc = NfcTrait::Forged,
             Scenario::Resubmission => t.document = DocTrait::Blurry,
             Scenario::LivenessAttack => t.liveness = LivenessTrait::Attack,
             Scenario::ReviewApproved | Scenario::ReviewDeclined => t.liveness = LivenessTrait::Low,

@@ -97,6 +97,8 @@ pub(crate) struct Created {
     pub session_id: String,
     /// For a new API session that should run on its own: its scenario.
     pub auto: Option<Scenario>,
+    /// The vendor's unfinished session was handed back: nothing was created.
+    pub existing: bool,
 }
 
 /// `POST /v3/session/`, for the API (`presenter: None`) and for simulated
@@ -152,6 +154,7 @@ pub(crate) fn create(
                 body: creation_body(s, &inner.base_url),
                 session_id: s.id.clone(),
                 auto: None,
+                existing: true,
             });
         }
     }
@@ -248,6 +251,7 @@ pub(crate) fn create(
         body,
         session_id: id,
         auto,
+        existing: false,
     })
 }
 
@@ -286,7 +290,10 @@ fn api_presenter(
     let scenario = match named {
         Some(s) => s,
         None if biometric => Scenario::ReturningCustomer,
-        None => scenario::draw(&mut rng, true),
+        None => match follow_up(st, req.vendor_data.as_deref()) {
+            Some(s) => s,
+            None => scenario::draw(&mut rng, true),
+        },
     };
     let key = req
         .vendor_data
@@ -319,17 +326,42 @@ fn api_presenter(
         }
     }
     let mut label = scenario.label();
-    if biometric {
-        if scenario == Scenario::AccountTakeover {
-            let attacker = Persona::generate(&mut rng, inner.today);
-            persona.face = attacker.face;
-            label = Label::Fraudulent;
-        }
-    } else {
+    if scenario == Scenario::AccountTakeover {
+        // The account's thief: the owner's document (if asked for one),
+        // someone else's face.
+        let attacker = Persona::generate(&mut rng, inner.today);
+        persona.face = attacker.face;
+        label = Label::Fraudulent;
+    } else if !biometric {
         apply_scenario(&mut persona, scenario, &mut rng, inner.today);
     }
     let traits = Traits::for_scenario(scenario, &mut rng);
     (persona, traits, scenario, label)
+}
+
+/// The scenario of a later API session for a `vendor_data` already seen
+/// without `sim_scenario`, such as the operator's step-up (a new session on
+/// an NFC or phone workflow) or a retry: the same person behaves the same
+/// way. A person whose sessions were all genuine goes through cleanly; one
+/// who attacked before attacks again, as in their latest fraudulent session.
+/// `None` for a `vendor_data` never seen.
+fn follow_up(st: &State, vendor_data: Option<&str>) -> Option<Scenario> {
+    let vendor_data = vendor_data?;
+    let earlier: Vec<&Session> = st
+        .order
+        .iter()
+        .filter_map(|id| st.sessions.get(id))
+        .filter(|s| s.vendor_data.as_deref() == Some(vendor_data))
+        .collect();
+    if earlier.is_empty() {
+        return None;
+    }
+    let fraud = earlier
+        .iter()
+        .rev()
+        .find(|s| s.label == Label::Fraudulent)
+        .map(|s| s.scenario);
+    Some(fraud.unwrap_or(Scenario::CleanApproval))
 }
 
 /// The changes a scenario makes to a person's documents and face.
@@ -484,7 +516,6 @@ pub(crate) fn decision_json(inner: &Inner, s: &Session) -> Value {
             .unwrap_or(Value::Null);
         d.insert(feat.array_key().into(), value);
     }
-    d.insert("nfc_verifications".into(), Value::Null);
     d.insert("database_validations".into(), Value::Null);
     Value::Object(d)
 }
@@ -716,6 +747,13 @@ impl UpdateRequest {
     }
 }
 
+/// The answer to an update-status, and whether it changed anything (the
+/// call log tells a no-op from a change).
+pub(crate) struct Updated {
+    pub answer: Value,
+    pub changed: bool,
+}
+
 /// `PATCH update-status` for the API and for Didit's simulated reviewer.
 /// A real change emits `status.updated`; `Resubmitted` also sends the
 /// customer back through the named steps.
@@ -724,7 +762,7 @@ pub(crate) fn update_status(
     session_id: &str,
     req: UpdateRequest,
     actor: Actor,
-) -> Result<Value, ApiError> {
+) -> Result<Updated, ApiError> {
     let mut guard = inner.lock();
     let st = &mut *guard;
     let s = st
@@ -738,7 +776,12 @@ pub(crate) fn update_status(
     let transition = check_transition(&s.status, &req.new_status).map_err(ApiError::bad_request)?;
     let answer = json!({"session_id": s.id, "status": req.new_status});
     let new = match transition {
-        Transition::NoOp => return Ok(answer),
+        Transition::NoOp => {
+            return Ok(Updated {
+                answer,
+                changed: false,
+            })
+        }
         Transition::Change(new) => new,
     };
     let mut redo = Vec::new();
@@ -804,7 +847,10 @@ pub(crate) fn update_status(
         let task = crate::flow::redo(inner.clone(), session_id.to_owned(), redo, flow, rng);
         inner.spawn(guard, task);
     }
-    Ok(answer)
+    Ok(Updated {
+        answer,
+        changed: true,
+    })
 }
 
 /// `DELETE /v3/session/{id}/delete/`.
@@ -819,13 +865,14 @@ pub(crate) fn delete(inner: &Inner, session_id: &str) -> Result<(), ApiError> {
 }
 
 /// `POST /v3/blocklist/add/` (`add`) and `/remove/`: the four flags name
-/// the face, document, phone and email.
+/// the face, document, phone and email. Returns the answer and whether the
+/// blocklist changed (adding what is already there changes nothing).
 pub(crate) fn blocklist(
     inner: &Inner,
     session_id: &str,
     flags: [bool; 4],
     add: bool,
-) -> Result<Value, ApiError> {
+) -> Result<(Value, bool), ApiError> {
     let mut guard = inner.lock();
     let st = &mut *guard;
     let s = st
@@ -854,26 +901,32 @@ pub(crate) fn blocklist(
     }
     let p = s.persona.clone();
     let b = &mut st.blocklist;
-    fn set<T: std::hash::Hash + Eq>(set: &mut std::collections::HashSet<T>, v: T, add: bool) {
+    /// Adds or removes `v`; whether that changed the set.
+    fn set<T: std::hash::Hash + Eq>(
+        set: &mut std::collections::HashSet<T>,
+        v: T,
+        add: bool,
+    ) -> bool {
         if add {
-            set.insert(v);
+            set.insert(v)
         } else {
-            set.remove(&v);
+            set.remove(&v)
         }
     }
+    let mut changed = false;
     if face {
-        set(&mut b.faces, p.face, add);
+        changed |= set(&mut b.faces, p.face, add);
     }
     if document {
-        set(&mut b.documents, Session::document_key(&p), add);
+        changed |= set(&mut b.documents, Session::document_key(&p), add);
     }
     if phone {
-        set(&mut b.phones, p.full_phone(), add);
+        changed |= set(&mut b.phones, p.full_phone(), add);
     }
     if email {
-        set(&mut b.emails, p.email.to_ascii_lowercase(), add);
+        changed |= set(&mut b.emails, p.email.to_ascii_lowercase(), add);
     }
-    Ok(json!({
+    let answer = json!({
         "session_id": session_id,
         "blocklisted": {
             "face": b.faces.contains(&p.face),
@@ -881,7 +934,8 @@ pub(crate) fn blocklist(
             "phone": b.phones.contains(&p.full_phone()),
             "email": b.emails.contains(&p.email.to_ascii_lowercase()),
         },
-    }))
+    });
+    Ok((answer, changed))
 }
 
 /// The PDF report of a session.

@@ -6,7 +6,7 @@
 //! blocklists; it is never held across an `.await`. The dispatcher's record
 //! list has its own mutex, taken while the state lock may be held (an event
 //! is dispatched as it is emitted, so deliveries keep the emission order),
-//! never the other way round.
+//! never the other way round. The API call log's mutex is a leaf too.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,6 +18,7 @@ use time::Date;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 
+use crate::calls::CallLog;
 use crate::clock::SimClock;
 use crate::delivery::Dispatcher;
 use crate::ratelimit::Limiter;
@@ -36,6 +37,8 @@ pub(crate) struct Inner {
     pub today: Date,
     pub state: Mutex<State>,
     pub dispatcher: Dispatcher,
+    /// Every logged `/v3/` call (see [`crate::calls`]).
+    pub calls: CallLog,
     pub activity: Activity,
     pub limiter: Limiter,
     pub shutdown: watch::Sender<bool>,

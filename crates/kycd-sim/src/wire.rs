@@ -116,8 +116,6 @@ fn to_v2(decision: &mut Map<String, Value>) {
         decision.remove(feat.array_key());
         decision.insert(key.to_owned(), single);
     }
-    decision.remove("nfc_verifications");
-    decision.insert("nfc".to_owned(), Value::Null);
     decision.remove("database_validations");
     decision.insert("database_validation".to_owned(), Value::Null);
 }
@@ -283,6 +281,27 @@ mod tests {
         assert_eq!(parsed.version, PayloadVersion::V2);
         assert!(parsed.has_risk("LIVENESS_FACE_ATTACK"));
         assert_eq!(parsed.face_matches[0].score, Some(91.0));
+    }
+
+    #[test]
+    fn v2_carries_the_nfc_entry_as_a_singular_object() {
+        let mut body = v3();
+        if let Some(Value::Object(d)) = body.get_mut("decision") {
+            d.insert(
+                "nfc_verifications".into(),
+                json!([{"node_id": "feature_nfc_1", "status": "Approved", "chip_read": true,
+                        "document_number": "X1", "warnings": []}]),
+            );
+        }
+        let v2 = render(&body, WebhookVersion::V2).unwrap();
+        let decision = &v2["decision"];
+        assert!(decision.get("nfc_verifications").is_none());
+        assert_eq!(decision["nfc"]["chip_read"], json!(true));
+        assert!(decision["nfc"].get("node_id").is_none());
+        let parsed = Decision::from_value(decision.clone()).unwrap();
+        assert_eq!(parsed.nfc_verifications.len(), 1);
+        let without = render(&v3(), WebhookVersion::V2).unwrap();
+        assert_eq!(without["decision"]["nfc"], Value::Null);
     }
 
     #[test]

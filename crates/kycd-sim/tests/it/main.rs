@@ -2,6 +2,8 @@
 //! receiver sees them, and its simulated customers.
 
 mod api;
+mod calls;
 mod customers;
 mod deliveries;
+mod step_up;
 mod support;
