@@ -32,8 +32,10 @@ const FACTS: &[(&str, &[&str])] = &[
             "payload_version",
             "sandbox",
             "reauthentication",
+            "step_up",
         ],
     ),
+    ("step_up", &["status", "checks", "didit_status", "approved"]),
     ("subject", &["id", "attributes", "blocklisted"]),
     (
         "didit",
@@ -362,9 +364,13 @@ mod tests {
         assert!(is_known_fact(&["now"]));
         assert!(is_known_fact(&["subject", "attributes", "tier", "x"]));
         assert!(is_known_fact(&["didit", "risks", "0"]));
+        assert!(is_known_fact(&["step_up", "status"]));
+        assert!(is_known_fact(&["step_up", "checks", "0"]));
+        assert!(is_known_fact(&["session", "step_up"]));
         assert!(!is_known_fact(&["documnet", "age"]));
         assert!(!is_known_fact(&["document", "agee"]));
         assert!(!is_known_fact(&["document", "age", "years"]));
+        assert!(!is_known_fact(&["step_up", "state"]));
     }
 
     #[test]

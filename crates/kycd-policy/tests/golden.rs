@@ -316,6 +316,19 @@ fn direct_tables_and_projection_agree_with_zen_engine_on_random_facts() {
         json!(99),
     ];
     let flags = [json!(true), json!(false), json!(null)];
+    let step_up_statuses = [
+        json!(null),
+        json!("none"),
+        json!("requested"),
+        json!("completed"),
+        json!("expired"),
+    ];
+    let didit_statuses = [
+        json!(null),
+        json!("Approved"),
+        json!("Declined"),
+        json!("In Review"),
+    ];
     for i in 0..600 {
         let (doc, _) = rng.pick(&countries);
         let (_, ip) = rng.pick(&countries);
@@ -331,6 +344,13 @@ fn direct_tables_and_projection_agree_with_zen_engine_on_random_facts() {
                 },
                 "face_match": {"score": rng.pick(&scores)},
                 "liveness": {"score": rng.pick(&scores)},
+                "phone": {"disposable": rng.pick(&flags)},
+                "session": {"step_up": rng.pick(&flags)},
+                "step_up": {
+                    "status": rng.pick(&step_up_statuses),
+                    "didit_status": rng.pick(&didit_statuses),
+                    "approved": rng.pick(&flags),
+                },
                 "graph": {"document_subjects": rng.next() % 4, "device_subjects": rng.next() % 6},
             }),
         );
