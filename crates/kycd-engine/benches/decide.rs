@@ -55,6 +55,8 @@ fn facts_of(env: &Envelope) -> Value {
             document_subjects: 1,
             ..GraphSignals::default()
         },
+        step_up: None,
+        is_step_up_session: false,
     })
 }
 

@@ -38,6 +38,25 @@ pub struct FactsInput<'a> {
     pub subject: Option<&'a str>,
     pub attributes: Option<&'a Value>,
     pub graph: GraphSignals,
+    /// The session's step-up so far (`status`, `checks`, `didit_status`,
+    /// `approved`, `session_id`), as the projector keeps it; `None` when
+    /// none was requested.
+    pub step_up: Option<&'a Value>,
+    /// This session is itself a step-up kycd created.
+    pub is_step_up_session: bool,
+}
+
+/// The `step_up` facts: what became of the extra check a `step_up` outcome
+/// asked for. `status` is `none`, `requested`, `completed` or `expired`.
+pub fn step_up_facts(held: Option<&Value>) -> Value {
+    let get = |k: &str| held.and_then(|h| h.get(k)).cloned();
+    json!({
+        "status": get("status").unwrap_or_else(|| json!("none")),
+        "checks": get("checks").unwrap_or_else(|| json!([])),
+        "didit_status": get("didit_status").unwrap_or(Value::Null),
+        "approved": get("approved").unwrap_or(json!(false)),
+        "session_id": get("session_id").unwrap_or(Value::Null),
+    })
 }
 
 /// What the identity graph indexes, per kind.
@@ -385,7 +404,9 @@ pub fn build(input: &FactsInput<'_>) -> Value {
             "payload_version": format!("{:?}", d.version).to_ascii_lowercase(),
             "sandbox": input.sandbox,
             "reauthentication": is_reauthentication(&d.features),
+            "step_up": input.is_step_up_session,
         },
+        "step_up": step_up_facts(input.step_up),
         "subject": {
             "id": input.subject,
             "attributes": attributes,
@@ -442,6 +463,8 @@ mod tests {
             subject: Some("user-1001"),
             attributes: attrs,
             graph,
+            step_up: None,
+            is_step_up_session: false,
         })
     }
 

@@ -3,6 +3,7 @@
 //! ([`projector`]).
 #![forbid(unsafe_code)]
 
+pub mod actions;
 pub mod countries;
 pub mod facts;
 pub mod projector;

@@ -25,15 +25,17 @@ use std::sync::{Arc, RwLock};
 
 use didit::payload::{Decision, Envelope, SessionStatus, WebhookType};
 use kycd_core::when::format_millis;
+use kycd_log::outbox::StepUpRecord;
 use kycd_log::store::{
-    DecisionRecord, GraphContext, GraphQuery, IdentityLink, ProjectionBatch, SessionRecord, Store,
-    StoreError, SubjectVersion,
+    DecisionQuery, DecisionRecord, GraphContext, GraphQuery, IdentityLink, ProjectionBatch,
+    SessionRecord, Store, StoreError, SubjectVersion,
 };
 use kycd_log::{EventLog, EventSource, LogError, StoredEvent};
 use kycd_policy::Policy;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
+use crate::actions::{self, ActionSettings, PlanInput};
 use crate::facts::{self, FactsInput, GraphSignals, IdentityKind};
 use crate::session::{apply, Delivery};
 
@@ -69,6 +71,8 @@ pub struct Policies {
     pub graph_window_ms: i64,
     /// Where graph counts stop ([`GRAPH_COUNT_CAP`] by default).
     pub graph_count_cap: u64,
+    /// What decisions do (nothing by default: see [`crate::actions`]).
+    pub actions: Arc<ActionSettings>,
 }
 
 impl Policies {
@@ -78,6 +82,7 @@ impl Policies {
             shadow: shadow.map(Arc::new),
             graph_window_ms: DEFAULT_GRAPH_WINDOW_MS,
             graph_count_cap: GRAPH_COUNT_CAP,
+            actions: Arc::new(ActionSettings::default()),
         }
     }
 
@@ -166,19 +171,30 @@ impl Projector {
         to: u64,
         events: &[StoredEvent],
     ) -> Result<(), ProjectorError> {
+        let envelopes = parse_envelopes(events);
         let mut ids: Vec<String> = events.iter().filter_map(|e| e.session_id.clone()).collect();
+        ids.extend(
+            envelopes
+                .iter()
+                .flatten()
+                .filter_map(|p| step_up_of(&p.env).map(str::to_owned)),
+        );
         ids.sort();
         ids.dedup();
         let mut sessions: HashMap<String, SessionRecord> = self.store.load_sessions(&ids).await?;
         let mut pending = Pending::default();
         let mut batch = ProjectionBatch::default();
         let active = self.policies.active();
-        let envelopes = parse_envelopes(events);
         let history = self.prefetch(events, &envelopes, &sessions).await?;
 
         for (event, parsed) in events.iter().zip(envelopes) {
             if event.source == EventSource::Subject {
                 self.apply_subject(event, &mut pending, &mut batch);
+                continue;
+            }
+            if event.source == EventSource::Internal {
+                self.apply_internal(event, &active, &mut sessions, &mut batch)
+                    .await?;
                 continue;
             }
             let Some(Parsed { env, keys }) = parsed else {
@@ -210,6 +226,21 @@ impl Projector {
             let Some(mut record) = apply(current, &delivery) else {
                 continue;
             };
+            let original = step_up_of(&env).map(str::to_owned);
+            if let Some(o) = &original {
+                record.doc["step_up_of"] = json!(o);
+                if let Some(check) = env
+                    .metadata
+                    .as_ref()
+                    .and_then(|m| m.get(STEP_UP_CHECK_META))
+                {
+                    record.doc["step_up_check"] = check.clone();
+                }
+            }
+            let echo = recognise_echo(&mut record, &env);
+            if before.as_ref().map(SessionStatus::as_str) != Some(record.status.as_str()) {
+                self.announce_status(event, &record, before.as_ref(), &mut batch);
+            }
 
             // A trusted decision that became the session's latest is decided on.
             let trusted = env
@@ -233,11 +264,26 @@ impl Projector {
                 .or_else(|| expired.then(|| (&no_results, Vec::new())));
             let subject = subject_key(record.vendor_data.as_deref(), &session_id);
             if let Some((decision, keys)) = trusted {
-                let decides = status.is_decided()
+                let decides = (status.is_decided()
                     || expired
                     || env.webhook_type == WebhookType::DataUpdated
-                    || event.source == EventSource::Polled;
-                if decides {
+                    || event.source == EventSource::Polled)
+                    && !echo;
+                if decides && original.is_some() && status.is_decided() {
+                    // A step-up session is not decided on its own: its
+                    // result completes the step-up and the original is
+                    // decided again.
+                    let original = original.clone().unwrap_or_default();
+                    self.complete_step_up(
+                        event,
+                        &active,
+                        &original,
+                        &record,
+                        &mut sessions,
+                        &mut batch,
+                    )
+                    .await?;
+                } else if decides && original.is_none() {
                     let graph = self.graph(
                         &history,
                         &pending,
@@ -262,9 +308,12 @@ impl Projector {
                         subject: record.vendor_data.as_deref(),
                         attributes: attributes.as_ref(),
                         graph,
+                        step_up: record.doc.get("step_up").filter(|v| v.is_object()),
+                        is_step_up_session: false,
                     };
                     let facts = facts::build(&input);
                     let made = decide(&active, false, event, &record, &facts);
+                    self.act(&made, &mut record, flag("sandbox"), &mut batch);
                     record.doc["decision"] = summary(&made);
                     batch.decisions.push(made);
                     if let Some(shadow) = &self.policies.shadow {
@@ -302,6 +351,341 @@ impl Projector {
         }
         batch.sessions = sessions.into_values().collect();
         self.store.commit(CONSUMER, from, to, batch).await?;
+        Ok(())
+    }
+
+    /// Plan what an active decision does (the outbox), and remember in
+    /// the session what was asked of Didit.
+    fn act(
+        &self,
+        made: &DecisionRecord,
+        record: &mut SessionRecord,
+        sandbox: bool,
+        batch: &mut ProjectionBatch,
+    ) {
+        let previous = record
+            .doc
+            .get("decision")
+            .and_then(|d| d.get("outcome"))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let mut plan = actions::plan(
+            &self.policies.actions,
+            &PlanInput {
+                decision: made,
+                previous_outcome: previous.as_deref(),
+                didit_status: &record.status,
+                sandbox,
+                is_step_up_session: record.doc.get("step_up_of").is_some(),
+                didit_decision: record.doc.get("didit_decision"),
+            },
+        );
+        if let Some(status) = &plan.writeback {
+            record.doc["writeback"] = actions::writeback_marker(status, &made.id);
+        }
+        let asked = record
+            .doc
+            .pointer("/step_up/status")
+            .and_then(Value::as_str)
+            == Some("requested");
+        if asked {
+            // One step-up at a time: a session decided again while its
+            // step-up is open keeps waiting for that one.
+            plan.actions.retain(|a| a.kind != actions::STEP_UP);
+        } else if !plan.step_up_checks.is_empty() {
+            record.doc["step_up"] = json!({
+                "status": "requested",
+                "checks": plan.step_up_checks,
+                "decision_id": made.id,
+                "requested_at_ms": made.decided_at_ms,
+                "sessions": {},
+            });
+        }
+        batch.actions.extend(plan.actions);
+    }
+
+    /// `session.updated` to the operator when a delivery moved the status.
+    fn announce_status(
+        &self,
+        event: &StoredEvent,
+        record: &SessionRecord,
+        before: Option<&SessionStatus>,
+        batch: &mut ProjectionBatch,
+    ) {
+        if !self.policies.actions.operator_webhooks {
+            return;
+        }
+        batch.actions.push(actions::operator_message(
+            format!(
+                "{}:{}:session.updated",
+                event.offset,
+                actions::OPERATOR_WEBHOOK
+            ),
+            "session.updated",
+            event.received_at_ms,
+            Some(&record.session_id),
+            json!({
+                "session_id": record.session_id,
+                "vendor_data": record.vendor_data,
+                "status": record.status,
+                "previous_status": before.map(SessionStatus::as_str),
+                "step_up_of": record.doc.get("step_up_of"),
+                "event_id": event.id.as_str(),
+            }),
+        ));
+    }
+
+    /// A step-up session reached a result: record it on the original and,
+    /// once every requested check has a result, decide the original again.
+    async fn complete_step_up(
+        &self,
+        event: &StoredEvent,
+        active: &Policy,
+        original_id: &str,
+        step_up: &SessionRecord,
+        sessions: &mut HashMap<String, SessionRecord>,
+        batch: &mut ProjectionBatch,
+    ) -> Result<(), ProjectorError> {
+        let Some(mut original) = sessions.remove(original_id) else {
+            tracing::warn!(session = %step_up.session_id, "step-up session of an unknown original; not linked");
+            return Ok(());
+        };
+        let open = original
+            .doc
+            .pointer("/step_up/status")
+            .and_then(Value::as_str)
+            == Some("requested");
+        // From the metadata kycd gave the session, so it is known even when
+        // the delivery comes before kycd logged the creation.
+        let check = step_up
+            .doc
+            .get("step_up_check")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        if open {
+            let st = &mut original.doc["step_up"];
+            let check = check.unwrap_or_else(|| "UNKNOWN".to_owned());
+            st["sessions"][&check]["session_id"] = json!(step_up.session_id);
+            st["sessions"][&check]["didit_status"] = json!(step_up.status);
+            let requested: Vec<String> = st["checks"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect();
+            let results: Vec<&str> = requested
+                .iter()
+                .filter_map(|c| st["sessions"][c]["didit_status"].as_str())
+                .collect();
+            if results.len() == requested.len() {
+                let worst = results
+                    .iter()
+                    .copied()
+                    .max_by_key(|s| match *s {
+                        "Approved" => 0,
+                        "In Review" => 1,
+                        _ => 2,
+                    })
+                    .unwrap_or("Declined")
+                    .to_owned();
+                st["status"] = json!("completed");
+                st["didit_status"] = json!(worst);
+                st["approved"] = json!(worst == "Approved");
+                st["session_id"] = json!(step_up.session_id);
+                batch.step_ups.push(StepUpRecord {
+                    step_up_session_id: step_up.session_id.clone(),
+                    original_session_id: original.session_id.clone(),
+                    checks: requested,
+                    state: "completed".into(),
+                    url: None,
+                    workflow_id: step_up.workflow_id.clone(),
+                    requested_at_ms: event.received_at_ms,
+                    expires_at_ms: event.received_at_ms,
+                    finished_at_ms: Some(event.received_at_ms),
+                });
+                self.announce_step_up(event, &original, "step_up.completed", batch);
+                self.redecide(event, active, &mut original, batch).await?;
+            }
+        }
+        sessions.insert(original.session_id.clone(), original);
+        Ok(())
+    }
+
+    fn announce_step_up(
+        &self,
+        event: &StoredEvent,
+        original: &SessionRecord,
+        kind: &str,
+        batch: &mut ProjectionBatch,
+    ) {
+        if !self.policies.actions.operator_webhooks {
+            return;
+        }
+        batch.actions.push(actions::operator_message(
+            format!("{}:{}:{kind}", event.offset, actions::OPERATOR_WEBHOOK),
+            kind,
+            event.received_at_ms,
+            Some(&original.session_id),
+            json!({
+                "session_id": original.session_id,
+                "vendor_data": original.vendor_data,
+                "step_up": original.doc.get("step_up"),
+            }),
+        ));
+    }
+
+    /// Decide `original` again on the facts of its latest decision, with
+    /// the step-up's result and the time of `event`.
+    async fn redecide(
+        &self,
+        event: &StoredEvent,
+        active: &Policy,
+        original: &mut SessionRecord,
+        batch: &mut ProjectionBatch,
+    ) -> Result<(), ProjectorError> {
+        let in_batch = batch
+            .decisions
+            .iter()
+            .rev()
+            .find(|d| !d.shadow && d.session_id == original.session_id)
+            .and_then(|d| d.doc.get("facts").cloned());
+        let facts = match in_batch {
+            Some(f) => Some(f),
+            None => self
+                .store
+                .list_decisions(DecisionQuery {
+                    session_id: Some(original.session_id.clone()),
+                    limit: 1,
+                    ..DecisionQuery::default()
+                })
+                .await?
+                .into_iter()
+                .next()
+                .and_then(|d| d.doc.get("facts").cloned()),
+        };
+        let Some(mut facts) = facts else {
+            tracing::warn!(session = %original.session_id, "step-up finished on a session without a decision; not decided again");
+            return Ok(());
+        };
+        facts["now"] = json!(format_millis(event.received_at_ms));
+        facts["step_up"] = facts::step_up_facts(original.doc.get("step_up"));
+        let made = decide(active, false, event, original, &facts);
+        let sandbox = original
+            .doc
+            .get("sandbox")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        self.act(&made, original, sandbox, batch);
+        original.doc["decision"] = summary(&made);
+        batch.decisions.push(made);
+        if let Some(shadow) = &self.policies.shadow {
+            batch
+                .decisions
+                .push(decide(shadow, true, event, original, &facts));
+        }
+        Ok(())
+    }
+
+    /// kycd's own events: a step-up session created, or a step-up that ran
+    /// out of time (or could not be created).
+    async fn apply_internal(
+        &self,
+        event: &StoredEvent,
+        active: &Policy,
+        sessions: &mut HashMap<String, SessionRecord>,
+        batch: &mut ProjectionBatch,
+    ) -> Result<(), ProjectorError> {
+        let Ok(body) = serde_json::from_slice::<Value>(&event.body) else {
+            tracing::error!(event = %event.id, "stored internal event does not parse; skipped");
+            return Ok(());
+        };
+        let Some(original_id) = body.get("original_session_id").and_then(Value::as_str) else {
+            return Ok(());
+        };
+        let Some(mut original) = sessions.remove(original_id) else {
+            tracing::warn!(event = %event.id, "internal event about an unknown session; skipped");
+            return Ok(());
+        };
+        let open = original
+            .doc
+            .pointer("/step_up/status")
+            .and_then(Value::as_str)
+            == Some("requested");
+        let str_of = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_owned);
+        match event.kind.as_str() {
+            STEP_UP_CREATED if open => {
+                let check = str_of("check").unwrap_or_default();
+                let session = str_of("step_up_session_id").unwrap_or_default();
+                let st = &mut original.doc["step_up"];
+                st["sessions"][&check]["session_id"] = json!(session);
+                st["sessions"][&check]["url"] = body.get("url").cloned().unwrap_or(Value::Null);
+                st["expires_at_ms"] = body.get("expires_at_ms").cloned().unwrap_or(Value::Null);
+                if let Some(s) = sessions.get_mut(&session) {
+                    s.doc["step_up_of"] = json!(original_id);
+                    s.doc["step_up_check"] = json!(check);
+                }
+                batch.step_ups.push(StepUpRecord {
+                    step_up_session_id: session,
+                    original_session_id: original_id.to_owned(),
+                    checks: vec![check],
+                    state: "requested".into(),
+                    url: str_of("url"),
+                    workflow_id: str_of("workflow_id"),
+                    requested_at_ms: event.received_at_ms,
+                    expires_at_ms: body
+                        .get("expires_at_ms")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(i64::MAX),
+                    finished_at_ms: None,
+                });
+            }
+            STEP_UP_EXPIRED if open => {
+                original.doc["step_up"]["status"] = json!("expired");
+                original.doc["step_up"]["expiry_reason"] =
+                    body.get("reason").cloned().unwrap_or(json!("expired"));
+                for (check, s) in original.doc["step_up"]["sessions"]
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default()
+                {
+                    if let Some(id) = s.get("session_id").and_then(Value::as_str) {
+                        batch.step_ups.push(StepUpRecord {
+                            step_up_session_id: id.to_owned(),
+                            original_session_id: original_id.to_owned(),
+                            checks: vec![check],
+                            state: "expired".into(),
+                            url: None,
+                            workflow_id: None,
+                            requested_at_ms: event.received_at_ms,
+                            expires_at_ms: event.received_at_ms,
+                            finished_at_ms: Some(event.received_at_ms),
+                        });
+                    }
+                }
+                self.announce_step_up(event, &original, "step_up.completed", batch);
+                self.redecide(event, active, &mut original, batch).await?;
+            }
+            STEP_UP_EXPIRED => {
+                // Already finished: only close the row, so the expiry is
+                // not noticed again.
+                if let Some(id) = str_of("step_up_session_id") {
+                    batch.step_ups.push(StepUpRecord {
+                        step_up_session_id: id,
+                        original_session_id: original_id.to_owned(),
+                        checks: Vec::new(),
+                        state: "closed".into(),
+                        url: None,
+                        workflow_id: None,
+                        requested_at_ms: event.received_at_ms,
+                        expires_at_ms: event.received_at_ms,
+                        finished_at_ms: Some(event.received_at_ms),
+                    });
+                }
+            }
+            _ => {}
+        }
+        sessions.insert(original_id.to_owned(), original);
         Ok(())
     }
 
@@ -505,6 +889,56 @@ impl Projector {
     fn applied_offset(&self) -> u64 {
         *self.applied.borrow()
     }
+}
+
+/// The internal event a worker appends once Didit created a step-up session.
+pub const STEP_UP_CREATED: &str = "kycd.step_up.created";
+/// The internal event appended when a step-up ran out of time or could not
+/// be created.
+pub const STEP_UP_EXPIRED: &str = "kycd.step_up.expired";
+/// The metadata key kycd sets on a step-up session it creates: the
+/// original session's id. Didit echoes metadata in every delivery.
+pub const STEP_UP_META: &str = "kycd_step_up_of";
+/// The metadata key naming the check a step-up session is for.
+pub const STEP_UP_CHECK_META: &str = "kycd_step_up_check";
+
+/// The original session, when this delivery is about a step-up session.
+fn step_up_of(env: &Envelope) -> Option<&str> {
+    env.metadata
+        .as_ref()?
+        .get(STEP_UP_META)?
+        .as_str()
+        .filter(|s| !s.is_empty())
+}
+
+/// Whether this delivery is Didit telling kycd about kycd's own write-back:
+/// the status kycd set, arriving after kycd set it. It is recorded (the
+/// history entry says so) but not decided on again, so there is no loop.
+fn recognise_echo(record: &mut SessionRecord, env: &Envelope) -> bool {
+    let Some(wb) = record.doc.get("writeback").cloned() else {
+        return false;
+    };
+    let ours = env.webhook_type == WebhookType::StatusUpdated
+        && env.status.as_ref().map(SessionStatus::as_str)
+            == wb.get("status").and_then(Value::as_str);
+    if !ours {
+        return false;
+    }
+    if let Some(Value::Object(last)) = record
+        .doc
+        .get_mut("history")
+        .and_then(Value::as_array_mut)
+        .and_then(|h| h.last_mut())
+    {
+        last.insert(
+            "by_kycd".into(),
+            wb.get("decision_id").cloned().unwrap_or(Value::Null),
+        );
+    }
+    if let Value::Object(doc) = &mut record.doc {
+        doc.remove("writeback");
+    }
+    true
 }
 
 /// A session event's envelope, and the identity values its decision

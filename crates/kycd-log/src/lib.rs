@@ -7,10 +7,14 @@
 //! - [`store`]: projections (sessions and their history) with consumer
 //!   offsets committed in the same transaction as the projection.
 //!
+//! - [`outbox`]: the actions decisions imply, enqueued in the projection's
+//!   transaction and executed by workers with retries and a dead-letter state.
+//!
 //! Every backend of a trait passes the same conformance suite ([`suite`]).
 #![forbid(unsafe_code)]
 
 pub mod log;
+pub mod outbox;
 pub mod sqlite_log;
 pub mod store;
 pub mod suite;

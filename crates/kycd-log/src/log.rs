@@ -28,10 +28,13 @@ pub enum EventSource {
     Polled,
     /// A write by an operator about a subject (erasure, notes, overrides).
     Subject,
+    /// Something kycd itself did that the projection must know, in log
+    /// order: a step-up session created or expired.
+    Internal,
 }
 
 impl EventSource {
-    pub const ALL: [EventSource; 3] = [Self::Webhook, Self::Polled, Self::Subject];
+    pub const ALL: [EventSource; 4] = [Self::Webhook, Self::Polled, Self::Subject, Self::Internal];
 
     /// The stable name stored by every backend.
     pub fn as_str(self) -> &'static str {
@@ -39,6 +42,7 @@ impl EventSource {
             Self::Webhook => "webhook",
             Self::Polled => "polled",
             Self::Subject => "subject",
+            Self::Internal => "internal",
         }
     }
 }

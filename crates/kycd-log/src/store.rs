@@ -14,6 +14,8 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
+use crate::outbox::{self, NewAction, StepUpRecord};
+
 /// What went wrong in a store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -113,6 +115,11 @@ pub struct ProjectionBatch {
     pub subjects: Vec<SubjectVersion>,
     /// (subject, session) pairs that Didit declined, at an offset.
     pub declines: Vec<(String, String, u64)>,
+    /// What the batch's decisions imply (the outbox), enqueued atomically
+    /// with them; a key already enqueued is not enqueued again.
+    pub actions: Vec<NewAction>,
+    /// Step-ups created, completed or expired by the batch's events.
+    pub step_ups: Vec<StepUpRecord>,
 }
 
 /// What one projector batch needs from committed history, asked in one
@@ -316,6 +323,7 @@ impl SqliteStore {
         )?;
         writer.busy_timeout(std::time::Duration::from_secs(5))?;
         writer.execute_batch(SCHEMA)?;
+        writer.execute_batch(outbox::SCHEMA)?;
         migrate_identity_links(&writer)?;
         let reader = Connection::open_with_flags(
             path,
@@ -597,6 +605,8 @@ impl Store for SqliteStore {
                 for (subject, session, offset) in &batch.declines {
                     decl.execute(params![subject, session, *offset as i64])?;
                 }
+                outbox::insert_actions(&tx, &batch.actions)?;
+                outbox::upsert_step_ups(&tx, &batch.step_ups)?;
                 tx.execute(
                     "INSERT INTO consumer_offsets (consumer, offset) VALUES (?1, ?2)
                      ON CONFLICT(consumer) DO UPDATE SET offset = excluded.offset",
@@ -746,6 +756,132 @@ impl Store for SqliteStore {
                 .transpose()
         })
         .await
+    }
+}
+
+#[async_trait::async_trait]
+impl outbox::Outbox for SqliteStore {
+    async fn enqueue(&self, actions: Vec<NewAction>) -> Result<usize, StoreError> {
+        Self::with(&self.writer, move |c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let n = outbox::insert_actions(&tx, &actions)?;
+            tx.commit()?;
+            Ok(n)
+        })
+        .await
+    }
+
+    async fn claim(
+        &self,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: usize,
+        exclude_kinds: Vec<String>,
+    ) -> Result<Vec<outbox::ActionRecord>, StoreError> {
+        Self::with(&self.writer, move |c| {
+            outbox::claim(c, now_ms, lease_ms, limit, &exclude_kinds)
+        })
+        .await
+    }
+
+    async fn finish(
+        &self,
+        id: &str,
+        attempt: u32,
+        finish: outbox::Finish,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        Self::with(&self.writer, move |c| {
+            outbox::finish(c, &id, attempt, &finish, now_ms)
+        })
+        .await
+    }
+
+    async fn release_running(&self, now_ms: i64) -> Result<usize, StoreError> {
+        Self::with(&self.writer, move |c| outbox::release_running(c, now_ms)).await
+    }
+
+    async fn get_action(&self, id: &str) -> Result<Option<outbox::ActionRecord>, StoreError> {
+        let id = id.to_owned();
+        Self::with(&self.reader, move |c| outbox::action_by_id(c, &id)).await
+    }
+
+    async fn list_actions(
+        &self,
+        q: outbox::ActionQuery,
+    ) -> Result<Vec<outbox::ActionRecord>, StoreError> {
+        Self::with(&self.reader, move |c| outbox::list_actions(c, &q)).await
+    }
+
+    async fn retry_action(
+        &self,
+        id: &str,
+        now_ms: i64,
+    ) -> Result<Option<outbox::ActionRecord>, StoreError> {
+        let id = id.to_owned();
+        Self::with(&self.writer, move |c| outbox::retry_action(c, &id, now_ms)).await
+    }
+
+    async fn action_counts(
+        &self,
+    ) -> Result<std::collections::BTreeMap<(String, String), u64>, StoreError> {
+        Self::with(&self.reader, |c| outbox::action_counts(c)).await
+    }
+
+    async fn step_ups_due(&self, now_ms: i64) -> Result<Vec<StepUpRecord>, StoreError> {
+        Self::with(&self.reader, move |c| {
+            outbox::step_ups_where(
+                c,
+                "state IN ('requested', 'in_progress') AND expires_at_ms <= ?1",
+                now_ms.into(),
+            )
+        })
+        .await
+    }
+
+    async fn step_ups_of(&self, original: &str) -> Result<Vec<StepUpRecord>, StoreError> {
+        let original = original.to_owned();
+        Self::with(&self.reader, move |c| {
+            outbox::step_ups_where(c, "original_session_id = ?1", original.into())
+        })
+        .await
+    }
+
+    async fn step_up(&self, step_up_session_id: &str) -> Result<Option<StepUpRecord>, StoreError> {
+        let id = step_up_session_id.to_owned();
+        Self::with(&self.reader, move |c| {
+            Ok(
+                outbox::step_ups_where(c, "step_up_session_id = ?1", id.into())?
+                    .into_iter()
+                    .next(),
+            )
+        })
+        .await
+    }
+
+    async fn endpoint(&self, url: &str) -> Result<outbox::EndpointState, StoreError> {
+        let url = url.to_owned();
+        Self::with(&self.reader, move |c| outbox::endpoint(c, &url)).await
+    }
+
+    async fn record_endpoint(
+        &self,
+        url: &str,
+        error: Option<String>,
+        now_ms: i64,
+        disable_after: u32,
+    ) -> Result<outbox::EndpointState, StoreError> {
+        let url = url.to_owned();
+        Self::with(&self.writer, move |c| {
+            outbox::record_endpoint(c, &url, error.as_deref(), now_ms, disable_after)
+        })
+        .await
+    }
+
+    async fn enable_endpoint(&self, url: &str) -> Result<outbox::EndpointState, StoreError> {
+        let url = url.to_owned();
+        Self::with(&self.writer, move |c| outbox::enable_endpoint(c, &url)).await
     }
 }
 

@@ -7,7 +7,7 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use kycd_core::when::{format_millis, parse_time};
 use kycd_core::EventId;
@@ -32,6 +32,19 @@ pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
         .route("/decisions", get(crate::decisions::list_decisions))
         .route("/decisions/{id}", get(crate::decisions::get_decision))
         .route("/shadow", get(crate::decisions::shadow_compare))
+        .route("/actions", get(crate::actions_api::list_actions))
+        .route("/actions/{id}", get(crate::actions_api::get_action))
+        .route(
+            "/actions/{id}/retry",
+            post(crate::actions_api::retry_action),
+        )
+        .route("/operator-webhook", get(crate::actions_api::endpoint_state))
+        .route(
+            "/operator-webhook/enable",
+            post(crate::actions_api::enable_endpoint),
+        )
+        .route("/operator-webhook/replay", post(crate::actions_api::replay))
+        .route("/reconcile", post(crate::actions_api::reconcile))
         .route(
             "/subjects/{vendor_data}",
             get(crate::decisions::get_subject).put(crate::decisions::put_subject),
@@ -97,7 +110,14 @@ fn session_json(r: &SessionRecord, full: bool) -> Value {
             })
             .unwrap_or_default();
         out["history"] = Value::Array(history);
-        for key in ["didit_decision", "resubmit_info", "corrections"] {
+        for key in [
+            "didit_decision",
+            "resubmit_info",
+            "corrections",
+            "step_up",
+            "step_up_of",
+            "writeback",
+        ] {
             out[key] = doc.get(key).cloned().unwrap_or(Value::Null);
         }
         out["decision_needs_fetch"] = json!(doc
@@ -109,10 +129,28 @@ fn session_json(r: &SessionRecord, full: bool) -> Value {
 }
 
 async fn get_session(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult {
-    match app.store.get_session(&id).await.map_err(store_err)? {
-        Some(r) => Ok(Json(session_json(&r, true)).into_response()),
-        None => Err(ApiError::new(Code::NotFound, "no such session")),
-    }
+    let Some(r) = app.store.get_session(&id).await.map_err(store_err)? else {
+        return Err(ApiError::new(Code::NotFound, "no such session"));
+    };
+    let mut out = session_json(&r, true);
+    let step_ups = app.outbox.step_ups_of(&id).await.map_err(store_err)?;
+    out["step_ups"] = json!(step_ups);
+    let actions = app
+        .outbox
+        .list_actions(kycd_log::outbox::ActionQuery {
+            session_id: Some(id),
+            limit: MAX_LIMIT,
+            ..Default::default()
+        })
+        .await
+        .map_err(store_err)?;
+    out["actions"] = Value::Array(
+        actions
+            .iter()
+            .map(crate::actions_api::action_json)
+            .collect(),
+    );
+    Ok(Json(out).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -141,7 +179,7 @@ pub(crate) fn parse_limit(limit: Option<&str>) -> Result<usize, ApiError> {
     }
 }
 
-fn parse_cursor(cursor: Option<&str>) -> Result<Option<u64>, ApiError> {
+pub(crate) fn parse_cursor(cursor: Option<&str>) -> Result<Option<u64>, ApiError> {
     cursor
         .filter(|c| !c.is_empty())
         .map(|c| {
@@ -152,7 +190,7 @@ fn parse_cursor(cursor: Option<&str>) -> Result<Option<u64>, ApiError> {
         .transpose()
 }
 
-fn parse_when(app: &App, name: &str, v: Option<&str>) -> Result<Option<i64>, ApiError> {
+pub(crate) fn parse_when(app: &App, name: &str, v: Option<&str>) -> Result<Option<i64>, ApiError> {
     v.filter(|s| !s.is_empty())
         .map(|s| {
             parse_time(s, app.clock.now_millis())

@@ -15,6 +15,7 @@ pub enum Code {
     Unauthorized,
     NotFound,
     BadRequest,
+    Conflict,
     Unavailable,
     Internal,
 }
@@ -29,6 +30,7 @@ impl Code {
             Code::Unauthorized => "unauthorized",
             Code::NotFound => "not_found",
             Code::BadRequest => "bad_request",
+            Code::Conflict => "conflict",
             Code::Unavailable => "unavailable",
             Code::Internal => "internal",
         }
@@ -41,6 +43,7 @@ impl Code {
             Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Code::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Code::NotFound => StatusCode::NOT_FOUND,
+            Code::Conflict => StatusCode::CONFLICT,
             Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }

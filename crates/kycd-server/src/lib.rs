@@ -7,13 +7,17 @@
 //! log's pending commits and stops the projector.
 #![forbid(unsafe_code)]
 
+pub mod actions_api;
 pub mod api;
+mod background;
 pub mod decisions;
 pub mod error;
 pub mod intake;
 pub mod operator_webhook;
+pub mod reconcile;
 pub mod settings;
 pub mod telemetry;
+pub mod worker;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,9 +25,12 @@ use std::sync::Arc;
 use anyhow::Context;
 use axum::routing::{get, post};
 use axum::Router;
+use didit::client::{ClientConfig, DiditClient};
 use didit::signature::Verifier;
 use kycd_core::clock::SharedClock;
+use kycd_engine::actions::{ActionSettings, BlocklistItems};
 use kycd_engine::projector::{Policies, Projector};
+use kycd_log::outbox::Outbox;
 use kycd_log::sqlite_log::{SqliteLog, SqliteLogOptions};
 use kycd_log::store::{SqliteStore, Store};
 use kycd_log::EventLog;
@@ -44,6 +51,13 @@ pub struct App {
     pub policies: Policies,
     /// The offset up to which the projector has applied the log.
     pub applied: watch::Receiver<u64>,
+    /// The actions decisions imply (the same store as `store`).
+    pub outbox: Arc<dyn Outbox>,
+    /// Didit's API, when a key is configured.
+    pub didit: Option<DiditClient>,
+    /// Reconciliation against Didit's API, when a key is configured.
+    pub reconciler: Option<Arc<reconcile::Reconciler>>,
+    pub reconcile_totals: Arc<reconcile::Totals>,
 }
 
 /// Load the active policy (built-in unless `path`) and the optional shadow.
@@ -59,7 +73,35 @@ pub fn load_policies(settings: &Settings) -> anyhow::Result<Policies> {
         .transpose()?;
     let mut policies = Policies::new(active, shadow);
     policies.graph_window_ms = i64::from(settings.graph_window_days) * 86_400_000;
+    policies.actions = Arc::new(action_settings(settings)?);
     Ok(policies)
+}
+
+/// What decisions do, from the settings.
+pub fn action_settings(settings: &Settings) -> anyhow::Result<ActionSettings> {
+    Ok(ActionSettings {
+        didit: settings.writeback,
+        allow_loosening: settings.writeback_allow_loosening,
+        blocklist: BlocklistItems::parse(&settings.blocklist_items).map_err(anyhow::Error::msg)?,
+        step_up_workflows: settings.step_up_workflows.clone(),
+        step_up_expiry_ms: i64::try_from(settings.step_up_expiry_secs)
+            .unwrap_or(i64::MAX / 2_000)
+            .saturating_mul(1000),
+        act_on_sandbox: settings.act_on_sandbox,
+        operator_webhooks: settings.operator_webhook_url.is_some(),
+    })
+}
+
+/// A Didit API client when a key is configured.
+pub fn didit_client(settings: &Settings) -> anyhow::Result<Option<DiditClient>> {
+    let Some(key) = &settings.didit_api_key else {
+        return Ok(None);
+    };
+    let mut config = ClientConfig::new(key.expose().to_owned());
+    config.base_url = settings.didit_base_url.clone();
+    Ok(Some(
+        DiditClient::new(config).map_err(|e| anyhow::anyhow!("didit client: {e}"))?,
+    ))
 }
 
 /// Reload the active policy from its file (on SIGHUP). An invalid file is
@@ -149,9 +191,35 @@ pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Run
     // back to an earlier commit, but its offset rolls back with it and the
     // projector derives the same rows again. So it never pays for an fsync
     // per commit; the log alone carries durability.
-    let store = SqliteStore::open(&store_path, false)
-        .with_context(|| format!("open store {}", store_path.display()))?;
-    let store: Arc<dyn Store> = Arc::new(store);
+    let store = Arc::new(
+        SqliteStore::open(&store_path, false)
+            .with_context(|| format!("open store {}", store_path.display()))?,
+    );
+    let outbox: Arc<dyn Outbox> = store.clone();
+    let store: Arc<dyn Store> = store;
+    let didit = didit_client(&settings)?;
+    let operator = match &settings.operator_webhook_url {
+        Some(url) => {
+            let secrets = settings
+                .operator_webhook_secrets
+                .iter()
+                .map(|s| operator_webhook::SigningSecret::parse(s.expose()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| {
+                    anyhow::anyhow!("operator webhook secrets must be whsec_ followed by base64")
+                })?;
+            Some(
+                operator_webhook::Sender::new(
+                    url,
+                    secrets,
+                    settings.operator_webhook_allow_private,
+                    std::time::Duration::from_secs(10),
+                )
+                .map_err(|e| anyhow::anyhow!("operator webhook url: {e}"))?,
+            )
+        }
+        None => None,
+    };
 
     let listener = tokio::net::TcpListener::bind(&settings.listen)
         .await
@@ -171,6 +239,37 @@ pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Run
     let verifier = Verifier::new(settings.webhook_secrets.clone())
         .with_tolerance_secs(settings.webhook_tolerance_secs)
         .accept_simple(settings.accept_simple_signature);
+    let reconcile_totals = Arc::new(reconcile::Totals::default());
+    let reconciler = didit.clone().map(|client| {
+        Arc::new(reconcile::Reconciler::new(
+            store.clone(),
+            log.clone(),
+            client,
+            clock.clone(),
+            settings.scaled_ms(settings.reconcile_after_secs as f64 * 1000.0),
+            reconcile_totals.clone(),
+        ))
+    });
+    let worker = Arc::new(worker::Worker {
+        outbox: outbox.clone(),
+        log: log.clone(),
+        didit: didit.clone(),
+        operator,
+        clock: clock.clone(),
+        config: worker::WorkerConfig {
+            max_attempts: settings.action_max_attempts,
+            backoff_base_ms: 1000,
+            time_scale: settings.retry_time_scale,
+            step_up_workflows: settings.step_up_workflows.clone(),
+            step_up_expiry_ms: i64::try_from(settings.step_up_expiry_secs)
+                .unwrap_or(i64::MAX / 2_000)
+                .saturating_mul(1000),
+        },
+        http: reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(15))
+            .build()
+            .context("http client")?,
+    });
     let app = Arc::new(App {
         settings,
         verifier,
@@ -180,6 +279,10 @@ pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Run
         metrics,
         policies,
         applied,
+        outbox,
+        didit,
+        reconciler,
+        reconcile_totals,
     });
 
     let (stop, stop_rx) = watch::channel(false);
@@ -210,6 +313,11 @@ pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Run
             let _ = projector_done.send(());
         })
         .context("start the projector thread")?;
+    let background = vec![
+        tokio::spawn(worker.run(stop_rx.clone(), app.applied.clone())),
+        tokio::spawn(background::reconcile_loop(app.clone(), stop_rx.clone())),
+        tokio::spawn(background::expire_step_ups(app.clone(), stop_rx.clone())),
+    ];
     let router = router(app.clone());
     let mut shutdown_rx = stop_rx;
     let task = tokio::spawn(async move {
@@ -218,8 +326,12 @@ pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Run
                 let _ = shutdown_rx.wait_for(|s| *s).await;
             })
             .await;
-        // In-flight requests have been answered; let the log finish any
+        // In-flight requests have been answered and the workers told to
+        // stop; let them finish what they hold, let the log finish any
         // commit still queued, then stop the projector.
+        for task in background {
+            let _ = task.await;
+        }
         log.shutdown().await;
         let _ = projector_finished.await;
         served.context("http server failed")

@@ -45,12 +45,60 @@ pub struct Settings {
     /// A size cap for the event log file; when it is full the intake
     /// answers 503 (so Didit retries) instead of filling the disk.
     pub max_log_bytes: Option<u64>,
+    /// `KYCD_OPERATOR_WEBHOOK_URL`: where decision webhooks go; none when unset.
+    pub operator_webhook_url: Option<String>,
+    /// `KYCD_OPERATOR_WEBHOOK_SECRETS`: comma-separated `whsec_...`; each signs.
+    pub operator_webhook_secrets: Vec<Secret>,
+    /// `KYCD_OPERATOR_WEBHOOK_ALLOW_PRIVATE`, default false: allow loopback
+    /// and private addresses (tests, an app on the same host).
+    pub operator_webhook_allow_private: bool,
+    /// `KYCD_WRITEBACK`, default true: write decisions back to Didit and
+    /// create step-up sessions (needs `KYCD_DIDIT_API_KEY`; until then the
+    /// actions wait).
+    pub writeback: bool,
+    /// `KYCD_WRITEBACK_ALLOW_LOOSENING`, default false: let automatic
+    /// write-back approve a session Didit declined or sent to review.
+    pub writeback_allow_loosening: bool,
+    /// `KYCD_BLOCKLIST_ITEMS`, default `face,document`: what `block` puts
+    /// on Didit's blocklist (any of face, document, phone, email).
+    pub blocklist_items: String,
+    /// `KYCD_STEP_UP_WORKFLOW_NFC`, `..._PHONE`, `..._BIOMETRIC_AUTH`: the
+    /// Didit workflow each step-up check runs on.
+    pub step_up_workflows: std::collections::BTreeMap<String, String>,
+    /// `KYCD_STEP_UP_EXPIRY_SECS`, default 86400: how long a customer has
+    /// to complete a step-up before the policy decides without it.
+    pub step_up_expiry_secs: u64,
+    /// `KYCD_RECONCILE_INTERVAL_SECS`, default 60 (0: never on its own):
+    /// how often kycd asks Didit about sessions it has not heard of or
+    /// that went quiet.
+    pub reconcile_interval_secs: u64,
+    /// `KYCD_RECONCILE_AFTER_SECS`, default 900: a session unfinished for
+    /// this long without a delivery is fetched from Didit.
+    pub reconcile_after_secs: u64,
+    /// `KYCD_ACTION_MAX_ATTEMPTS`, default 10: attempts before a Didit
+    /// action goes to the dead-letter list.
+    pub action_max_attempts: u32,
+    /// `KYCD_RETRY_TIME_SCALE`, default 1: divides every retry delay and
+    /// the reconciliation and expiry clocks (demos and tests run faster).
+    pub retry_time_scale: f64,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATA_DIR: &str = "./kycd-data";
 pub const DEFAULT_DIDIT_BASE_URL: &str = "https://verification.didit.me";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+
+impl Settings {
+    /// A duration of `secs` real seconds under [`Settings::retry_time_scale`].
+    pub fn scaled_ms(&self, ms: f64) -> i64 {
+        let scale = if self.retry_time_scale > 0.0 {
+            self.retry_time_scale
+        } else {
+            1.0
+        };
+        (ms / scale).round().max(1.0) as i64
+    }
+}
 
 impl Default for Settings {
     fn default() -> Self {
@@ -70,6 +118,18 @@ impl Default for Settings {
             policy: None,
             shadow_policy: None,
             graph_window_days: 180,
+            operator_webhook_url: None,
+            operator_webhook_secrets: Vec::new(),
+            operator_webhook_allow_private: false,
+            writeback: true,
+            writeback_allow_loosening: false,
+            blocklist_items: "face,document".to_owned(),
+            step_up_workflows: std::collections::BTreeMap::new(),
+            step_up_expiry_secs: 86_400,
+            reconcile_interval_secs: 60,
+            reconcile_after_secs: 900,
+            action_max_attempts: 10,
+            retry_time_scale: 1.0,
         }
     }
 }

@@ -56,6 +56,17 @@ struct FileConfig {
     policy: Option<PathBuf>,
     shadow_policy: Option<PathBuf>,
     graph_window_days: Option<u32>,
+    operator_webhook_url: Option<String>,
+    operator_webhook_secrets: Option<Vec<String>>,
+    operator_webhook_allow_private: Option<bool>,
+    writeback: Option<bool>,
+    writeback_allow_loosening: Option<bool>,
+    blocklist_items: Option<String>,
+    step_up_workflows: Option<std::collections::BTreeMap<String, String>>,
+    step_up_expiry_secs: Option<u64>,
+    reconcile_interval_secs: Option<u64>,
+    reconcile_after_secs: Option<u64>,
+    action_max_attempts: Option<u32>,
 }
 
 /// Every `KYCD_*` variable kycd reads; others draw a warning.
@@ -76,7 +87,31 @@ pub const KNOWN_ENV: &[&str] = &[
     "KYCD_POLICY",
     "KYCD_SHADOW_POLICY",
     "KYCD_GRAPH_WINDOW_DAYS",
+    "KYCD_OPERATOR_WEBHOOK_URL",
+    "KYCD_OPERATOR_WEBHOOK_SECRETS",
+    "KYCD_OPERATOR_WEBHOOK_ALLOW_PRIVATE",
+    "KYCD_WRITEBACK",
+    "KYCD_WRITEBACK_ALLOW_LOOSENING",
+    "KYCD_BLOCKLIST_ITEMS",
+    "KYCD_STEP_UP_WORKFLOW_NFC",
+    "KYCD_STEP_UP_WORKFLOW_PHONE",
+    "KYCD_STEP_UP_WORKFLOW_BIOMETRIC_AUTH",
+    "KYCD_STEP_UP_EXPIRY_SECS",
+    "KYCD_RECONCILE_INTERVAL_SECS",
+    "KYCD_RECONCILE_AFTER_SECS",
+    "KYCD_ACTION_MAX_ATTEMPTS",
+    "KYCD_RETRY_TIME_SCALE",
+    "KYCD_API_URL",
 ];
+
+/// The checks a step-up can ask for, as named in `KYCD_STEP_UP_WORKFLOW_*`.
+const STEP_UP_CHECKS: [&str; 3] = ["NFC", "PHONE", "BIOMETRIC_AUTH"];
+
+fn parse_num<T: std::str::FromStr>(name: &str, v: &str) -> anyhow::Result<T> {
+    v.trim()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{name}: expected a whole number"))
+}
 
 /// The effective settings, and warnings to log once logging is up.
 pub struct Loaded {
@@ -169,6 +204,44 @@ pub fn load(args: &ServeArgs, env: &[(String, String)]) -> anyhow::Result<Loaded
         if let Some(v) = f.graph_window_days {
             s.graph_window_days = v;
         }
+        if let Some(v) = f.operator_webhook_url {
+            s.operator_webhook_url = Some(v);
+        }
+        if let Some(v) = f.operator_webhook_secrets {
+            s.operator_webhook_secrets = secrets(v);
+        }
+        if let Some(v) = f.operator_webhook_allow_private {
+            s.operator_webhook_allow_private = v;
+        }
+        if let Some(v) = f.writeback {
+            s.writeback = v;
+        }
+        if let Some(v) = f.writeback_allow_loosening {
+            s.writeback_allow_loosening = v;
+        }
+        if let Some(v) = f.blocklist_items {
+            s.blocklist_items = v;
+        }
+        if let Some(v) = f.step_up_workflows {
+            for k in v.keys() {
+                if !STEP_UP_CHECKS.contains(&k.as_str()) {
+                    bail!("step_up_workflows: unknown check {k:?} (NFC, PHONE or BIOMETRIC_AUTH)");
+                }
+            }
+            s.step_up_workflows = v;
+        }
+        if let Some(v) = f.step_up_expiry_secs {
+            s.step_up_expiry_secs = v;
+        }
+        if let Some(v) = f.reconcile_interval_secs {
+            s.reconcile_interval_secs = v;
+        }
+        if let Some(v) = f.reconcile_after_secs {
+            s.reconcile_after_secs = v;
+        }
+        if let Some(v) = f.action_max_attempts {
+            s.action_max_attempts = v;
+        }
     }
 
     // The environment.
@@ -217,6 +290,49 @@ pub fn load(args: &ServeArgs, env: &[(String, String)]) -> anyhow::Result<Loaded
     if let Some(v) = var("KYCD_DURABILITY") {
         s.durability = parse_durability("KYCD_DURABILITY", &v)?;
     }
+    if let Some(v) = var("KYCD_OPERATOR_WEBHOOK_URL").filter(|v| !v.is_empty()) {
+        s.operator_webhook_url = Some(v);
+    }
+    if let Some(v) = var("KYCD_OPERATOR_WEBHOOK_SECRETS") {
+        s.operator_webhook_secrets = secrets(v.split(',').map(str::to_owned));
+    }
+    if let Some(v) = var("KYCD_OPERATOR_WEBHOOK_ALLOW_PRIVATE") {
+        s.operator_webhook_allow_private = parse_bool("KYCD_OPERATOR_WEBHOOK_ALLOW_PRIVATE", &v)?;
+    }
+    if let Some(v) = var("KYCD_WRITEBACK") {
+        s.writeback = parse_bool("KYCD_WRITEBACK", &v)?;
+    }
+    if let Some(v) = var("KYCD_WRITEBACK_ALLOW_LOOSENING") {
+        s.writeback_allow_loosening = parse_bool("KYCD_WRITEBACK_ALLOW_LOOSENING", &v)?;
+    }
+    if let Some(v) = var("KYCD_BLOCKLIST_ITEMS") {
+        s.blocklist_items = v;
+    }
+    for check in STEP_UP_CHECKS {
+        if let Some(v) = var(&format!("KYCD_STEP_UP_WORKFLOW_{check}")).filter(|v| !v.is_empty()) {
+            s.step_up_workflows.insert(check.to_owned(), v);
+        }
+    }
+    if let Some(v) = var("KYCD_STEP_UP_EXPIRY_SECS") {
+        s.step_up_expiry_secs = parse_num("KYCD_STEP_UP_EXPIRY_SECS", &v)?;
+    }
+    if let Some(v) = var("KYCD_RECONCILE_INTERVAL_SECS") {
+        s.reconcile_interval_secs = parse_num("KYCD_RECONCILE_INTERVAL_SECS", &v)?;
+    }
+    if let Some(v) = var("KYCD_RECONCILE_AFTER_SECS") {
+        s.reconcile_after_secs = parse_num("KYCD_RECONCILE_AFTER_SECS", &v)?;
+    }
+    if let Some(v) = var("KYCD_ACTION_MAX_ATTEMPTS") {
+        s.action_max_attempts = parse_num("KYCD_ACTION_MAX_ATTEMPTS", &v)?;
+    }
+    if let Some(v) = var("KYCD_RETRY_TIME_SCALE") {
+        s.retry_time_scale = v
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|x| x.is_finite() && *x > 0.0)
+            .context("KYCD_RETRY_TIME_SCALE: expected a positive number")?;
+    }
 
     // The flags.
     if let Some(v) = &args.listen {
@@ -238,6 +354,19 @@ pub fn load(args: &ServeArgs, env: &[(String, String)]) -> anyhow::Result<Loaded
         s.durability = parse_durability("--durability", v)?;
     }
 
+    kycd_engine::actions::BlocklistItems::parse(&s.blocklist_items)
+        .map_err(|e| anyhow::anyhow!("blocklist items: {e}"))?;
+    for secret in &s.operator_webhook_secrets {
+        kycd_server::operator_webhook::SigningSecret::parse(secret.expose()).map_err(|_| {
+            anyhow::anyhow!("operator webhook secrets must each be whsec_ followed by base64")
+        })?;
+    }
+    if s.operator_webhook_url.is_some() && s.operator_webhook_secrets.is_empty() {
+        bail!("KYCD_OPERATOR_WEBHOOK_URL needs KYCD_OPERATOR_WEBHOOK_SECRETS (whsec_...) to sign with");
+    }
+    if s.action_max_attempts == 0 {
+        bail!("action max attempts must be at least 1");
+    }
     if s.webhook_tolerance_secs <= 0 {
         bail!("webhook tolerance must be a positive number of seconds");
     }
@@ -304,6 +433,44 @@ pub fn render(s: &Settings) -> String {
     out.push_str(&format!("policy = {}\n", path(&s.policy)));
     out.push_str(&format!("shadow_policy = {}\n", path(&s.shadow_policy)));
     out.push_str(&format!("graph_window_days = {}\n", s.graph_window_days));
+    match &s.operator_webhook_url {
+        Some(u) => out.push_str(&format!("operator_webhook_url = {}\n", q(u))),
+        None => out.push_str("operator_webhook_url = # not set\n"),
+    }
+    out.push_str(&format!(
+        "operator_webhook_secrets = [{}]\n",
+        vec!["\"<hidden>\""; s.operator_webhook_secrets.len()].join(", ")
+    ));
+    out.push_str(&format!(
+        "operator_webhook_allow_private = {}\n",
+        s.operator_webhook_allow_private
+    ));
+    out.push_str(&format!("writeback = {}\n", s.writeback));
+    out.push_str(&format!(
+        "writeback_allow_loosening = {}\n",
+        s.writeback_allow_loosening
+    ));
+    out.push_str(&format!("blocklist_items = {}\n", q(&s.blocklist_items)));
+    out.push_str(&format!(
+        "step_up_expiry_secs = {}\n",
+        s.step_up_expiry_secs
+    ));
+    out.push_str(&format!(
+        "reconcile_interval_secs = {}\n",
+        s.reconcile_interval_secs
+    ));
+    out.push_str(&format!(
+        "reconcile_after_secs = {}\n",
+        s.reconcile_after_secs
+    ));
+    out.push_str(&format!(
+        "action_max_attempts = {}\n",
+        s.action_max_attempts
+    ));
+    out.push_str("[step_up_workflows]\n");
+    for (check, wf) in &s.step_up_workflows {
+        out.push_str(&format!("{check} = {}\n", q(wf)));
+    }
     out
 }
 

@@ -1,0 +1,597 @@
+//! The transactional outbox: what kycd must *do* because of a decision.
+//!
+//! A decision and the actions it implies (a status write-back to Didit, a
+//! blocklist entry, a step-up session, a webhook to the operator) are
+//! written in the **same transaction** ([`crate::store::ProjectionBatch`]'s
+//! `actions`), so a decision never exists without its actions nor an action
+//! without its decision. Workers then claim due actions ([`Outbox::claim`]),
+//! execute them, and record the result ([`Outbox::finish`]): done, retry at
+//! a later time, or dead (kept for a person to redrive with
+//! [`Outbox::retry_action`]).
+//!
+//! Every action carries an idempotency key derived from what caused it (the
+//! event's log offset, the kind, the target); inserting the same key twice
+//! is a no-op, so a replayed projector batch cannot enqueue twice.
+//!
+//! The same store keeps the step-up lifecycle ([`StepUpRecord`]) and the
+//! health of the operator's webhook endpoint ([`EndpointState`]).
+
+use std::collections::BTreeMap;
+
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::store::StoreError;
+
+pub(crate) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS actions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    idempotency_key TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    session_id TEXT,
+    decision_id TEXT,
+    payload TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at_ms INTEGER NOT NULL,
+    lease_until_ms INTEGER,
+    last_error TEXT,
+    result TEXT,
+    created_at_ms INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS actions_due ON actions(state, next_at_ms);
+CREATE INDEX IF NOT EXISTS actions_by_session ON actions(session_id, seq);
+CREATE TABLE IF NOT EXISTS step_ups (
+    step_up_session_id TEXT PRIMARY KEY,
+    original_session_id TEXT NOT NULL,
+    checks TEXT NOT NULL,
+    state TEXT NOT NULL,
+    url TEXT,
+    workflow_id TEXT,
+    requested_at_ms INTEGER NOT NULL,
+    expires_at_ms INTEGER NOT NULL,
+    finished_at_ms INTEGER
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS step_ups_open ON step_ups(state, expires_at_ms);
+CREATE INDEX IF NOT EXISTS step_ups_by_original ON step_ups(original_session_id);
+CREATE TABLE IF NOT EXISTS endpoints (
+    url TEXT PRIMARY KEY,
+    consecutive_failures INTEGER NOT NULL DEFAULT 0,
+    disabled_at_ms INTEGER,
+    last_success_ms INTEGER,
+    last_failure_ms INTEGER,
+    last_error TEXT
+) WITHOUT ROWID;
+";
+
+/// Where an action is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionState {
+    /// Waiting for `next_at_ms`.
+    Pending,
+    /// Claimed by a worker.
+    Running,
+    /// Executed (or found already in effect).
+    Done,
+    /// Not needed after all (a reason is recorded); never retried on its own.
+    Skipped,
+    /// Failed for good; waits for a person ([`Outbox::retry_action`]).
+    Dead,
+}
+
+impl ActionState {
+    pub const ALL: [ActionState; 5] = [
+        Self::Pending,
+        Self::Running,
+        Self::Done,
+        Self::Skipped,
+        Self::Dead,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Done => "done",
+            Self::Skipped => "skipped",
+            Self::Dead => "dead",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+}
+
+/// An action to enqueue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewAction {
+    /// Unique per effect: enqueueing the same key again does nothing.
+    pub idempotency_key: String,
+    /// `didit.update_status`, `didit.blocklist`, `didit.step_up`,
+    /// `operator.webhook`, ...
+    pub kind: String,
+    pub session_id: Option<String>,
+    pub decision_id: Option<String>,
+    pub payload: Value,
+    /// When it was caused (Unix ms); also when it first becomes due.
+    pub created_at_ms: i64,
+}
+
+/// A stored action.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ActionRecord {
+    /// Insertion order; the cursor of listings.
+    #[serde(skip)]
+    pub seq: u64,
+    pub id: String,
+    pub idempotency_key: String,
+    pub kind: String,
+    pub session_id: Option<String>,
+    pub decision_id: Option<String>,
+    pub payload: Value,
+    pub state: ActionState,
+    /// Attempts started so far (a claim counts as one).
+    pub attempts: u32,
+    pub next_at_ms: i64,
+    pub last_error: Option<String>,
+    pub result: Option<Value>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Finish {
+    Done(Value),
+    Skipped(String),
+    Retry { error: String, at_ms: i64 },
+    Dead(String),
+}
+
+/// Filter and page for [`Outbox::list_actions`]; newest first.
+#[derive(Debug, Clone, Default)]
+pub struct ActionQuery {
+    pub state: Option<ActionState>,
+    pub session_id: Option<String>,
+    pub kind: Option<String>,
+    /// Only actions created at or after this time (Unix ms).
+    pub created_from_ms: Option<i64>,
+    /// Only actions created before this time (Unix ms).
+    pub created_until_ms: Option<i64>,
+    /// Only actions with `seq` below this (the previous page's cursor).
+    pub before_seq: Option<u64>,
+    pub limit: usize,
+}
+
+/// One step-up: a Didit session kycd created to ask the customer of
+/// `original_session_id` for more proof.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepUpRecord {
+    pub step_up_session_id: String,
+    pub original_session_id: String,
+    pub checks: Vec<String>,
+    /// `requested`, `in_progress`, `completed` or `expired`.
+    pub state: String,
+    pub url: Option<String>,
+    pub workflow_id: Option<String>,
+    pub requested_at_ms: i64,
+    pub expires_at_ms: i64,
+    pub finished_at_ms: Option<i64>,
+}
+
+/// The operator's webhook endpoint as the workers see it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct EndpointState {
+    pub url: String,
+    pub consecutive_failures: u32,
+    pub disabled_at_ms: Option<i64>,
+    pub last_success_ms: Option<i64>,
+    pub last_failure_ms: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+impl EndpointState {
+    pub fn disabled(&self) -> bool {
+        self.disabled_at_ms.is_some()
+    }
+}
+
+#[async_trait::async_trait]
+pub trait Outbox: Send + Sync + 'static {
+    /// Enqueue actions outside a projection (a replay of webhooks, a
+    /// worker's follow-up). Returns how many were new.
+    async fn enqueue(&self, actions: Vec<NewAction>) -> Result<usize, StoreError>;
+
+    /// Claim up to `limit` due actions (pending and due, or running with an
+    /// expired lease), oldest due first, skipping `exclude_kinds`. Each
+    /// claim counts as an attempt and holds the action until `now + lease`.
+    async fn claim(
+        &self,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: usize,
+        exclude_kinds: Vec<String>,
+    ) -> Result<Vec<ActionRecord>, StoreError>;
+
+    /// Record how attempt number `attempt` ended. Returns false (writing
+    /// nothing) when the action is no longer held by that attempt.
+    async fn finish(
+        &self,
+        id: &str,
+        attempt: u32,
+        finish: Finish,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Hand every running action back (at start-up, when no worker of this
+    /// store can still hold one). Returns how many.
+    async fn release_running(&self, now_ms: i64) -> Result<usize, StoreError>;
+
+    async fn get_action(&self, id: &str) -> Result<Option<ActionRecord>, StoreError>;
+
+    async fn list_actions(&self, q: ActionQuery) -> Result<Vec<ActionRecord>, StoreError>;
+
+    /// Put a dead (or skipped) action back in the queue, due now, with a
+    /// fresh attempt budget. `None` if there is no such action; an action
+    /// in any other state is returned unchanged.
+    async fn retry_action(&self, id: &str, now_ms: i64)
+        -> Result<Option<ActionRecord>, StoreError>;
+
+    /// How many actions are in each state, per kind.
+    async fn action_counts(&self) -> Result<BTreeMap<(String, String), u64>, StoreError>;
+
+    /// Step-ups still open whose time ran out by `now_ms`.
+    async fn step_ups_due(&self, now_ms: i64) -> Result<Vec<StepUpRecord>, StoreError>;
+
+    async fn step_ups_of(&self, original: &str) -> Result<Vec<StepUpRecord>, StoreError>;
+
+    async fn step_up(&self, step_up_session_id: &str) -> Result<Option<StepUpRecord>, StoreError>;
+
+    /// The endpoint's state (a fresh one if never used).
+    async fn endpoint(&self, url: &str) -> Result<EndpointState, StoreError>;
+
+    /// Count a delivery attempt's result; at `disable_after` consecutive
+    /// failures the endpoint is disabled. Returns the new state.
+    async fn record_endpoint(
+        &self,
+        url: &str,
+        error: Option<String>,
+        now_ms: i64,
+        disable_after: u32,
+    ) -> Result<EndpointState, StoreError>;
+
+    /// Enable a disabled endpoint and clear its failure count.
+    async fn enable_endpoint(&self, url: &str) -> Result<EndpointState, StoreError>;
+}
+
+pub(crate) fn insert_actions(
+    tx: &Transaction<'_>,
+    actions: &[NewAction],
+) -> Result<usize, StoreError> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT OR IGNORE INTO actions (id, idempotency_key, kind, session_id, decision_id, payload,
+           state, attempts, next_at_ms, created_at_ms, updated_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', 0, ?7, ?7, ?7)",
+    )?;
+    let mut n = 0;
+    for a in actions {
+        let id = format!("act_{}", kycd_core::id::ulid_body(a.created_at_ms));
+        n += stmt.execute(params![
+            id,
+            a.idempotency_key,
+            a.kind,
+            a.session_id,
+            a.decision_id,
+            a.payload.to_string(),
+            a.created_at_ms
+        ])?;
+    }
+    Ok(n)
+}
+
+pub(crate) fn upsert_step_ups(
+    tx: &Transaction<'_>,
+    rows: &[StepUpRecord],
+) -> Result<(), StoreError> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO step_ups (step_up_session_id, original_session_id, checks, state, url, workflow_id,
+           requested_at_ms, expires_at_ms, finished_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+         ON CONFLICT (step_up_session_id) DO UPDATE SET state = excluded.state,
+           url = coalesce(excluded.url, url), finished_at_ms = excluded.finished_at_ms",
+    )?;
+    for s in rows {
+        stmt.execute(params![
+            s.step_up_session_id,
+            s.original_session_id,
+            serde_json::to_string(&s.checks).unwrap_or_else(|_| "[]".into()),
+            s.state,
+            s.url,
+            s.workflow_id,
+            s.requested_at_ms,
+            s.expires_at_ms,
+            s.finished_at_ms
+        ])?;
+    }
+    Ok(())
+}
+
+const ACTION_COLUMNS: &str =
+    "seq, id, idempotency_key, kind, session_id, decision_id, payload, state,
+    attempts, next_at_ms, last_error, result, created_at_ms, updated_at_ms";
+
+fn corrupt(what: &str) -> impl Fn(serde_json::Error) -> StoreError + '_ {
+    move |e| StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+type RawAction = (ActionRecord, String, String, Option<String>);
+
+fn row_to_action(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawAction> {
+    Ok((
+        ActionRecord {
+            seq: r.get::<_, i64>(0)? as u64,
+            id: r.get(1)?,
+            idempotency_key: r.get(2)?,
+            kind: r.get(3)?,
+            session_id: r.get(4)?,
+            decision_id: r.get(5)?,
+            payload: Value::Null,
+            state: ActionState::Pending,
+            attempts: r.get::<_, i64>(8)? as u32,
+            next_at_ms: r.get(9)?,
+            last_error: r.get(10)?,
+            result: None,
+            created_at_ms: r.get(12)?,
+            updated_at_ms: r.get(13)?,
+        },
+        r.get(6)?,
+        r.get(7)?,
+        r.get(11)?,
+    ))
+}
+
+fn finish_action(raw: RawAction) -> Result<ActionRecord, StoreError> {
+    let (mut rec, payload, state, result) = raw;
+    rec.payload = serde_json::from_str(&payload).map_err(corrupt("action payload"))?;
+    rec.state = ActionState::parse(&state)
+        .ok_or_else(|| StoreError::Corrupt(format!("unknown action state {state:?}")))?;
+    rec.result = result
+        .map(|r| serde_json::from_str(&r))
+        .transpose()
+        .map_err(corrupt("action result"))?;
+    Ok(rec)
+}
+
+pub(crate) fn action_by_id(
+    conn: &Connection,
+    id: &str,
+) -> Result<Option<ActionRecord>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {ACTION_COLUMNS} FROM actions WHERE id = ?1"
+    ))?;
+    stmt.query_row([id], row_to_action)
+        .optional()?
+        .map(finish_action)
+        .transpose()
+}
+
+pub(crate) fn claim(
+    conn: &mut Connection,
+    now_ms: i64,
+    lease_ms: i64,
+    limit: usize,
+    exclude: &[String],
+) -> Result<Vec<ActionRecord>, StoreError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let excluded = serde_json::to_string(exclude).unwrap_or_else(|_| "[]".into());
+    let ids: Vec<String> = {
+        let mut stmt = tx.prepare_cached(
+            "SELECT id FROM actions
+             WHERE ((state = 'pending' AND next_at_ms <= ?1) OR (state = 'running' AND lease_until_ms <= ?1))
+               AND kind NOT IN (SELECT value FROM json_each(?3))
+             ORDER BY next_at_ms, seq LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![now_ms, limit as i64, excluded], |r| r.get(0))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    let mut out = Vec::with_capacity(ids.len());
+    {
+        let mut up = tx.prepare_cached(
+            "UPDATE actions SET state = 'running', attempts = attempts + 1, lease_until_ms = ?2,
+               updated_at_ms = ?3 WHERE id = ?1",
+        )?;
+        for id in &ids {
+            up.execute(params![id, now_ms + lease_ms, now_ms])?;
+            if let Some(a) = action_by_id(&tx, id)? {
+                out.push(a);
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(out)
+}
+
+pub(crate) fn finish(
+    conn: &Connection,
+    id: &str,
+    attempt: u32,
+    finish: &Finish,
+    now_ms: i64,
+) -> Result<bool, StoreError> {
+    let (state, next_at, error, result): (&str, Option<i64>, Option<&str>, Option<String>) =
+        match finish {
+            Finish::Done(v) => ("done", None, None, Some(v.to_string())),
+            Finish::Skipped(why) => ("skipped", None, Some(why.as_str()), None),
+            Finish::Retry { error, at_ms } => ("pending", Some(*at_ms), Some(error.as_str()), None),
+            Finish::Dead(why) => ("dead", None, Some(why.as_str()), None),
+        };
+    let n = conn.execute(
+        "UPDATE actions SET state = ?3, next_at_ms = coalesce(?4, next_at_ms), last_error = coalesce(?5, last_error),
+           result = coalesce(?6, result), lease_until_ms = NULL, updated_at_ms = ?7
+         WHERE id = ?1 AND attempts = ?2 AND state = 'running'",
+        params![id, attempt as i64, state, next_at, error, result, now_ms],
+    )?;
+    Ok(n == 1)
+}
+
+pub(crate) fn release_running(conn: &Connection, now_ms: i64) -> Result<usize, StoreError> {
+    Ok(conn.execute(
+        "UPDATE actions SET state = 'pending', next_at_ms = ?1, lease_until_ms = NULL, updated_at_ms = ?1
+         WHERE state = 'running'",
+        [now_ms],
+    )?)
+}
+
+pub(crate) fn list_actions(
+    conn: &Connection,
+    q: &ActionQuery,
+) -> Result<Vec<ActionRecord>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {ACTION_COLUMNS} FROM actions
+         WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR session_id = ?2) AND (?3 IS NULL OR kind = ?3)
+           AND created_at_ms >= ?4 AND created_at_ms < ?5 AND seq < ?6
+         ORDER BY seq DESC LIMIT ?7"
+    ))?;
+    let rows = stmt.query_map(
+        params![
+            q.state.map(ActionState::as_str),
+            q.session_id,
+            q.kind,
+            q.created_from_ms.unwrap_or(i64::MIN),
+            q.created_until_ms.unwrap_or(i64::MAX),
+            q.before_seq.map(|s| s as i64).unwrap_or(i64::MAX),
+            q.limit as i64
+        ],
+        row_to_action,
+    )?;
+    rows.map(|r| finish_action(r?)).collect()
+}
+
+pub(crate) fn retry_action(
+    conn: &Connection,
+    id: &str,
+    now_ms: i64,
+) -> Result<Option<ActionRecord>, StoreError> {
+    conn.execute(
+        "UPDATE actions SET state = 'pending', attempts = 0, next_at_ms = ?2, updated_at_ms = ?2
+         WHERE id = ?1 AND state IN ('dead', 'skipped')",
+        params![id, now_ms],
+    )?;
+    action_by_id(conn, id)
+}
+
+pub(crate) fn action_counts(
+    conn: &Connection,
+) -> Result<BTreeMap<(String, String), u64>, StoreError> {
+    let mut stmt =
+        conn.prepare_cached("SELECT kind, state, COUNT(*) FROM actions GROUP BY kind, state")?;
+    let rows = stmt.query_map([], |r| {
+        Ok(((r.get(0)?, r.get(1)?), r.get::<_, i64>(2)? as u64))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+const STEP_UP_COLUMNS: &str =
+    "step_up_session_id, original_session_id, checks, state, url, workflow_id,
+    requested_at_ms, expires_at_ms, finished_at_ms";
+
+fn row_to_step_up(r: &rusqlite::Row<'_>) -> rusqlite::Result<(StepUpRecord, String)> {
+    Ok((
+        StepUpRecord {
+            step_up_session_id: r.get(0)?,
+            original_session_id: r.get(1)?,
+            checks: Vec::new(),
+            state: r.get(3)?,
+            url: r.get(4)?,
+            workflow_id: r.get(5)?,
+            requested_at_ms: r.get(6)?,
+            expires_at_ms: r.get(7)?,
+            finished_at_ms: r.get(8)?,
+        },
+        r.get(2)?,
+    ))
+}
+
+fn finish_step_up(raw: (StepUpRecord, String)) -> Result<StepUpRecord, StoreError> {
+    let (mut rec, checks) = raw;
+    rec.checks = serde_json::from_str(&checks).map_err(corrupt("step-up checks"))?;
+    Ok(rec)
+}
+
+pub(crate) fn step_ups_where(
+    conn: &Connection,
+    condition: &str,
+    arg: rusqlite::types::Value,
+) -> Result<Vec<StepUpRecord>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {STEP_UP_COLUMNS} FROM step_ups WHERE {condition} ORDER BY requested_at_ms"
+    ))?;
+    let rows = stmt.query_map([arg], row_to_step_up)?;
+    rows.map(|r| finish_step_up(r?)).collect()
+}
+
+pub(crate) fn endpoint(conn: &Connection, url: &str) -> Result<EndpointState, StoreError> {
+    let row = conn
+        .query_row(
+            "SELECT consecutive_failures, disabled_at_ms, last_success_ms, last_failure_ms, last_error
+             FROM endpoints WHERE url = ?1",
+            [url],
+            |r| {
+                Ok(EndpointState {
+                    url: url.to_owned(),
+                    consecutive_failures: r.get::<_, i64>(0)? as u32,
+                    disabled_at_ms: r.get(1)?,
+                    last_success_ms: r.get(2)?,
+                    last_failure_ms: r.get(3)?,
+                    last_error: r.get(4)?,
+                })
+            },
+        )
+        .optional()?;
+    Ok(row.unwrap_or_else(|| EndpointState {
+        url: url.to_owned(),
+        ..EndpointState::default()
+    }))
+}
+
+pub(crate) fn record_endpoint(
+    conn: &Connection,
+    url: &str,
+    error: Option<&str>,
+    now_ms: i64,
+    disable_after: u32,
+) -> Result<EndpointState, StoreError> {
+    match error {
+        None => conn.execute(
+            "INSERT INTO endpoints (url, consecutive_failures, last_success_ms) VALUES (?1, 0, ?2)
+             ON CONFLICT (url) DO UPDATE SET consecutive_failures = 0, last_success_ms = ?2",
+            params![url, now_ms],
+        )?,
+        Some(e) => conn.execute(
+            "INSERT INTO endpoints (url, consecutive_failures, last_failure_ms, last_error) VALUES (?1, 1, ?2, ?3)
+             ON CONFLICT (url) DO UPDATE SET consecutive_failures = consecutive_failures + 1,
+               last_failure_ms = ?2, last_error = ?3",
+            params![url, now_ms, e],
+        )?,
+    };
+    conn.execute(
+        "UPDATE endpoints SET disabled_at_ms = ?2
+         WHERE url = ?1 AND disabled_at_ms IS NULL AND consecutive_failures >= ?3",
+        params![url, now_ms, disable_after as i64],
+    )?;
+    endpoint(conn, url)
+}
+
+pub(crate) fn enable_endpoint(conn: &Connection, url: &str) -> Result<EndpointState, StoreError> {
+    conn.execute(
+        "INSERT INTO endpoints (url, consecutive_failures) VALUES (?1, 0)
+         ON CONFLICT (url) DO UPDATE SET consecutive_failures = 0, disabled_at_ms = NULL",
+        [url],
+    )?;
+    endpoint(conn, url)
+}

@@ -1,0 +1,87 @@
+//! The server's timers: reconciliation against Didit's API, and step-ups
+//! that ran out of time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kycd_engine::projector::STEP_UP_EXPIRED;
+use kycd_log::{EventSource, NewEvent};
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::App;
+
+/// How far back each automatic pass lists Didit's sessions.
+const LISTING_LOOKBACK_MS: i64 = 2 * 86_400_000;
+
+/// Wait `ms` or until stopped; false when stopped.
+async fn pause(stop: &mut watch::Receiver<bool>, ms: i64) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(Duration::from_millis(ms.max(1) as u64)) => !*stop.borrow(),
+        r = stop.changed() => r.is_ok() && !*stop.borrow(),
+    }
+}
+
+/// Run a reconciliation pass every `KYCD_RECONCILE_INTERVAL_SECS`.
+pub async fn reconcile_loop(app: Arc<App>, mut stop: watch::Receiver<bool>) {
+    let (Some(reconciler), interval) =
+        (app.reconciler.clone(), app.settings.reconcile_interval_secs)
+    else {
+        return;
+    };
+    if interval == 0 {
+        return;
+    }
+    let every = app.settings.scaled_ms(interval as f64 * 1000.0);
+    while pause(&mut stop, every).await {
+        let since = app.clock.now_millis() - LISTING_LOOKBACK_MS;
+        let report = reconciler.pass(since).await;
+        if report.appended > 0 || report.errors > 0 {
+            tracing::info!(
+                listed = report.listed,
+                fetched = report.fetched,
+                appended = report.appended,
+                errors = report.errors,
+                "reconciliation pass"
+            );
+        }
+    }
+}
+
+/// Log the expiry of every step-up whose time ran out; the projector then
+/// decides the original session again without it.
+pub async fn expire_step_ups(app: Arc<App>, mut stop: watch::Receiver<bool>) {
+    let every = app.settings.scaled_ms(5_000.0).min(5_000);
+    while pause(&mut stop, every).await {
+        let now = app.clock.now_millis();
+        let due = match app.outbox.step_ups_due(now).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read open step-ups");
+                continue;
+            }
+        };
+        for s in due {
+            let event = NewEvent {
+                received_at_ms: now,
+                source: EventSource::Internal,
+                kind: STEP_UP_EXPIRED.to_owned(),
+                session_id: Some(s.original_session_id.clone()),
+                didit_event_id: None,
+                dedupe_keys: vec![format!("step_up_expired:{}", s.step_up_session_id)],
+                body: json!({
+                    "original_session_id": s.original_session_id,
+                    "step_up_session_id": s.step_up_session_id,
+                    "reason": "expired",
+                    "expired_at_ms": s.expires_at_ms,
+                })
+                .to_string()
+                .into_bytes(),
+                meta: json!({}),
+            };
+            if let Err(e) = app.log.append(event).await {
+                tracing::warn!(error = %e, "could not log a step-up's expiry");
+            }
+        }
+    }
+}

@@ -1,0 +1,504 @@
+//! Issue 6 end to end with the Didit simulator: every outcome acts at Didit
+//! once (the simulator's API call log is the witness), kycd's own
+//! write-backs do not loop, step-ups run to completion and to expiry,
+//! operator webhooks verify with the Standard Webhooks reference library,
+//! and with deliveries lost for good reconciliation still decides every
+//! session.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::http::HeaderMap;
+use didit::signature::Secret;
+use kycd_core::SystemClock;
+use kycd_log::outbox::{ActionQuery, ActionState};
+use kycd_log::store::DecisionQuery;
+use kycd_server::{Running, Settings};
+use kycd_sim::{ApiCall, CallEffect, Faults, Sim, SimConfig, WebhookVersion};
+use serde_json::Value;
+
+const SECRET: &str = "closing-loop-secret";
+const OPERATOR_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// A policy that asks In Review customers for an NFC read, declines when
+/// the step-up fails or expires, and approves everything else.
+const STEP_UP_POLICY: &str = r#"
+name = "step-up-test"
+[bands]
+approve = 100
+[[rule]]
+id = "ask_nfc"
+when = 'session.didit_status == "In Review" and (step_up.status == null or step_up.status == "none") and session.step_up != true'
+outcome = "step_up"
+checks = ["NFC"]
+reason = "Didit was unsure: read the document's chip"
+[[rule]]
+id = "step_up_failed"
+when = 'step_up.status == "completed" and step_up.approved != true'
+outcome = "decline"
+reason = "The step-up failed"
+[[rule]]
+id = "step_up_expired"
+when = 'step_up.status == "expired"'
+outcome = "decline"
+reason = "The step-up was not completed in time"
+[[rule]]
+id = "didit_declined"
+when = 'session.didit_status == "Declined"'
+outcome = "decline"
+reason = "Didit declined"
+"#;
+
+#[derive(Clone, Default)]
+struct Received(Arc<Mutex<Vec<Request>>>);
+
+/// One request the operator's application received: headers and body.
+type Request = (HeaderMap, Vec<u8>);
+
+/// The operator's application: answers 200 and keeps every request.
+async fn operator_app(received: Received) -> String {
+    let app = axum::Router::new().route(
+        "/hooks",
+        axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
+            let received = received.clone();
+            async move {
+                received.0.lock().unwrap().push((headers, body.to_vec()));
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}/hooks")
+}
+
+struct Stack {
+    sim: Sim,
+    running: Running,
+    received: Received,
+    _dir: tempfile::TempDir,
+}
+
+struct Options {
+    faults: Faults,
+    time_scale: f64,
+    policy: Option<&'static str>,
+    step_up_expiry_secs: u64,
+    reconcile: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            faults: Faults::none(),
+            time_scale: 1000.0,
+            policy: None,
+            step_up_expiry_secs: 86_400,
+            reconcile: false,
+        }
+    }
+}
+
+async fn stack(seed: u64, o: Options) -> Stack {
+    let sim = kycd_sim::start(SimConfig {
+        webhook_secret: SECRET.into(),
+        seed,
+        time_scale: o.time_scale,
+        faults: o.faults,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let client = didit::client::DiditClient::new({
+        let mut c = didit::client::ClientConfig::new(sim.api_key().to_owned());
+        c.base_url = sim.base_url();
+        c
+    })
+    .unwrap();
+    let mut nfc =
+        didit::client::CreateWorkflowRequest::new("NFC step-up", didit::client::WorkflowType::Kyc);
+    nfc.is_nfc_enabled = Some(true);
+    let nfc = client.create_workflow(&nfc).await.unwrap();
+    let nfc_id = nfc.id().unwrap().to_owned();
+
+    let dir = tempfile::tempdir().unwrap();
+    let policy = o.policy.map(|text| {
+        let p = dir.path().join("policy.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    });
+    let received = Received::default();
+    let settings = Settings {
+        listen: "127.0.0.1:0".into(),
+        data_dir: dir.path().join("data"),
+        webhook_secrets: vec![Secret::new(SECRET)],
+        act_on_sandbox: true,
+        didit_api_key: Some(Secret::new(sim.api_key())),
+        didit_base_url: sim.base_url(),
+        operator_webhook_url: Some(operator_app(received.clone()).await),
+        operator_webhook_secrets: vec![Secret::new(OPERATOR_SECRET)],
+        operator_webhook_allow_private: true,
+        step_up_workflows: [("NFC".to_owned(), nfc_id)].into(),
+        step_up_expiry_secs: o.step_up_expiry_secs,
+        policy,
+        reconcile_interval_secs: if o.reconcile { 1 } else { 0 },
+        reconcile_after_secs: 1,
+        retry_time_scale: 20.0,
+        ..Settings::default()
+    };
+    let running = kycd_server::start(settings, Arc::new(SystemClock))
+        .await
+        .unwrap();
+    sim.add_destination(
+        &format!("http://{}/webhooks/didit", running.addr),
+        WebhookVersion::V3,
+    )
+    .unwrap();
+    Stack {
+        sim,
+        running,
+        received,
+        _dir: dir,
+    }
+}
+
+impl Stack {
+    /// Wait until the simulation, the projector and the outbox are all
+    /// quiet, twice in a row (a write-back makes Didit deliver again).
+    async fn settle(&self, deadline: Duration) {
+        let end = Instant::now() + deadline;
+        let mut quiet_rounds = 0;
+        while quiet_rounds < 2 {
+            assert!(Instant::now() < end, "the loop did not settle");
+            self.sim
+                .wait_settled(end.saturating_duration_since(Instant::now()))
+                .await
+                .expect("the simulation settles");
+            let app = &self.running.app;
+            let head = app.log.head().await.unwrap();
+            let mut applied = app.applied.clone();
+            while *applied.borrow_and_update() < head {
+                assert!(Instant::now() < end, "projector did not catch up");
+                let _ = tokio::time::timeout(Duration::from_millis(100), applied.changed()).await;
+            }
+            let busy = self.actions(ActionState::Pending).await.len()
+                + self.actions(ActionState::Running).await.len();
+            if busy == 0 && app.log.head().await.unwrap() == head {
+                quiet_rounds += 1;
+            } else {
+                quiet_rounds = 0;
+            }
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    }
+
+    async fn actions(&self, state: ActionState) -> Vec<kycd_log::outbox::ActionRecord> {
+        self.running
+            .app
+            .outbox
+            .list_actions(ActionQuery {
+                state: Some(state),
+                limit: 100_000,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+    }
+
+    async fn session(&self, id: &str) -> Value {
+        match self.running.app.store.get_session(id).await.unwrap() {
+            Some(s) => s.doc,
+            None => Value::Null,
+        }
+    }
+
+    fn outcome_of(doc: &Value) -> Option<&str> {
+        doc.pointer("/decision/outcome").and_then(Value::as_str)
+    }
+
+    /// Operator messages by type, each verified with the reference library.
+    fn operator_messages(&self) -> BTreeMap<String, Vec<Value>> {
+        let wh = standardwebhooks::Webhook::new(OPERATOR_SECRET).unwrap();
+        let mut out: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+        for (headers, body) in self.received.0.lock().unwrap().iter() {
+            wh.verify(body, headers)
+                .expect("an operator webhook verifies");
+            let v: Value = serde_json::from_slice(body).unwrap();
+            out.entry(v["type"].as_str().unwrap().to_owned())
+                .or_default()
+                .push(v);
+        }
+        out
+    }
+}
+
+/// Update-status calls that changed Didit's status, per (session, status).
+fn changes(calls: &[ApiCall]) -> HashMap<(String, String), usize> {
+    let mut out = HashMap::new();
+    for c in calls {
+        if c.path.ends_with("/update-status/") && c.effect == CallEffect::Changed {
+            let status = c.request["new_status"].as_str().unwrap_or("").to_owned();
+            *out.entry((c.session_id.clone().unwrap_or_default(), status))
+                .or_insert(0) += 1;
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_outcome_acts_at_didit_once_without_loops() {
+    let s = stack(61, Options::default()).await;
+    s.sim.run(120);
+    s.settle(Duration::from_secs(90)).await;
+
+    let calls = s.sim.calls();
+    assert!(
+        s.actions(ActionState::Dead).await.is_empty(),
+        "no action died"
+    );
+    let done = s.actions(ActionState::Done).await;
+    let updates: Vec<_> = done
+        .iter()
+        .filter(|a| a.kind == "didit.update_status")
+        .collect();
+    assert!(!updates.is_empty(), "some decisions were written back");
+
+    // Once: no status was changed twice, and every write-back is one call.
+    for (key, n) in changes(&calls) {
+        assert_eq!(n, 1, "{key:?} changed {n} times");
+    }
+    let update_calls = calls
+        .iter()
+        .filter(|c| c.path.ends_with("/update-status/"))
+        .count();
+    assert_eq!(
+        update_calls,
+        updates.len(),
+        "one call per write-back action"
+    );
+
+    // The effect: every session kycd declines or blocks is declined at
+    // Didit; every block is on the blocklist, once.
+    let truth: HashMap<String, String> = s
+        .sim
+        .truth()
+        .into_iter()
+        .map(|t| (t.session_id, t.final_status))
+        .collect();
+    let mut declined = 0;
+    for (id, final_status) in &truth {
+        let doc = s.session(id).await;
+        match Stack::outcome_of(&doc) {
+            Some("decline") | Some("block") if doc["didit_decision"].is_object() => {
+                declined += 1;
+                assert_eq!(final_status, "Declined", "{id}");
+            }
+            _ => {}
+        }
+        if Stack::outcome_of(&doc) == Some("block") {
+            let adds = calls
+                .iter()
+                .filter(|c| c.path == "/v3/blocklist/add/" && c.session_id.as_deref() == Some(id))
+                .count();
+            assert_eq!(adds, 1, "{id} blocklisted once");
+        }
+    }
+    assert!(declined > 0);
+
+    // No loops: the deliveries Didit sent because of kycd's write-backs
+    // are recorded as kycd's, and never decided on.
+    let mut echoes = 0;
+    for a in &updates {
+        let id = a.session_id.as_deref().unwrap();
+        let doc = s.session(id).await;
+        let echoed: Vec<u64> = doc["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|h| h.get("by_kycd").is_some())
+            .map(|h| h["offset"].as_u64().unwrap())
+            .collect();
+        echoes += echoed.len();
+        let decisions = s
+            .running
+            .app
+            .store
+            .list_decisions(DecisionQuery {
+                session_id: Some(id.to_owned()),
+                limit: 1000,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        for d in decisions {
+            assert!(
+                !echoed.contains(&d.event_offset),
+                "{id}: decided on its own echo"
+            );
+        }
+    }
+    assert!(echoes > 0, "Didit's answers to write-backs were recognised");
+
+    // The operator heard of every decision, signed.
+    let messages = s.operator_messages();
+    let mut decided = 0;
+    for id in truth.keys() {
+        if Stack::outcome_of(&s.session(id).await).is_some() {
+            decided += 1;
+        }
+    }
+    let created = messages.get("decision.created").map_or(0, Vec::len);
+    assert!(
+        created >= decided,
+        "{created} decision.created for {decided} decided sessions"
+    );
+    assert!(messages.contains_key("review.required"));
+    assert!(messages.contains_key("session.updated"));
+    s.sim.shutdown().await;
+}
+
+/// Step-up sessions created for an original, from Didit's call log.
+fn step_up_creations(calls: &[ApiCall], original: &str) -> Vec<ApiCall> {
+    calls
+        .iter()
+        .filter(|c| {
+            c.path == "/v3/session/"
+                && c.effect == CallEffect::Created
+                && c.request
+                    .pointer("/metadata/kycd_step_up_of")
+                    .and_then(Value::as_str)
+                    == Some(original)
+        })
+        .cloned()
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn step_ups_run_to_completion() {
+    let s = stack(
+        62,
+        Options {
+            policy: Some(STEP_UP_POLICY),
+            ..Options::default()
+        },
+    )
+    .await;
+    s.sim.run(80);
+    s.settle(Duration::from_secs(90)).await;
+    let calls = s.sim.calls();
+    let mut completed = 0;
+    for t in s.sim.truth() {
+        let doc = s.session(&t.session_id).await;
+        if doc["step_up"].is_null() {
+            continue;
+        }
+        // One session per step-up, at Didit.
+        assert_eq!(
+            step_up_creations(&calls, &t.session_id).len(),
+            1,
+            "{}",
+            t.session_id
+        );
+        assert_eq!(doc["step_up"]["status"], "completed", "{}", t.session_id);
+        let approved = doc["step_up"]["approved"] == true;
+        let expected = if approved { "approve" } else { "decline" };
+        assert_eq!(Stack::outcome_of(&doc), Some(expected), "{}", t.session_id);
+        completed += 1;
+    }
+    assert!(completed > 0, "some customers were stepped up");
+    let messages = s.operator_messages();
+    let requested = &messages["step_up.requested"];
+    assert_eq!(requested.len(), completed);
+    assert!(requested.iter().all(|m| m["data"]["url"].is_string()));
+    assert_eq!(messages["step_up.completed"].len(), completed);
+    s.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn step_ups_expire_and_the_policy_decides() {
+    let s = stack(
+        63,
+        Options {
+            policy: Some(STEP_UP_POLICY),
+            // Customers take simulated minutes (seconds here); the step-up
+            // expires at once.
+            time_scale: 100.0,
+            step_up_expiry_secs: 0,
+            ..Options::default()
+        },
+    )
+    .await;
+    s.sim.run(15);
+    s.settle(Duration::from_secs(120)).await;
+    let mut expired = 0;
+    for t in s.sim.truth() {
+        let doc = s.session(&t.session_id).await;
+        if doc["step_up"]["status"] == "expired" {
+            assert_eq!(Stack::outcome_of(&doc), Some("decline"), "{}", t.session_id);
+            expired += 1;
+        }
+    }
+    assert!(expired > 0, "some step-ups expired");
+    s.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciliation_decides_every_session_despite_lost_deliveries() {
+    let s = stack(
+        64,
+        Options {
+            faults: Faults {
+                loss: 0.2,
+                ..Faults::none()
+            },
+            reconcile: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    s.sim.run(100);
+    let lost = {
+        s.sim.wait_settled(Duration::from_secs(60)).await.unwrap();
+        s.sim.stats().lost
+    };
+    assert!(lost > 10, "a fifth of the deliveries were lost ({lost})");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let mut missing = Vec::new();
+        for t in s.sim.truth() {
+            if t.deleted
+                || !["Approved", "Declined", "In Review", "Abandoned", "Expired"]
+                    .contains(&t.final_status.as_str())
+            {
+                continue;
+            }
+            let rec = s
+                .running
+                .app
+                .store
+                .get_session(&t.session_id)
+                .await
+                .unwrap();
+            let decided = rec
+                .as_ref()
+                .is_some_and(|r| Stack::outcome_of(&r.doc).is_some());
+            if !decided {
+                missing.push(t.session_id.clone());
+            }
+        }
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} sessions never decided: {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(s.running.app.reconcile_totals.reconciled_sessions() > 0);
+    s.sim.shutdown().await;
+}
