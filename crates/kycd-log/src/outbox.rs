@@ -238,9 +238,12 @@ pub trait Outbox: Send + Sync + 'static {
 
     /// Put a dead (or skipped) action back in the queue, due now, with a
     /// fresh attempt budget. `None` if there is no such action; an action
-    /// in any other state is returned unchanged.
-    async fn retry_action(&self, id: &str, now_ms: i64)
-        -> Result<Option<ActionRecord>, StoreError>;
+    /// in any other state is returned unchanged, with `false`.
+    async fn retry_action(
+        &self,
+        id: &str,
+        now_ms: i64,
+    ) -> Result<Option<(ActionRecord, bool)>, StoreError>;
 
     /// How many actions are in each state, per kind.
     async fn action_counts(&self) -> Result<BTreeMap<(String, String), u64>, StoreError>;
@@ -476,13 +479,13 @@ pub(crate) fn retry_action(
     conn: &Connection,
     id: &str,
     now_ms: i64,
-) -> Result<Option<ActionRecord>, StoreError> {
-    conn.execute(
+) -> Result<Option<(ActionRecord, bool)>, StoreError> {
+    let changed = conn.execute(
         "UPDATE actions SET state = 'pending', attempts = 0, next_at_ms = ?2, updated_at_ms = ?2
          WHERE id = ?1 AND state IN ('dead', 'skipped')",
         params![id, now_ms],
-    )?;
-    action_by_id(conn, id)
+    )? == 1;
+    Ok(action_by_id(conn, id)?.map(|a| (a, changed)))
 }
 
 pub(crate) fn action_counts(

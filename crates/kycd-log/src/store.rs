@@ -818,7 +818,7 @@ impl outbox::Outbox for SqliteStore {
         &self,
         id: &str,
         now_ms: i64,
-    ) -> Result<Option<outbox::ActionRecord>, StoreError> {
+    ) -> Result<Option<(outbox::ActionRecord, bool)>, StoreError> {
         let id = id.to_owned();
         Self::with(&self.writer, move |c| outbox::retry_action(c, &id, now_ms)).await
     }

@@ -89,11 +89,11 @@ pub async fn retry_action(State(app): State<Arc<App>>, Path(id): Path<String>) -
     let now = app.clock.now_millis();
     match app.outbox.retry_action(&id, now).await.map_err(store_err)? {
         None => Err(ApiError::new(Code::NotFound, "no such action")),
-        Some(a) if a.state == ActionState::Pending && a.attempts == 0 => {
+        Some((a, true)) => {
             tracing::info!(action = %a.id, kind = %a.kind, "action redriven");
             Ok(Json(action_json(&a)).into_response())
         }
-        Some(a) => Err(ApiError::new(
+        Some((a, false)) => Err(ApiError::new(
             Code::Conflict,
             format!(
                 "only dead or skipped actions can be retried; this one is {}",

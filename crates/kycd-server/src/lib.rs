@@ -99,6 +99,11 @@ pub fn didit_client(settings: &Settings) -> anyhow::Result<Option<DiditClient>> 
     };
     let mut config = ClientConfig::new(key.expose().to_owned());
     config.base_url = settings.didit_base_url.clone();
+    // Didit's limits are per minute; a faster clock (the demo against the
+    // simulator, whose minutes are as short) shortens the window too.
+    if settings.retry_time_scale > 1.0 {
+        config.rate_limits.window = config.rate_limits.window.div_f64(settings.retry_time_scale);
+    }
     Ok(Some(
         DiditClient::new(config).map_err(|e| anyhow::anyhow!("didit client: {e}"))?,
     ))

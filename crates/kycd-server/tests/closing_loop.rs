@@ -6,6 +6,7 @@
 //! session.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,7 @@ use kycd_sim::{ApiCall, CallEffect, Faults, Sim, SimConfig, WebhookVersion};
 use serde_json::Value;
 
 const SECRET: &str = "closing-loop-secret";
+const TOKEN: &str = "closing-loop-token";
 const OPERATOR_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 /// A policy that asks In Review customers for an NFC read, declines when
@@ -51,7 +53,7 @@ reason = "Didit declined"
 "#;
 
 #[derive(Clone, Default)]
-struct Received(Arc<Mutex<Vec<Request>>>);
+struct Received(Arc<Mutex<Vec<Request>>>, Arc<AtomicU16>);
 
 /// One request the operator's application received: headers and body.
 type Request = (HeaderMap, Vec<u8>);
@@ -64,7 +66,11 @@ async fn operator_app(received: Received) -> String {
             let received = received.clone();
             async move {
                 received.0.lock().unwrap().push((headers, body.to_vec()));
-                "ok"
+                let status = match received.1.load(Ordering::SeqCst) {
+                    0 => 200,
+                    s => s,
+                };
+                axum::http::StatusCode::from_u16(status).unwrap()
             }
         }),
     );
@@ -87,6 +93,9 @@ struct Options {
     policy: Option<&'static str>,
     step_up_expiry_secs: u64,
     reconcile: bool,
+    retry_time_scale: f64,
+    step_up_workflows: bool,
+    operator_status: u16,
 }
 
 impl Default for Options {
@@ -97,6 +106,9 @@ impl Default for Options {
             policy: None,
             step_up_expiry_secs: 86_400,
             reconcile: false,
+            retry_time_scale: 20.0,
+            step_up_workflows: true,
+            operator_status: 200,
         }
     }
 }
@@ -130,6 +142,7 @@ async fn stack(seed: u64, o: Options) -> Stack {
         p
     });
     let received = Received::default();
+    received.1.store(o.operator_status, Ordering::SeqCst);
     let settings = Settings {
         listen: "127.0.0.1:0".into(),
         data_dir: dir.path().join("data"),
@@ -140,12 +153,17 @@ async fn stack(seed: u64, o: Options) -> Stack {
         operator_webhook_url: Some(operator_app(received.clone()).await),
         operator_webhook_secrets: vec![Secret::new(OPERATOR_SECRET)],
         operator_webhook_allow_private: true,
-        step_up_workflows: [("NFC".to_owned(), nfc_id)].into(),
+        step_up_workflows: if o.step_up_workflows {
+            [("NFC".to_owned(), nfc_id)].into()
+        } else {
+            Default::default()
+        },
+        api_token: Some(Secret::new(TOKEN)),
         step_up_expiry_secs: o.step_up_expiry_secs,
         policy,
         reconcile_interval_secs: if o.reconcile { 1 } else { 0 },
         reconcile_after_secs: 1,
-        retry_time_scale: 20.0,
+        retry_time_scale: o.retry_time_scale,
         ..Settings::default()
     };
     let running = kycd_server::start(settings, Arc::new(SystemClock))
@@ -500,5 +518,281 @@ async fn reconciliation_decides_every_session_despite_lost_deliveries() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(s.running.app.reconcile_totals.reconciled_sessions() > 0);
+    s.sim.shutdown().await;
+}
+
+impl Stack {
+    async fn api(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = reqwest::Client::new()
+            .request(method, format!("http://{}/api/v1{path}", self.running.addr));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Poll `check` until it holds or the deadline passes.
+    async fn eventually<F, Fut>(&self, what: &str, deadline: Duration, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let end = Instant::now() + deadline;
+        while !check().await {
+            assert!(Instant::now() < end, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn kind_in(&self, kind: &str, state: ActionState) -> usize {
+        self.actions(state)
+            .await
+            .iter()
+            .filter(|a| a.kind == kind)
+            .count()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_webhooks_are_retried_disabled_enabled_and_replayed() {
+    let s = stack(
+        65,
+        Options {
+            retry_time_scale: 1000.0,
+            operator_status: 500,
+            ..Options::default()
+        },
+    )
+    .await;
+    s.sim.run(40);
+    s.sim.wait_settled(Duration::from_secs(60)).await.unwrap();
+    // Persistent failure disables the endpoint.
+    s.eventually(
+        "the endpoint to be disabled",
+        Duration::from_secs(30),
+        || async {
+            let (_, e) = s
+                .api(reqwest::Method::GET, "/operator-webhook", Some(TOKEN), None)
+                .await;
+            e["enabled"] == false
+        },
+    )
+    .await;
+    let (_, e) = s
+        .api(reqwest::Method::GET, "/operator-webhook", Some(TOKEN), None)
+        .await;
+    assert!(e["consecutive_failures"].as_u64().unwrap() >= 15, "{e}");
+    assert!(e["last_error"].as_str().unwrap().contains("500"), "{e}");
+    let waiting = s.kind_in("operator.webhook", ActionState::Pending).await;
+    assert!(waiting > 0, "messages wait while the endpoint is disabled");
+
+    // Enabled again with a healthy receiver, everything is delivered, each
+    // message under the id its failed attempts carried.
+    s.received.1.store(200, Ordering::SeqCst);
+    let (status, e) = s
+        .api(
+            reqwest::Method::POST,
+            "/operator-webhook/enable",
+            Some(TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!((status, &e["enabled"]), (200, &Value::Bool(true)));
+    s.eventually(
+        "every message delivered",
+        Duration::from_secs(60),
+        || async {
+            s.kind_in("operator.webhook", ActionState::Pending).await == 0
+                && s.kind_in("operator.webhook", ActionState::Running).await == 0
+        },
+    )
+    .await;
+    let delivered = s.kind_in("operator.webhook", ActionState::Done).await;
+    assert!(delivered >= waiting);
+    let ids = |s: &Stack| {
+        let mut n: HashMap<String, usize> = HashMap::new();
+        for (h, _) in s.received.0.lock().unwrap().iter() {
+            *n.entry(h["webhook-id"].to_str().unwrap().to_owned())
+                .or_default() += 1;
+        }
+        n
+    };
+    let before = ids(&s);
+    assert!(
+        before.values().any(|n| *n >= 2),
+        "a failed message was retried under its id"
+    );
+    let messages = s.operator_messages();
+    assert!(messages.contains_key("decision.created"));
+
+    // Replay: the same messages again, same ids and bodies.
+    let (status, r) = s
+        .api(
+            reqwest::Method::POST,
+            "/operator-webhook/replay",
+            Some(TOKEN),
+            Some(serde_json::json!({"since": "1h"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{r}");
+    let queued = r["queued"].as_u64().unwrap() as usize;
+    assert_eq!(queued, delivered);
+    s.eventually("the replay delivered", Duration::from_secs(30), || async {
+        s.kind_in("operator.webhook", ActionState::Pending).await == 0
+            && s.kind_in("operator.webhook", ActionState::Running).await == 0
+    })
+    .await;
+    let after = ids(&s);
+    for (id, n) in &before {
+        assert!(after[id] > *n, "{id} replayed");
+    }
+    assert_eq!(
+        after.len(),
+        before.len(),
+        "a replay mints no new message ids"
+    );
+
+    // Bad requests get clear answers.
+    let (status, _) = s
+        .api(
+            reqwest::Method::POST,
+            "/operator-webhook/replay",
+            Some(TOKEN),
+            Some(serde_json::json!({})),
+        )
+        .await;
+    assert_eq!(status, 400);
+    let (status, _) = s
+        .api(
+            reqwest::Method::POST,
+            "/operator-webhook/replay",
+            None,
+            Some(serde_json::json!({"since": "1h"})),
+        )
+        .await;
+    assert_eq!(status, 401);
+    s.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_actions_are_listed_and_redriven() {
+    let s = stack(
+        66,
+        Options {
+            policy: Some(STEP_UP_POLICY),
+            // No workflow for the NFC check: every step-up dies.
+            step_up_workflows: false,
+            ..Options::default()
+        },
+    )
+    .await;
+    s.sim.run(40);
+    s.sim.wait_settled(Duration::from_secs(60)).await.unwrap();
+    s.eventually("a dead step-up", Duration::from_secs(30), || async {
+        s.kind_in("didit.step_up", ActionState::Dead).await > 0
+    })
+    .await;
+    let (status, page) = s
+        .api(
+            reqwest::Method::GET,
+            "/actions?state=dead",
+            Some(TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let item = &page["items"][0];
+    assert_eq!(item["kind"], "didit.step_up");
+    assert!(
+        item["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("KYCD_STEP_UP_WORKFLOW_NFC"),
+        "{item}"
+    );
+    let id = item["id"].as_str().unwrap().to_owned();
+
+    let (status, a) = s
+        .api(
+            reqwest::Method::POST,
+            &format!("/actions/{id}/retry"),
+            Some(TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{a}");
+    assert_eq!(a["attempts"], 0);
+    // It dies again (the configuration did not change), and can be
+    // retried again; retrying a pending or done action is a conflict.
+    s.eventually(
+        "the redriven action to run",
+        Duration::from_secs(30),
+        || async {
+            let (_, a) = s
+                .api(
+                    reqwest::Method::GET,
+                    &format!("/actions/{id}"),
+                    Some(TOKEN),
+                    None,
+                )
+                .await;
+            a["state"] == "dead" && a["attempts"] == 1
+        },
+    )
+    .await;
+    let done = s.actions(ActionState::Done).await;
+    if let Some(d) = done.first() {
+        let (status, _) = s
+            .api(
+                reqwest::Method::POST,
+                &format!("/actions/{}/retry", d.id),
+                Some(TOKEN),
+                None,
+            )
+            .await;
+        assert_eq!(status, 409);
+    }
+    let (status, _) = s
+        .api(
+            reqwest::Method::POST,
+            "/actions/act_nope/retry",
+            Some(TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (status, _) = s
+        .api(
+            reqwest::Method::GET,
+            "/actions?state=bogus",
+            Some(TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, 400);
+    let (status, _) = s
+        .api(reqwest::Method::GET, "/actions?state=dead", None, None)
+        .await;
+    assert_eq!(status, 401);
+    let (status, _) = s
+        .api(
+            reqwest::Method::GET,
+            "/actions?state=dead",
+            Some("wrong"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 401);
     s.sim.shutdown().await;
 }

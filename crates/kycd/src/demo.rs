@@ -40,11 +40,18 @@ pub struct DemoArgs {
     /// Give up waiting for the customers after this many seconds.
     #[arg(long, default_value_t = 120)]
     pub timeout_secs: u64,
+    /// The share of Didit's deliveries lost for good (kycd recovers them by
+    /// reconciling with Didit's API).
+    #[arg(long, default_value_t = 0.10)]
+    pub loss: f64,
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     if args.users == 0 {
         bail!("--users must be at least 1");
+    }
+    if !(0.0..=0.9).contains(&args.loss) {
+        bail!("--loss must be between 0 and 0.9");
     }
     // Warnings only: the summary is the output.
     let _ = tracing_subscriber::fmt()
@@ -95,11 +102,15 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         webhook_secret: webhook_secret.clone(),
         seed: args.seed,
         time_scale: args.time_scale,
-        faults: Faults::demo_default(),
+        faults: Faults {
+            loss: args.loss,
+            ..Faults::demo_default()
+        },
         ..SimConfig::default()
     })
     .await
     .context("start the Didit simulator")?;
+    let step_up_workflows = step_up_workflows(&sim, &didit_key).await?;
 
     let api_token = random_token("demo-token-");
     let settings = Settings {
@@ -111,6 +122,14 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         didit_base_url: sim.base_url(),
         // The simulator's deliveries are sandbox deliveries.
         act_on_sandbox: true,
+        step_up_workflows,
+        // Kycd's clocks (retries, reconciliation, step-up expiry) run as
+        // fast as the simulated customers: a quiet session is fetched from
+        // Didit after two simulated minutes, checked every simulated minute.
+        retry_time_scale: args.time_scale,
+        reconcile_interval_secs: 60,
+        reconcile_after_secs: 120,
+        step_up_expiry_secs: 3600,
         ..Settings::default()
     };
     let clock = Arc::new(SystemClock);
@@ -181,11 +200,13 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         let finished = args.users - handle.remaining();
         progress.show(finished, decided.count(&*app.store).await?);
         if handle.remaining() == 0 {
-            // Deliveries still in flight (delays, retries) and the projector.
+            // Deliveries still in flight (delays, retries), the projector,
+            // and reconciliation of what was lost.
             let left = deadline.saturating_duration_since(Instant::now());
             settled = sim.wait_settled(left).await.is_ok();
             if settled {
                 wait_applied(&app, deadline).await;
+                wait_all_decided(&app, &sim, deadline).await?;
             }
             break;
         }
@@ -200,6 +221,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let report = Report::build(&*app.store, &truth, &applied_times).await?;
     let elapsed = started.elapsed();
     report.print(&sim.stats(), elapsed, args.users);
+    print_actions(&app).await?;
     let ok = settled && report.undecided_customers == 0;
     if !settled {
         println!(
@@ -210,8 +232,8 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
 
     if interrupted.is_finished() {
         println!("\nInterrupted.");
-        sim.shutdown().await;
         running.shutdown().await?;
+        sim.shutdown().await;
         return Ok(ExitCode::from(130));
     }
     if args.keep_running {
@@ -228,13 +250,123 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         std::io::stdout().flush()?;
         let _ = (&mut interrupted).await;
     }
-    sim.shutdown().await;
+    // kycd first: its reconciliation and workers call the simulator.
     running.shutdown().await?;
+    sim.shutdown().await;
     Ok(if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Workflows for the step-up checks, created in the simulated Didit as an
+/// operator would in Didit's console.
+async fn step_up_workflows(
+    sim: &kycd_sim::Sim,
+    key: &str,
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let mut config = didit::client::ClientConfig::new(key.to_owned());
+    config.base_url = sim.base_url();
+    let client = didit::client::DiditClient::new(config).context("didit client")?;
+    let mut out = std::collections::BTreeMap::new();
+    for (check, nfc) in [("NFC", true), ("PHONE", false)] {
+        let mut req = didit::client::CreateWorkflowRequest::new(
+            format!("kycd step-up: {check}"),
+            didit::client::WorkflowType::Kyc,
+        );
+        req.is_nfc_enabled = Some(nfc);
+        req.is_phone_verification_enabled = Some(!nfc);
+        let wf = client
+            .create_workflow(&req)
+            .await
+            .context("create a step-up workflow")?;
+        let id = wf.id().context("the workflow has an id")?.to_owned();
+        out.insert(check.to_owned(), id);
+    }
+    out.insert(
+        "BIOMETRIC_AUTH".to_owned(),
+        sim.biometric_workflow_id().to_owned(),
+    );
+    Ok(out)
+}
+
+/// Wait until every session Didit finished has a decision at kycd (lost
+/// deliveries come back through reconciliation) and the outbox is idle.
+async fn wait_all_decided(
+    app: &kycd_server::App,
+    sim: &kycd_sim::Sim,
+    deadline: Instant,
+) -> anyhow::Result<()> {
+    use kycd_log::outbox::{ActionQuery, ActionState};
+    while Instant::now() < deadline {
+        let mut missing = 0;
+        for t in sim.truth() {
+            let finished = ["Approved", "Declined", "In Review", "Abandoned", "Expired"]
+                .contains(&t.final_status.as_str());
+            if t.deleted || !finished {
+                continue;
+            }
+            let decided = app
+                .store
+                .get_session(&t.session_id)
+                .await?
+                .is_some_and(|s| s.doc.get("decision").is_some_and(|d| !d.is_null()));
+            if !decided {
+                missing += 1;
+            }
+        }
+        let busy = app
+            .outbox
+            .list_actions(ActionQuery {
+                state: Some(ActionState::Pending),
+                limit: 1,
+                ..Default::default()
+            })
+            .await?
+            .len();
+        if missing == 0 && busy == 0 {
+            // Write-backs make Didit deliver again: let those land too.
+            if sim.wait_settled(Duration::from_millis(1)).await.is_ok() {
+                wait_applied(app, deadline).await;
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// What kycd did about its decisions: actions by kind, step-ups and
+/// reconciled sessions.
+async fn print_actions(app: &kycd_server::App) -> anyhow::Result<()> {
+    let counts = app.outbox.action_counts().await?;
+    let mut by_kind: BTreeMap<&str, BTreeMap<&str, u64>> = BTreeMap::new();
+    for ((kind, state), n) in &counts {
+        *by_kind.entry(kind).or_default().entry(state).or_default() += n;
+    }
+    let mut out = String::from("\nActions taken\n");
+    if by_kind.is_empty() {
+        out.push_str("  none\n");
+    }
+    for (kind, states) in &by_kind {
+        let parts: Vec<String> = states.iter().map(|(s, n)| format!("{n} {s}")).collect();
+        out.push_str(&format!("  {kind:<22} {}\n", parts.join(", ")));
+    }
+    let step_ups = counts
+        .get(&("didit.step_up".to_owned(), "done".to_owned()))
+        .copied()
+        .unwrap_or(0);
+    out.push_str(&format!("  step-up sessions created: {step_ups}\n"));
+    out.push_str(&format!(
+        "  sessions recovered by reconciliation: {} ({} decisions fetched from Didit's API)\n",
+        app.reconcile_totals.reconciled_sessions(),
+        app.reconcile_totals
+            .fetched
+            .load(std::sync::atomic::Ordering::Relaxed)
+    ));
+    print!("{out}");
+    Ok(())
 }
 
 /// Wait until the projector has applied everything in the log.

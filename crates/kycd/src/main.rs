@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod config;
 mod demo;
+mod ops_cmd;
 mod policy_cmd;
 mod replay;
 mod serve;
@@ -53,6 +54,12 @@ enum Command {
     /// Run the Didit simulator on its own (for trying kycd serve without a
     /// Didit account).
     Sim(sim_cmd::SimArgs),
+    /// The outbox of a running server: list actions, redrive dead ones.
+    #[command(subcommand)]
+    Actions(ops_cmd::ActionsCmd),
+    /// Ask a running server to fetch from Didit's API what it is missing
+    /// since a time (lost deliveries, unknown sessions).
+    Reconcile(ops_cmd::ReconcileArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -72,6 +79,8 @@ fn main() -> ExitCode {
         Command::Replay(args) => replay::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Sim(args) => sim_cmd::run(args),
+        Command::Actions(cmd) => ops_cmd::actions(cmd),
+        Command::Reconcile(args) => ops_cmd::reconcile(args),
     };
     match result {
         Ok(code) => code,
