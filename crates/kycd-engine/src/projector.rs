@@ -493,17 +493,13 @@ impl Projector {
                 st["didit_status"] = json!(worst);
                 st["approved"] = json!(worst == "Approved");
                 st["session_id"] = json!(step_up.session_id);
-                batch.step_ups.push(StepUpRecord {
-                    step_up_session_id: step_up.session_id.clone(),
-                    original_session_id: original.session_id.clone(),
-                    checks: requested,
-                    state: "completed".into(),
-                    url: None,
-                    workflow_id: step_up.workflow_id.clone(),
-                    requested_at_ms: event.received_at_ms,
-                    expires_at_ms: event.received_at_ms,
-                    finished_at_ms: Some(event.received_at_ms),
-                });
+                batch.step_ups.push(finished_step_up(
+                    &step_up.session_id,
+                    &original.session_id,
+                    requested,
+                    "completed",
+                    event.received_at_ms,
+                ));
                 self.announce_step_up(event, &original, "step_up.completed", batch);
                 self.redecide(event, active, &mut original, batch).await?;
             }
@@ -650,17 +646,13 @@ impl Projector {
                     .unwrap_or_default()
                 {
                     if let Some(id) = s.get("session_id").and_then(Value::as_str) {
-                        batch.step_ups.push(StepUpRecord {
-                            step_up_session_id: id.to_owned(),
-                            original_session_id: original_id.to_owned(),
-                            checks: vec![check],
-                            state: "expired".into(),
-                            url: None,
-                            workflow_id: None,
-                            requested_at_ms: event.received_at_ms,
-                            expires_at_ms: event.received_at_ms,
-                            finished_at_ms: Some(event.received_at_ms),
-                        });
+                        batch.step_ups.push(finished_step_up(
+                            id,
+                            original_id,
+                            vec![check],
+                            "expired",
+                            event.received_at_ms,
+                        ));
                     }
                 }
                 self.announce_step_up(event, &original, "step_up.completed", batch);
@@ -670,17 +662,13 @@ impl Projector {
                 // Already finished: only close the row, so the expiry is
                 // not noticed again.
                 if let Some(id) = str_of("step_up_session_id") {
-                    batch.step_ups.push(StepUpRecord {
-                        step_up_session_id: id,
-                        original_session_id: original_id.to_owned(),
-                        checks: Vec::new(),
-                        state: "closed".into(),
-                        url: None,
-                        workflow_id: None,
-                        requested_at_ms: event.received_at_ms,
-                        expires_at_ms: event.received_at_ms,
-                        finished_at_ms: Some(event.received_at_ms),
-                    });
+                    batch.step_ups.push(finished_step_up(
+                        &id,
+                        original_id,
+                        Vec::new(),
+                        "closed",
+                        event.received_at_ms,
+                    ));
                 }
             }
             _ => {}
@@ -901,6 +889,28 @@ pub const STEP_UP_EXPIRED: &str = "kycd.step_up.expired";
 pub const STEP_UP_META: &str = "kycd_step_up_of";
 /// The metadata key naming the check a step-up session is for.
 pub const STEP_UP_CHECK_META: &str = "kycd_step_up_check";
+
+/// A step-up row that ended at `at_ms` (only the state and the finish time
+/// change on a row that exists).
+fn finished_step_up(
+    session: &str,
+    original: &str,
+    checks: Vec<String>,
+    state: &str,
+    at_ms: i64,
+) -> StepUpRecord {
+    StepUpRecord {
+        step_up_session_id: session.to_owned(),
+        original_session_id: original.to_owned(),
+        checks,
+        state: state.to_owned(),
+        url: None,
+        workflow_id: None,
+        requested_at_ms: at_ms,
+        expires_at_ms: at_ms,
+        finished_at_ms: Some(at_ms),
+    }
+}
 
 /// The original session, when this delivery is about a step-up session.
 fn step_up_of(env: &Envelope) -> Option<&str> {
