@@ -383,12 +383,7 @@ impl Projector {
         if let Some(status) = &plan.writeback {
             record.doc["writeback"] = actions::writeback_marker(status, &made.id);
         }
-        let asked = record
-            .doc
-            .pointer("/step_up/status")
-            .and_then(Value::as_str)
-            == Some("requested");
-        if asked {
+        if step_up_open(&record.doc) {
             // One step-up at a time: a session decided again while its
             // step-up is open keeps waiting for that one.
             plan.actions.retain(|a| a.kind != actions::STEP_UP);
@@ -450,11 +445,7 @@ impl Projector {
             tracing::warn!(session = %step_up.session_id, "step-up session of an unknown original; not linked");
             return Ok(());
         };
-        let open = original
-            .doc
-            .pointer("/step_up/status")
-            .and_then(Value::as_str)
-            == Some("requested");
+        let open = step_up_open(&original.doc);
         // From the metadata kycd gave the session, so it is known even when
         // the delivery comes before kycd logged the creation.
         let check = step_up
@@ -603,11 +594,7 @@ impl Projector {
             tracing::warn!(event = %event.id, "internal event about an unknown session; skipped");
             return Ok(());
         };
-        let open = original
-            .doc
-            .pointer("/step_up/status")
-            .and_then(Value::as_str)
-            == Some("requested");
+        let open = step_up_open(&original.doc);
         let str_of = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_owned);
         match event.kind.as_str() {
             STEP_UP_CREATED if open => {
@@ -889,6 +876,11 @@ pub const STEP_UP_EXPIRED: &str = "kycd.step_up.expired";
 pub const STEP_UP_META: &str = "kycd_step_up_of";
 /// The metadata key naming the check a step-up session is for.
 pub const STEP_UP_CHECK_META: &str = "kycd_step_up_check";
+
+/// Whether the session's step-up was requested and has no result yet.
+fn step_up_open(doc: &Value) -> bool {
+    doc.pointer("/step_up/status").and_then(Value::as_str) == Some("requested")
+}
 
 /// A step-up row that ended at `at_ms` (only the state and the finish time
 /// change on a row that exists).
