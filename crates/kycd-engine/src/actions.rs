@@ -106,8 +106,6 @@ pub struct ActionSettings {
     pub blocklist: BlocklistItems,
     /// Step-up check (`NFC`, `PHONE`, `BIOMETRIC_AUTH`) → Didit workflow id.
     pub step_up_workflows: BTreeMap<String, String>,
-    /// How long a customer has to complete a step-up.
-    pub step_up_expiry_ms: i64,
     /// Act on sandbox deliveries too.
     pub act_on_sandbox: bool,
     /// Send decision webhooks to the operator.
@@ -183,7 +181,6 @@ pub fn plan(settings: &ActionSettings, input: &PlanInput<'_>) -> Plan {
     let mut out = Plan::default();
     let key = |kind: &str, target: &str| format!("{}:{kind}:{target}", d.event_offset);
     let at = d.decided_at_ms;
-    let reasons = d.doc.get("reasons").cloned().unwrap_or(Value::Null);
 
     if settings.didit && (!input.sandbox || settings.act_on_sandbox) {
         let mut update = |new_status: &str, extra: Value| {
@@ -264,7 +261,6 @@ pub fn plan(settings: &ActionSettings, input: &PlanInput<'_>) -> Plan {
                             "vendor_data": d.subject,
                             "check": check,
                             "workflow_id": settings.step_up_workflows.get(check),
-                            "expiry_ms": settings.step_up_expiry_ms,
                         }),
                         created_at_ms: at,
                     });
@@ -283,7 +279,7 @@ pub fn plan(settings: &ActionSettings, input: &PlanInput<'_>) -> Plan {
             "outcome": d.outcome,
             "previous_outcome": input.previous_outcome,
             "score": d.score,
-            "reasons": reasons,
+            "reasons": d.doc.get("reasons"),
             "checks": d.doc.get("checks"),
             "resubmit_nodes": d.doc.get("resubmit_nodes"),
             "policy_version": d.policy_version,
@@ -430,7 +426,6 @@ mod tests {
             didit: true,
             operator_webhooks: true,
             step_up_workflows: [("NFC".to_owned(), "wf-nfc".to_owned())].into(),
-            step_up_expiry_ms: 60_000,
             ..ActionSettings::default()
         }
     }

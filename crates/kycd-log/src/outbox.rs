@@ -253,20 +253,19 @@ pub trait Outbox: Send + Sync + 'static {
 
     async fn step_ups_of(&self, original: &str) -> Result<Vec<StepUpRecord>, StoreError>;
 
-    async fn step_up(&self, step_up_session_id: &str) -> Result<Option<StepUpRecord>, StoreError>;
-
     /// The endpoint's state (a fresh one if never used).
     async fn endpoint(&self, url: &str) -> Result<EndpointState, StoreError>;
 
     /// Count a delivery attempt's result; at `disable_after` consecutive
-    /// failures the endpoint is disabled. Returns the new state.
+    /// failures the endpoint is disabled. Returns the new state, and
+    /// whether this call disabled it.
     async fn record_endpoint(
         &self,
         url: &str,
         error: Option<String>,
         now_ms: i64,
         disable_after: u32,
-    ) -> Result<EndpointState, StoreError>;
+    ) -> Result<(EndpointState, bool), StoreError>;
 
     /// Enable a disabled endpoint and clear its failure count.
     async fn enable_endpoint(&self, url: &str) -> Result<EndpointState, StoreError>;
@@ -568,7 +567,7 @@ pub(crate) fn record_endpoint(
     error: Option<&str>,
     now_ms: i64,
     disable_after: u32,
-) -> Result<EndpointState, StoreError> {
+) -> Result<(EndpointState, bool), StoreError> {
     match error {
         None => conn.execute(
             "INSERT INTO endpoints (url, consecutive_failures, last_success_ms) VALUES (?1, 0, ?2)
@@ -582,12 +581,12 @@ pub(crate) fn record_endpoint(
             params![url, now_ms, e],
         )?,
     };
-    conn.execute(
+    let disabled = conn.execute(
         "UPDATE endpoints SET disabled_at_ms = ?2
          WHERE url = ?1 AND disabled_at_ms IS NULL AND consecutive_failures >= ?3",
         params![url, now_ms, disable_after as i64],
-    )?;
-    endpoint(conn, url)
+    )? == 1;
+    Ok((endpoint(conn, url)?, disabled))
 }
 
 pub(crate) fn enable_endpoint(conn: &Connection, url: &str) -> Result<EndpointState, StoreError> {

@@ -66,6 +66,14 @@ pub struct SessionQuery {
     pub created_from_ms: Option<i64>,
     /// Only sessions first seen before this time (Unix ms).
     pub created_until_ms: Option<i64>,
+    /// Only sessions last updated before this time (Unix ms).
+    pub updated_until_ms: Option<i64>,
+    /// Only sessions that still wait for a result from Didit: unfinished
+    /// (not Approved, Declined, In Review, Abandoned or Expired), or decided
+    /// by Didit without kycd holding a decision (step-up sessions aside,
+    /// which are decided through their original). Reconciliation asks Didit
+    /// about these.
+    pub awaiting_result: bool,
     pub limit: usize,
 }
 
@@ -629,7 +637,11 @@ impl Store for SqliteStore {
             let mut stmt = c.prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM sessions
                  WHERE (?1 IS NULL OR vendor_data = ?1) AND (?2 IS NULL OR status = ?2) AND seq < ?3
-                   AND created_at_ms >= ?5 AND created_at_ms < ?6
+                   AND created_at_ms >= ?5 AND created_at_ms < ?6 AND updated_at_ms < ?7
+                   AND (NOT ?8 OR status NOT IN ('Approved', 'Declined', 'In Review', 'Abandoned', 'Expired')
+                        OR (status != 'Expired'
+                            AND coalesce(json_type(doc, '$.decision'), 'null') = 'null'
+                            AND json_type(doc, '$.step_up_of') IS NULL))
                  ORDER BY seq DESC LIMIT ?4"
             ))?;
             let before = q.before_seq.map(|s| s as i64).unwrap_or(i64::MAX);
@@ -640,7 +652,9 @@ impl Store for SqliteStore {
                     before,
                     q.limit as i64,
                     q.created_from_ms.unwrap_or(i64::MIN),
-                    q.created_until_ms.unwrap_or(i64::MAX)
+                    q.created_until_ms.unwrap_or(i64::MAX),
+                    q.updated_until_ms.unwrap_or(i64::MAX),
+                    q.awaiting_result
                 ],
                 row_to_record,
             )?;
@@ -848,18 +862,6 @@ impl outbox::Outbox for SqliteStore {
         .await
     }
 
-    async fn step_up(&self, step_up_session_id: &str) -> Result<Option<StepUpRecord>, StoreError> {
-        let id = step_up_session_id.to_owned();
-        Self::with(&self.reader, move |c| {
-            Ok(
-                outbox::step_ups_where(c, "step_up_session_id = ?1", id.into())?
-                    .into_iter()
-                    .next(),
-            )
-        })
-        .await
-    }
-
     async fn endpoint(&self, url: &str) -> Result<outbox::EndpointState, StoreError> {
         let url = url.to_owned();
         Self::with(&self.reader, move |c| outbox::endpoint(c, &url)).await
@@ -871,7 +873,7 @@ impl outbox::Outbox for SqliteStore {
         error: Option<String>,
         now_ms: i64,
         disable_after: u32,
-    ) -> Result<outbox::EndpointState, StoreError> {
+    ) -> Result<(outbox::EndpointState, bool), StoreError> {
         let url = url.to_owned();
         Self::with(&self.writer, move |c| {
             outbox::record_endpoint(c, &url, error.as_deref(), now_ms, disable_after)

@@ -209,6 +209,7 @@ async fn list_sessions(State(app): State<Arc<App>>, Query(p): Query<ListParams>)
         created_until_ms: parse_when(&app, "until", p.until.as_deref())?,
         // One more than asked tells whether there is a next page.
         limit: limit + 1,
+        ..SessionQuery::default()
     };
     let mut rows = app.store.list_sessions(q).await.map_err(store_err)?;
     let next = (rows.len() > limit).then(|| {

@@ -84,9 +84,6 @@ pub fn action_settings(settings: &Settings) -> anyhow::Result<ActionSettings> {
         allow_loosening: settings.writeback_allow_loosening,
         blocklist: BlocklistItems::parse(&settings.blocklist_items).map_err(anyhow::Error::msg)?,
         step_up_workflows: settings.step_up_workflows.clone(),
-        step_up_expiry_ms: i64::try_from(settings.step_up_expiry_secs)
-            .unwrap_or(i64::MAX / 2_000)
-            .saturating_mul(1000),
         act_on_sandbox: settings.act_on_sandbox,
         operator_webhooks: settings.operator_webhook_url.is_some(),
     })
@@ -266,9 +263,7 @@ pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Run
             backoff_base_ms: 1000,
             time_scale: settings.retry_time_scale,
             step_up_workflows: settings.step_up_workflows.clone(),
-            step_up_expiry_ms: i64::try_from(settings.step_up_expiry_secs)
-                .unwrap_or(i64::MAX / 2_000)
-                .saturating_mul(1000),
+            step_up_expiry_ms: settings.scaled_ms(settings.step_up_expiry_secs as f64 * 1000.0),
         },
         http: reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(15))

@@ -47,9 +47,7 @@ pub struct Report {
 /// Totals since start, for metrics and the demo's summary.
 #[derive(Debug, Default)]
 pub struct Totals {
-    pub passes: AtomicU64,
     pub fetched: AtomicU64,
-    pub appended: AtomicU64,
     /// Distinct sessions a polled event was appended for.
     pub sessions: Mutex<std::collections::BTreeSet<String>>,
 }
@@ -72,17 +70,6 @@ pub struct Reconciler {
     /// unfinished at Didit (a link never opened) is asked about at most
     /// once per `after_ms`.
     last_fetch: Mutex<HashMap<String, i64>>,
-}
-
-/// Statuses after which Didit sends nothing more on its own.
-fn settled(status: &str) -> bool {
-    matches!(
-        SessionStatus::from(status),
-        SessionStatus::Approved
-            | SessionStatus::Declined
-            | SessionStatus::Expired
-            | SessionStatus::Abandoned
-    )
 }
 
 impl Reconciler {
@@ -108,12 +95,19 @@ impl Reconciler {
     /// Both passes; the listing covers sessions created since `since_ms`.
     pub async fn pass(&self, since_ms: i64) -> Report {
         let mut report = Report::default();
+        self.forget_old_fetches();
         self.quiet_sessions(&mut report).await;
         self.unknown_sessions(since_ms, &mut report).await;
-        self.totals.passes.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("kycd_reconcile_fetched_total").increment(report.fetched);
         metrics::counter!("kycd_reconcile_appended_total").increment(report.appended);
         report
+    }
+
+    /// Entries older than `after_ms` no longer hold anything back.
+    fn forget_old_fetches(&self) {
+        let now = self.clock.now_millis();
+        let mut last = self.last_fetch.lock().unwrap_or_else(|p| p.into_inner());
+        last.retain(|_, t| now - *t < self.after_ms);
     }
 
     fn due(&self, session_id: &str, now: i64) -> bool {
@@ -135,6 +129,8 @@ impl Reconciler {
                 .store
                 .list_sessions(SessionQuery {
                     before_seq: before,
+                    updated_until_ms: Some(now.saturating_sub(self.after_ms).saturating_add(1)),
+                    awaiting_result: true,
                     limit: 500,
                     ..SessionQuery::default()
                 })
@@ -150,12 +146,7 @@ impl Reconciler {
             let Some(last) = page.last() else { return };
             before = Some(last.seq);
             for s in page {
-                let decided_without_result = SessionStatus::from(s.status.as_str()).is_decided()
-                    && s.doc.get("decision").is_none_or(Value::is_null)
-                    && s.doc.get("step_up_of").is_none();
-                let quiet = now - s.updated_at_ms >= self.after_ms;
-                let unfinished = !settled(&s.status) && s.status != "In Review";
-                if quiet && (unfinished || decided_without_result) && self.due(&s.session_id, now) {
+                if self.due(&s.session_id, now) {
                     self.fetch(&s.session_id, Some(&s.status), report).await;
                 }
             }
@@ -258,7 +249,6 @@ impl Reconciler {
         match self.log.append(event).await {
             Ok(Appended::New { .. }) => {
                 report.appended += 1;
-                self.totals.appended.fetch_add(1, Ordering::Relaxed);
                 if let Ok(mut s) = self.totals.sessions.lock() {
                     s.insert(session_id.to_owned());
                 }

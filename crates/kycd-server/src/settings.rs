@@ -89,15 +89,16 @@ pub const DEFAULT_DIDIT_BASE_URL: &str = "https://verification.didit.me";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 
 impl Settings {
-    /// A duration of `secs` real seconds under [`Settings::retry_time_scale`].
+    /// `ms` of real time under [`Settings::retry_time_scale`].
     pub fn scaled_ms(&self, ms: f64) -> i64 {
-        let scale = if self.retry_time_scale > 0.0 {
-            self.retry_time_scale
-        } else {
-            1.0
-        };
-        (ms / scale).round().max(1.0) as i64
+        scale_ms(ms, self.retry_time_scale)
     }
+}
+
+/// `ms` divided by `scale` (a non-positive scale counts as 1), at least 1 ms.
+pub fn scale_ms(ms: f64, scale: f64) -> i64 {
+    let scale = if scale > 0.0 { scale } else { 1.0 };
+    (ms / scale).round().max(1.0) as i64
 }
 
 impl Default for Settings {

@@ -52,17 +52,13 @@ pub struct WorkerConfig {
     /// Divides every delay (tests and the demo).
     pub time_scale: f64,
     pub step_up_workflows: std::collections::BTreeMap<String, String>,
+    /// How long a customer has for a step-up, already under `time_scale`.
     pub step_up_expiry_ms: i64,
 }
 
 impl WorkerConfig {
     fn scaled(&self, ms: i64) -> i64 {
-        let scale = if self.time_scale > 0.0 {
-            self.time_scale
-        } else {
-            1.0
-        };
-        ((ms as f64) / scale).round().max(1.0) as i64
+        crate::settings::scale_ms(ms as f64, self.time_scale)
     }
 
     fn backoff_ms(&self, attempt: u32) -> i64 {
@@ -365,7 +361,7 @@ impl Worker {
             Err(e) => return self.didit_failure(e, None),
         };
         let now = self.clock.now_millis();
-        let expires_at_ms = now + self.config.scaled(self.config.step_up_expiry_ms);
+        let expires_at_ms = now + self.config.step_up_expiry_ms;
         let body = json!({
             "original_session_id": original,
             "step_up_session_id": created.session_id,
@@ -487,7 +483,7 @@ impl Worker {
             )
             .await
         {
-            Ok(state) if state.disabled() && state.disabled_at_ms == Some(now) => {
+            Ok((state, true)) => {
                 self.endpoint_disabled(sender.url(), &state.last_error)
                     .await;
             }
