@@ -169,6 +169,28 @@ fn finish(rate: RateInfo, result: ApiResult) -> Response {
     response
 }
 
+/// Admits the request to `scope` and answers with `work`'s result and the
+/// rate-limit headers; a refused request is answered without running it.
+fn rate_limited(
+    inner: &Inner,
+    headers: &HeaderMap,
+    scope: Scope,
+    work: impl FnOnce() -> ApiResult,
+) -> Response {
+    match admit(inner, headers, scope) {
+        Ok(rate) => finish(rate, work()),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Answers `body` as JSON to a request with the key; not rate limited.
+fn keyed(inner: &Inner, headers: &HeaderMap, body: impl FnOnce() -> Value) -> Response {
+    match authenticate(inner, headers) {
+        Ok(_) => json_response(StatusCode::OK, body()),
+        Err(e) => e.into_response(),
+    }
+}
+
 fn json_response(status: StatusCode, body: Value) -> Response {
     (status, Json(body)).into_response()
 }
@@ -226,6 +248,19 @@ impl Done {
             effect,
             session_id: None,
         }
+    }
+
+    fn json(status: StatusCode, body: Value, effect: CallEffect) -> Self {
+        Self::new(json_response(status, body), effect)
+    }
+}
+
+/// The effect of a call that may have left things as they were.
+fn changed_or_noop(changed: bool) -> CallEffect {
+    if changed {
+        CallEffect::Changed
+    } else {
+        CallEffect::Noop
     }
 }
 
@@ -412,25 +447,20 @@ async fn create_workflow(
         };
         let answer = workflow.to_json();
         st.workflows.push(workflow);
-        Ok(Done::new(
-            json_response(StatusCode::CREATED, answer),
-            CallEffect::Created,
-        ))
+        Ok(Done::json(StatusCode::CREATED, answer, CallEffect::Created))
     })
 }
 
 async fn list_workflows(State(inner): Shared, headers: HeaderMap) -> Response {
-    let rate = match admit(&inner, &headers, Scope::Read) {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
-    };
-    let list: Vec<Value> = inner
-        .lock()
-        .workflows
-        .iter()
-        .map(Workflow::to_json)
-        .collect();
-    finish(rate, Ok(json_response(StatusCode::OK, Value::Array(list))))
+    rate_limited(&inner, &headers, Scope::Read, || {
+        let list: Vec<Value> = inner
+            .lock()
+            .workflows
+            .iter()
+            .map(Workflow::to_json)
+            .collect();
+        Ok(json_response(StatusCode::OK, Value::Array(list)))
+    })
 }
 
 async fn create_session(
@@ -479,10 +509,7 @@ async fn get_decision(
             .ok_or_else(ApiError::session_not_found)?;
         let decision = session::decision_json(&inner, s);
         drop(st);
-        Ok(Done::new(
-            json_response(StatusCode::OK, decision),
-            CallEffect::Read,
-        ))
+        Ok(Done::json(StatusCode::OK, decision, CallEffect::Read))
     })
 }
 
@@ -499,15 +526,8 @@ async fn update_status(
     logged(&inner, &headers, Scope::Write, call, || {
         let req = UpdateRequest::from_json(&body?)?;
         let updated = session::update_status(&inner, &id, req, session::Actor::Api)?;
-        let effect = if updated.changed {
-            CallEffect::Changed
-        } else {
-            CallEffect::Noop
-        };
-        Ok(Done::new(
-            json_response(StatusCode::OK, updated.answer),
-            effect,
-        ))
+        let effect = changed_or_noop(updated.changed);
+        Ok(Done::json(StatusCode::OK, updated.answer, effect))
     })
 }
 
@@ -533,25 +553,22 @@ async fn generate_pdf(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let rate = match admit(&inner, &headers, Scope::Pdf) {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
-    };
-    let result = session::pdf(&inner, &id).map(|bytes| {
-        (
-            StatusCode::OK,
-            [
-                (header::CONTENT_TYPE, "application/pdf".to_owned()),
-                (
-                    header::CONTENT_DISPOSITION,
-                    format!("attachment; filename=\"session-{id}.pdf\""),
-                ),
-            ],
-            bytes,
-        )
-            .into_response()
-    });
-    finish(rate, result)
+    rate_limited(&inner, &headers, Scope::Pdf, || {
+        session::pdf(&inner, &id).map(|bytes| {
+            (
+                StatusCode::OK,
+                [
+                    (header::CONTENT_TYPE, "application/pdf".to_owned()),
+                    (
+                        header::CONTENT_DISPOSITION,
+                        format!("attachment; filename=\"session-{id}.pdf\""),
+                    ),
+                ],
+                bytes,
+            )
+                .into_response()
+        })
+    })
 }
 
 fn blocklist_call(
@@ -589,12 +606,8 @@ fn blocklist_call(
             *flag = bool_switch(&body, name, false)?;
         }
         let (answer, changed) = session::blocklist(inner, session_id, flags, add)?;
-        let effect = if changed {
-            CallEffect::Changed
-        } else {
-            CallEffect::Noop
-        };
-        Ok(Done::new(json_response(StatusCode::OK, answer), effect))
+        let effect = changed_or_noop(changed);
+        Ok(Done::json(StatusCode::OK, answer, effect))
     })
 }
 
@@ -721,11 +734,9 @@ async fn list_sessions(
         };
         let next = (offset + limit < count).then(|| page_url(offset + limit));
         let previous = (offset > 0).then(|| page_url(offset.saturating_sub(limit)));
-        Ok(Done::new(
-            json_response(
-                StatusCode::OK,
-                json!({"count": count, "next": next, "previous": previous, "results": results}),
-            ),
+        Ok(Done::json(
+            StatusCode::OK,
+            json!({"count": count, "next": next, "previous": previous, "results": results}),
             CallEffect::Read,
         ))
     })
@@ -813,53 +824,40 @@ async fn create_destination(
         };
         let enabled = bool_switch(&body, "enabled", true)?;
         let info = add_destination(&inner, text("label"), url, version, events, enabled)?;
-        Ok(Done::new(
-            json_response(StatusCode::CREATED, json!(info)),
+        Ok(Done::json(
+            StatusCode::CREATED,
+            json!(info),
             CallEffect::Created,
         ))
     })
 }
 
 async fn list_destinations(State(inner): Shared, headers: HeaderMap) -> Response {
-    let rate = match admit(&inner, &headers, Scope::Read) {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
-    };
-    let list: Vec<DestinationInfo> = inner
-        .lock()
-        .destinations
-        .iter()
-        .map(|d| destination_info(&inner, d))
-        .collect();
-    finish(rate, Ok(json_response(StatusCode::OK, json!(list))))
+    rate_limited(&inner, &headers, Scope::Read, || {
+        let list: Vec<DestinationInfo> = inner
+            .lock()
+            .destinations
+            .iter()
+            .map(|d| destination_info(&inner, d))
+            .collect();
+        Ok(json_response(StatusCode::OK, json!(list)))
+    })
 }
 
 async fn truth(State(inner): Shared, headers: HeaderMap) -> Response {
-    match authenticate(&inner, &headers) {
-        Ok(_) => json_response(StatusCode::OK, json!(crate::truth_of(&inner))),
-        Err(e) => e.into_response(),
-    }
+    keyed(&inner, &headers, || json!(crate::truth_of(&inner)))
 }
 
 async fn stats(State(inner): Shared, headers: HeaderMap) -> Response {
-    match authenticate(&inner, &headers) {
-        Ok(_) => json_response(StatusCode::OK, json!(crate::stats_of(&inner))),
-        Err(e) => e.into_response(),
-    }
+    keyed(&inner, &headers, || json!(crate::stats_of(&inner)))
 }
 
 async fn deliveries(State(inner): Shared, headers: HeaderMap) -> Response {
-    match authenticate(&inner, &headers) {
-        Ok(_) => json_response(StatusCode::OK, json!(inner.dispatcher.records())),
-        Err(e) => e.into_response(),
-    }
+    keyed(&inner, &headers, || json!(inner.dispatcher.records()))
 }
 
 async fn calls_log(State(inner): Shared, headers: HeaderMap) -> Response {
-    match authenticate(&inner, &headers) {
-        Ok(_) => json_response(StatusCode::OK, json!(inner.calls.all())),
-        Err(e) => e.into_response(),
-    }
+    keyed(&inner, &headers, || json!(inner.calls.all()))
 }
 
 /// Didit's signed media links, simulated: a JPEG-framed file naming the

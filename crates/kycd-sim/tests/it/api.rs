@@ -168,12 +168,7 @@ async fn update_status_follows_didits_rules_and_only_real_changes_are_delivered(
 async fn resubmitted_needs_nodes_of_the_sessions_workflow() {
     let sim = support::sim(3, 1000.0).await;
     let api = Api::new(&sim);
-    let created = api
-        .create_session(
-            sim.kyc_workflow_id(),
-            json!({"metadata": {"sim_auto": false}}),
-        )
-        .await;
+    let created = api.held_session(sim.kyc_workflow_id()).await;
     let id = created["session_id"].as_str().unwrap();
     sim.set_status(id, "In Review").unwrap();
     let path = format!("/v3/session/{id}/update-status/");
@@ -198,19 +193,17 @@ async fn resubmitted_needs_nodes_of_the_sessions_workflow() {
 
 #[tokio::test]
 async fn a_scope_over_its_limit_gets_429_with_retry_after() {
-    let mut config = support::config(4, 1.0);
-    config.rate_limits = RateLimits {
-        pdf: 3,
-        ..RateLimits::default()
-    };
-    let sim = kycd_sim::start(config).await.unwrap();
+    let sim = support::sim_with_limits(
+        4,
+        1.0,
+        RateLimits {
+            pdf: 3,
+            ..RateLimits::default()
+        },
+    )
+    .await;
     let api = Api::new(&sim);
-    let created = api
-        .create_session(
-            sim.kyc_workflow_id(),
-            json!({"metadata": {"sim_auto": false}}),
-        )
-        .await;
+    let created = api.held_session(sim.kyc_workflow_id()).await;
     let path = format!(
         "/v3/session/{}/generate-pdf/",
         created["session_id"].as_str().unwrap()
@@ -245,12 +238,15 @@ async fn a_scope_over_its_limit_gets_429_with_retry_after() {
 
 #[tokio::test]
 async fn the_rate_limit_window_is_scaled_by_the_time_scale() {
-    let mut config = support::config(4, 600.0);
-    config.rate_limits = RateLimits {
-        reads: 2,
-        ..RateLimits::default()
-    };
-    let sim = kycd_sim::start(config).await.unwrap();
+    let sim = support::sim_with_limits(
+        4,
+        600.0,
+        RateLimits {
+            reads: 2,
+            ..RateLimits::default()
+        },
+    )
+    .await;
     let api = Api::new(&sim);
     // A 60 s window lasts 100 ms: the budget runs out, then comes back.
     let start = std::time::Instant::now();
@@ -273,12 +269,7 @@ async fn the_rate_limit_window_is_scaled_by_the_time_scale() {
 async fn a_deleted_session_has_no_decision() {
     let sim = support::sim(5, 1000.0).await;
     let api = Api::new(&sim);
-    let created = api
-        .create_session(
-            sim.kyc_workflow_id(),
-            json!({"metadata": {"sim_auto": false}}),
-        )
-        .await;
+    let created = api.held_session(sim.kyc_workflow_id()).await;
     let id = created["session_id"].as_str().unwrap();
     assert_eq!(created["status"], json!("Not Started"));
     let decision = api.decision(id).await;
@@ -305,10 +296,7 @@ async fn the_pdf_report_is_a_valid_looking_pdf() {
     let sim = support::sim(6, 1000.0).await;
     let api = Api::new(&sim);
     let created = api
-        .create_session(
-            sim.kyc_workflow_id(),
-            json!({"vendor_data": "pdf-user", "metadata": {"sim_scenario": "clean_approval"}}),
-        )
+        .scenario_session(sim.kyc_workflow_id(), "pdf-user", "clean_approval")
         .await;
     sim.wait_settled(Duration::from_secs(20)).await.unwrap();
     let id = created["session_id"].as_str().unwrap();
@@ -491,9 +479,7 @@ async fn workflows_and_destinations_are_created_and_listed() {
         json!(["IP_ANALYSIS", "ID_VERIFICATION", "LIVENESS"])
     );
     let workflow_id = workflow["workflow_id"].as_str().unwrap();
-    let session = api
-        .create_session(workflow_id, json!({"metadata": {"sim_auto": false}}))
-        .await;
+    let session = api.held_session(workflow_id).await;
     assert_eq!(session["workflow_id"], json!(workflow_id));
     let bad = api
         .post(

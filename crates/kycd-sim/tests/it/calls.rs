@@ -1,15 +1,11 @@
 //! The API call log: what each call asked for and what it did at Didit.
 
-use std::time::Duration;
-
 use base64::Engine;
 use kycd_sim::{ApiCall, CallEffect, RateLimits};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::support::{self, Api, API_KEY};
-
-const SETTLE: Duration = Duration::from_secs(30);
+use crate::support::{self, Api, API_KEY, SETTLE};
 
 /// `(method, path, effect, status)` of each call, for comparing whole logs.
 fn summary(calls: &[ApiCall]) -> Vec<(String, String, CallEffect, u16)> {
@@ -38,12 +34,7 @@ async fn every_effect_is_logged_once_with_what_it_did() {
     let kyc = sim.kyc_workflow_id();
 
     // A customer who goes through, for the blocklist.
-    let approved = api
-        .create_session(
-            kyc,
-            json!({"vendor_data": "log-b", "metadata": {"sim_scenario": "clean_approval"}}),
-        )
-        .await;
+    let approved = api.scenario_session(kyc, "log-b", "clean_approval").await;
     let b = approved["session_id"].as_str().unwrap().to_owned();
 
     // Didit hands back the vendor's unfinished session on the same workflow.
@@ -144,12 +135,15 @@ async fn every_effect_is_logged_once_with_what_it_did() {
 
 #[tokio::test]
 async fn refused_calls_are_logged_as_rejected() {
-    let mut config = support::config(52, 1.0);
-    config.rate_limits = RateLimits {
-        decision_reads: 1,
-        ..RateLimits::default()
-    };
-    let sim = kycd_sim::start(config).await.unwrap();
+    let sim = support::sim_with_limits(
+        52,
+        1.0,
+        RateLimits {
+            decision_reads: 1,
+            ..RateLimits::default()
+        },
+    )
+    .await;
     let api = Api::new(&sim);
     let body = json!({"workflow_id": sim.kyc_workflow_id(), "vendor_data": "nokey"});
     let unauthenticated = api
@@ -169,12 +163,7 @@ async fn refused_calls_are_logged_as_rejected() {
         .post("/v3/session/", json!({"workflow_id": "nope"}))
         .await;
     assert_eq!(unknown_workflow.status, 400);
-    let created = api
-        .create_session(
-            sim.kyc_workflow_id(),
-            json!({"metadata": {"sim_auto": false}}),
-        )
-        .await;
+    let created = api.held_session(sim.kyc_workflow_id()).await;
     let id = created["session_id"].as_str().unwrap();
     let path = format!("/v3/session/{id}/decision/");
     assert_eq!(api.get(&path).await.status, 200);
@@ -221,12 +210,15 @@ async fn the_log_keeps_the_portraits_size_not_the_portrait() {
 
 #[tokio::test]
 async fn the_call_log_endpoint_needs_the_key_and_is_not_rate_limited() {
-    let mut config = support::config(54, 1.0);
-    config.rate_limits = RateLimits {
-        reads: 1,
-        ..RateLimits::default()
-    };
-    let sim = kycd_sim::start(config).await.unwrap();
+    let sim = support::sim_with_limits(
+        54,
+        1.0,
+        RateLimits {
+            reads: 1,
+            ..RateLimits::default()
+        },
+    )
+    .await;
     let api = Api::new(&sim);
     for key in [None, Some("wrong")] {
         let answer = api.call(Method::GET, "/sim/v1/calls", None, key).await;

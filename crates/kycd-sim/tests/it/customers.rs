@@ -9,9 +9,7 @@ use base64::Engine;
 use kycd_sim::{Fate, Label, Scenario};
 use serde_json::{json, Value};
 
-use crate::support::{self, Api, Receiver};
-
-const SETTLE: Duration = Duration::from_secs(30);
+use crate::support::{self, Api, Receiver, SETTLE};
 
 #[tokio::test]
 async fn a_run_of_200_users_settles_in_seconds_and_the_truth_covers_every_customer() {
@@ -312,10 +310,7 @@ async fn a_blocklisted_face_declines_a_later_session_that_presents_it() {
 
     // Someone else is not affected.
     let other = api
-        .create_session(
-            sim.kyc_workflow_id(),
-            json!({"vendor_data": "user-other", "metadata": {"sim_scenario": "clean_approval"}}),
-        )
+        .scenario_session(sim.kyc_workflow_id(), "user-other", "clean_approval")
         .await;
     sim.wait_settled(SETTLE).await.unwrap();
     assert_eq!(
@@ -344,10 +339,7 @@ async fn didits_reviewer_resubmits_a_blurry_document_and_the_customer_redoes_it(
     let receiver = support::v3_receiver(&sim).await;
     let api = Api::new(&sim);
     let created = api
-        .create_session(
-            sim.kyc_workflow_id(),
-            json!({"vendor_data": "user-rs", "metadata": {"sim_scenario": "resubmission"}}),
-        )
+        .scenario_session(sim.kyc_workflow_id(), "user-rs", "resubmission")
         .await;
     sim.wait_settled(SETTLE).await.unwrap();
     let id = created["session_id"].as_str().unwrap();
@@ -384,10 +376,7 @@ async fn an_api_resubmission_sends_the_customer_back_through_the_named_step() {
     let receiver = support::v3_receiver(&sim).await;
     let api = Api::new(&sim);
     let created = api
-        .create_session(
-            sim.kyc_workflow_id(),
-            json!({"vendor_data": "user-wf", "metadata": {"sim_scenario": "weak_face_match"}}),
-        )
+        .scenario_session(sim.kyc_workflow_id(), "user-wf", "weak_face_match")
         .await;
     sim.wait_settled(SETTLE).await.unwrap();
     let id = created["session_id"].as_str().unwrap();
@@ -427,10 +416,7 @@ async fn sessions_sent_to_review_are_decided_by_didits_reviewer() {
         ("user-rd", "review_declined"),
     ] {
         let created = api
-            .create_session(
-                sim.kyc_workflow_id(),
-                json!({"vendor_data": vendor, "metadata": {"sim_scenario": scenario}}),
-            )
+            .scenario_session(sim.kyc_workflow_id(), vendor, scenario)
             .await;
         ids.push(created["session_id"].as_str().unwrap().to_owned());
     }
@@ -456,10 +442,7 @@ async fn a_returning_customer_reauthenticates_against_the_approved_portrait() {
     let sim = support::sim(39, 1000.0).await;
     let api = Api::new(&sim);
     let kyc = api
-        .create_session(
-            sim.kyc_workflow_id(),
-            json!({"vendor_data": "user-back", "metadata": {"sim_scenario": "clean_approval"}}),
-        )
+        .scenario_session(sim.kyc_workflow_id(), "user-back", "clean_approval")
         .await;
     sim.wait_settled(SETTLE).await.unwrap();
     let d = api.decision(kyc["session_id"].as_str().unwrap()).await;

@@ -6,11 +6,9 @@ use std::time::Duration;
 use didit::payload::{Envelope, PayloadVersion};
 use didit::signature::{Scheme, Secret, Verifier, USER_AGENT};
 use kycd_sim::{AttemptOutcome, Fate, Faults, Outage, Sim, WebhookVersion};
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::support::{self, Api, Receiver, SECRET};
-
-const SETTLE: Duration = Duration::from_secs(30);
+use crate::support::{self, Api, Receiver, SECRET, SETTLE};
 
 /// What a decision says, compared across payload versions: the liveness
 /// score and the risk codes.
@@ -190,15 +188,15 @@ async fn v1_and_v2_destinations_get_payloads_kycd_reads_back_to_the_same_facts()
 
 #[tokio::test]
 async fn with_duplicate_1_every_delivery_arrives_twice_with_the_same_event_id() {
-    let mut config = support::config(23, 1000.0);
-    config.faults = Faults {
-        duplicate: 1.0,
-        ..Faults::none()
-    };
-    let sim = kycd_sim::start(config).await.unwrap();
-    let receiver = support::v3_receiver(&sim).await;
-    sim.run(10);
-    sim.wait_settled(SETTLE).await.unwrap();
+    let (sim, receiver) = support::run_with_faults(
+        23,
+        Faults {
+            duplicate: 1.0,
+            ..Faults::none()
+        },
+        10,
+    )
+    .await;
     let mut by_event: HashMap<String, Vec<Value>> = HashMap::new();
     for r in receiver.received() {
         let body = r.json();
@@ -220,15 +218,15 @@ async fn with_duplicate_1_every_delivery_arrives_twice_with_the_same_event_id() 
 
 #[tokio::test]
 async fn lost_deliveries_are_never_received_and_are_counted() {
-    let mut config = support::config(24, 1000.0);
-    config.faults = Faults {
-        loss: 0.4,
-        ..Faults::none()
-    };
-    let sim = kycd_sim::start(config).await.unwrap();
-    let receiver = support::v3_receiver(&sim).await;
-    sim.run(20);
-    sim.wait_settled(SETTLE).await.unwrap();
+    let (sim, receiver) = support::run_with_faults(
+        24,
+        Faults {
+            loss: 0.4,
+            ..Faults::none()
+        },
+        20,
+    )
+    .await;
     let records = sim.deliveries();
     let lost: Vec<_> = records.iter().filter(|r| r.fate == Fate::Lost).collect();
     assert!(!lost.is_empty());
@@ -253,15 +251,15 @@ async fn lost_deliveries_are_never_received_and_are_counted() {
 
 #[tokio::test]
 async fn reordering_delivers_a_later_event_before_an_earlier_one() {
-    let mut config = support::config(25, 1000.0);
-    config.faults = Faults {
-        reorder: 1.0,
-        ..Faults::none()
-    };
-    let sim = kycd_sim::start(config).await.unwrap();
-    let receiver = support::v3_receiver(&sim).await;
-    sim.run(10);
-    sim.wait_settled(SETTLE).await.unwrap();
+    let (sim, receiver) = support::run_with_faults(
+        25,
+        Faults {
+            reorder: 1.0,
+            ..Faults::none()
+        },
+        10,
+    )
+    .await;
     // Emission order per session, from the records.
     let emitted: HashMap<String, u64> = sim
         .deliveries()
@@ -294,11 +292,7 @@ async fn a_receiver_answering_500_gets_three_attempts_and_the_delivery_is_droppe
     sim.add_destination(&receiver.url(), WebhookVersion::V3)
         .unwrap();
     let api = Api::new(&sim);
-    api.create_session(
-        sim.kyc_workflow_id(),
-        json!({"metadata": {"sim_auto": false}}),
-    )
-    .await;
+    api.held_session(sim.kyc_workflow_id()).await;
     sim.wait_settled(SETTLE).await.unwrap();
     let records = sim.deliveries();
     assert_eq!(records.len(), 1);
@@ -342,12 +336,7 @@ async fn a_receiver_answering_404_is_retried_but_400_is_not() {
         let receiver = Receiver::answering(status).await;
         sim.add_destination(&receiver.url(), WebhookVersion::V3)
             .unwrap();
-        Api::new(&sim)
-            .create_session(
-                sim.kyc_workflow_id(),
-                json!({"metadata": {"sim_auto": false}}),
-            )
-            .await;
+        Api::new(&sim).held_session(sim.kyc_workflow_id()).await;
         sim.wait_settled(SETTLE).await.unwrap();
         let record = &sim.deliveries()[0];
         assert_eq!(record.attempts.len(), attempts, "{status}");
@@ -373,12 +362,7 @@ async fn one_delivery_through_an_outage(
     };
     let sim = kycd_sim::start(config).await.unwrap();
     let receiver = support::v3_receiver(&sim).await;
-    Api::new(&sim)
-        .create_session(
-            sim.kyc_workflow_id(),
-            json!({"metadata": {"sim_auto": false}}),
-        )
-        .await;
+    Api::new(&sim).held_session(sim.kyc_workflow_id()).await;
     sim.wait_settled(SETTLE).await.unwrap();
     (sim, receiver)
 }
@@ -414,15 +398,15 @@ async fn an_outage_longer_than_the_retry_schedule_loses_the_delivery() {
 
 #[tokio::test]
 async fn delays_postpone_deliveries_without_losing_them() {
-    let mut config = support::config(30, 1000.0);
-    config.faults = Faults {
-        delay_ms: (1_000, 30_000),
-        ..Faults::none()
-    };
-    let sim = kycd_sim::start(config).await.unwrap();
-    let receiver = support::v3_receiver(&sim).await;
-    sim.run(5);
-    sim.wait_settled(SETTLE).await.unwrap();
+    let (sim, receiver) = support::run_with_faults(
+        30,
+        Faults {
+            delay_ms: (1_000, 30_000),
+            ..Faults::none()
+        },
+        5,
+    )
+    .await;
     let records = sim.deliveries();
     assert!(records
         .iter()

@@ -1,15 +1,11 @@
 //! Step-up sessions: an operator's new session for a known `vendor_data`
 //! on an NFC or phone workflow, run on its own as the same person.
 
-use std::time::Duration;
-
 use didit::payload::Decision;
 use kycd_sim::{Label, WebhookVersion};
 use serde_json::{json, Value};
 
-use crate::support::{self, Api, Receiver};
-
-const SETTLE: Duration = Duration::from_secs(30);
+use crate::support::{self, Api, Receiver, SETTLE};
 
 /// Creates a workflow through the API and returns its id.
 async fn workflow(api: &Api, body: Value) -> (String, Value) {
@@ -39,10 +35,7 @@ async fn an_nfc_step_up_reads_the_chip_of_the_persons_document() {
     // A genuine customer sent to review (a namesake on a list), then
     // stepped up as kycd does: a new session, same vendor_data, no scenario.
     let kyc = api
-        .create_session(
-            sim.kyc_workflow_id(),
-            json!({"vendor_data": "nfc-user", "metadata": {"sim_scenario": "aml_false_positive"}}),
-        )
+        .scenario_session(sim.kyc_workflow_id(), "nfc-user", "aml_false_positive")
         .await;
     sim.wait_settled(SETTLE).await.unwrap();
     let first = api.decision(&id_of(&kyc)).await;
@@ -135,24 +128,15 @@ async fn a_step_up_can_be_made_to_fail_or_to_wait() {
     .await;
     // Named scenarios still apply.
     let attack = api
-        .create_session(
-            &nfc_workflow,
-            json!({"vendor_data": "nfc-attacker", "metadata": {"sim_scenario": "liveness_attack"}}),
-        )
+        .scenario_session(&nfc_workflow, "nfc-attacker", "liveness_attack")
         .await;
     // A forged document's chip does not match its page; a fraudster
     // stepped up without a scenario behaves as in their earlier session.
     let ring = api
-        .create_session(
-            sim.kyc_workflow_id(),
-            json!({"vendor_data": "nfc-ring", "metadata": {"sim_scenario": "document_ring"}}),
-        )
+        .scenario_session(sim.kyc_workflow_id(), "nfc-ring", "document_ring")
         .await;
     let printed = api
-        .create_session(
-            &nfc_workflow,
-            json!({"vendor_data": "nfc-printed", "metadata": {"sim_scenario": "printed_copy"}}),
-        )
+        .scenario_session(&nfc_workflow, "nfc-printed", "printed_copy")
         .await;
     let idle = api
         .create_session(

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -10,12 +11,14 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
 use didit::signature::SignatureHeaders;
-use kycd_sim::{Faults, Sim, SimConfig, WebhookVersion};
+use kycd_sim::{Faults, RateLimits, Sim, SimConfig, WebhookVersion};
 use serde_json::Value;
 use tokio::sync::watch;
 
 pub const API_KEY: &str = "test-api-key";
 pub const SECRET: &str = "tno2NTeRC1ZK3sBOYlBJDyEzBVENl3pQ1AcZyAW0xnQ";
+/// How long a test waits for the simulator to settle.
+pub const SETTLE: Duration = Duration::from_secs(30);
 
 /// One request the receiver got.
 #[derive(Debug, Clone)]
@@ -112,6 +115,25 @@ pub fn config(seed: u64, time_scale: f64) -> SimConfig {
 
 pub async fn sim(seed: u64, time_scale: f64) -> Sim {
     kycd_sim::start(config(seed, time_scale)).await.unwrap()
+}
+
+/// A simulator with these rate limits instead of the default ones.
+pub async fn sim_with_limits(seed: u64, time_scale: f64, rate_limits: RateLimits) -> Sim {
+    let mut config = config(seed, time_scale);
+    config.rate_limits = rate_limits;
+    kycd_sim::start(config).await.unwrap()
+}
+
+/// A simulator (time scale 1000) with these delivery faults and a v3
+/// receiver, after `users` simulated customers have gone through.
+pub async fn run_with_faults(seed: u64, faults: Faults, users: usize) -> (Sim, Receiver) {
+    let mut config = config(seed, 1000.0);
+    config.faults = faults;
+    let sim = kycd_sim::start(config).await.unwrap();
+    let receiver = v3_receiver(&sim).await;
+    sim.run(users);
+    sim.wait_settled(SETTLE).await.unwrap();
+    (sim, receiver)
 }
 
 /// A fresh receiver, registered as the simulator's v3 destination.
@@ -230,6 +252,29 @@ impl Api {
             String::from_utf8_lossy(&answer.bytes)
         );
         answer.json()
+    }
+
+    /// Creates a session no simulated customer works on.
+    pub async fn held_session(&self, workflow_id: &str) -> Value {
+        self.create_session(
+            workflow_id,
+            serde_json::json!({"metadata": {"sim_auto": false}}),
+        )
+        .await
+    }
+
+    /// Creates a session for `vendor_data` whose customer follows `scenario`.
+    pub async fn scenario_session(
+        &self,
+        workflow_id: &str,
+        vendor_data: &str,
+        scenario: &str,
+    ) -> Value {
+        self.create_session(
+            workflow_id,
+            serde_json::json!({"vendor_data": vendor_data, "metadata": {"sim_scenario": scenario}}),
+        )
+        .await
     }
 
     pub async fn decision(&self, session_id: &str) -> Value {
