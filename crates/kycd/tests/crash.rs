@@ -10,9 +10,7 @@
 //! answer may or may not be in the log; that is fine, Didit would retry them.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -25,6 +23,16 @@ use serde_json::Value as Json;
 const SECRET: &str = "crash-test-secret-tno2NTeRC1ZK3sBOYlBJDyEzBVENl3pQ";
 const TOKEN: &str = "crash-test-api-token";
 
+mod support;
+use support::Server;
+
+fn envs() -> Vec<(&'static str, String)> {
+    vec![
+        ("KYCD_WEBHOOK_SECRETS", SECRET.to_owned()),
+        ("KYCD_API_TOKEN", TOKEN.to_owned()),
+    ]
+}
+
 /// Sessions receiving one delivery, and sessions receiving two statuses in
 /// order (`In Progress`, then `Approved` once the first was acknowledged).
 const SINGLE_SESSIONS: usize = 2900;
@@ -34,85 +42,12 @@ const CONNECTIONS: usize = 32;
 const KILL_AFTER_ACKS: usize = 1000;
 
 /// Deadlines only bound a hung test; none of them is expected to be reached.
-const STARTUP_DEADLINE: Duration = Duration::from_secs(120);
 const PROJECTION_DEADLINE: Duration = Duration::from_secs(120);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 const IN_PROGRESS: &str = r#"{"application_id":"0b6f3c2e-7d41-4a55-9a0e-3f1c2d4e5a6b","created_at":1774969994,"environment":"live","event_id":"5f0c1d2e-3a4b-4c5d-8e9f-a0b1c2d3e4f5","session_id":"c3d4e5f6-a7b8-4c9d-8e0f-112233445566","status":"In Progress","timestamp":1774970000,"vendor_data":"user-1001","webhook_type":"status.updated","workflow_id":"9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d","workflow_version":2}"#;
 
 const APPROVED: &str = r#"{"application_id":"0b6f3c2e-7d41-4a55-9a0e-3f1c2d4e5a6b","created_at":1774969994,"decision":{"aml_screenings":[{"hits":[],"node_id":"feature_aml_1","score":0,"status":"Approved","total_hits":0,"warnings":[]}],"created_at":"2026-03-31T15:13:14.123456Z","database_validations":null,"email_verifications":null,"environment":"live","face_matches":[{"node_id":"feature_face_match_1","score":91.3,"status":"Approved","warnings":[]}],"features":["ID_VERIFICATION","LIVENESS","FACE_MATCH","AML","IP_ANALYSIS"],"id_verifications":[{"age":37,"date_of_birth":"1988-04-02","document_number":"X1234567","document_type":"Passport","expiration_date":"2031-01-09","first_name":"J\u00fcrgen","full_name":"J\u00fcrgen Gro\u00df","gender":"M","issuing_state":"DEU","last_name":"Gro\u00df","mrz":"P<D<<GROSS<<JUERGEN<<<<<<<<<<<<<<<<<<<<<<<<<<","nationality":"DEU","node_id":"feature_ocr_1","status":"Approved","warnings":[]}],"ip_analyses":[{"ip_address":"85.123.45.67","ip_country_code":"DE","is_data_center":false,"is_vpn_or_tor":false,"latitude":52.52,"longitude":13.405,"node_id":"feature_ip_analysis_1","status":"Approved","warnings":[]}],"liveness_checks":[{"age_estimation":36.4,"face_quality":88,"matches":[],"method":"PASSIVE","node_id":"feature_liveness_1","score":97.25,"status":"Approved","warnings":[]}],"metadata":null,"nfc_verifications":null,"phone_verifications":null,"poa_verifications":null,"questionnaire_responses":null,"reviews":[],"session_id":"c3d4e5f6-a7b8-4c9d-8e0f-112233445566","session_number":4211,"status":"Approved","vendor_data":"user-1001"},"environment":"live","event_id":"5f0c1d2e-3a4b-4c5d-8e9f-a0b1c2d3e4f5","metadata":{"plan":"pro"},"session_id":"c3d4e5f6-a7b8-4c9d-8e0f-112233445566","status":"Approved","timestamp":1774970000,"vendor_data":"user-1001","webhook_type":"status.updated","workflow_id":"9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d","workflow_version":2}"#;
-
-/// A running `kycd serve`, killed when dropped (also when a test panics).
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Server {
-    fn start(data_dir: &Path, log: &Path) -> Server {
-        let log_file = std::fs::File::create(log).expect("create server log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kycd"))
-            .arg("serve")
-            .env("KYCD_LISTEN", "127.0.0.1:0")
-            .env("KYCD_DATA_DIR", data_dir)
-            .env("KYCD_WEBHOOK_SECRETS", SECRET)
-            .env("KYCD_API_TOKEN", TOKEN)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log_file)
-            .spawn()
-            .expect("spawn kycd serve");
-        let stdout = child.stdout.take().expect("child stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        // Keep draining stdout after the first line so the server can never
-        // block on a full pipe.
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(url) = line.trim().strip_prefix("listening on ") {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(url.to_owned());
-                    }
-                }
-            }
-        });
-        let mut server = Server {
-            child,
-            base: String::new(),
-        };
-        match rx.recv_timeout(STARTUP_DEADLINE) {
-            Ok(url) => server.base = url.trim_end_matches('/').to_owned(),
-            Err(_) => panic!(
-                "kycd serve printed no `listening on` line; its log ends with:\n{}",
-                tail(log)
-            ),
-        }
-        server
-    }
-
-    /// SIGKILL: no graceful shutdown, no flush, nothing.
-    fn kill(&mut self) {
-        self.child.kill().expect("SIGKILL kycd serve");
-        self.child.wait().expect("reap kycd serve");
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn tail(path: &Path) -> String {
-    let mut text = String::new();
-    if let Ok(mut f) = std::fs::File::open(path) {
-        let _ = f.read_to_string(&mut text);
-    }
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(30)..].join("\n")
-}
 
 /// One signed delivery, ready to send.
 #[derive(Clone)]
@@ -374,7 +309,7 @@ async fn every_acknowledged_delivery_survives_sigkill_and_is_projected_exactly_o
 
     // Run 1: fire, and SIGKILL the server once enough deliveries were
     // acknowledged, while the other workers have requests in flight.
-    let first = Server::start(&data_dir, &root.path().join("run1.log"));
+    let first = Server::start(&data_dir, &root.path().join("run1.log"), &envs());
     let base = first.base.clone();
     let first = Arc::new(Mutex::new(first));
     let tally = Arc::new(Tally::default());
@@ -412,7 +347,7 @@ async fn every_acknowledged_delivery_survives_sigkill_and_is_projected_exactly_o
     );
 
     // Run 2: the same data directory, a new port.
-    let second = Server::start(&data_dir, &root.path().join("run2.log"));
+    let second = Server::start(&data_dir, &root.path().join("run2.log"), &envs());
     let base = Arc::new(second.base.clone());
     let client = client();
 

@@ -1,0 +1,83 @@
+//! Helpers shared by the tests that run the real binary.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// How long `kycd serve` may take to print its address.
+pub const STARTUP_DEADLINE: Duration = Duration::from_secs(120);
+
+/// A running `kycd serve`, killed when dropped (also when a test panics).
+pub struct Server {
+    child: Child,
+    pub base: String,
+}
+
+impl Server {
+    /// Start `kycd serve` on `data_dir` (listening on a free port unless
+    /// `envs` sets `KYCD_LISTEN`), with `envs` on top, its log in `log`.
+    pub fn start(data_dir: &Path, log: &Path, envs: &[(&str, String)]) -> Server {
+        let log_file = std::fs::File::create(log).expect("create server log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kycd"))
+            .arg("serve")
+            .env("KYCD_LISTEN", "127.0.0.1:0")
+            .env("KYCD_DATA_DIR", data_dir)
+            .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn kycd serve");
+        let stdout = child.stdout.take().expect("child stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Keep draining stdout after the first line so the server can never
+        // block on a full pipe.
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(url) = line.trim().strip_prefix("listening on ") {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(url.to_owned());
+                    }
+                }
+            }
+        });
+        let mut server = Server {
+            child,
+            base: String::new(),
+        };
+        match rx.recv_timeout(STARTUP_DEADLINE) {
+            Ok(url) => server.base = url.trim_end_matches('/').to_owned(),
+            Err(_) => panic!(
+                "kycd serve printed no `listening on` line; its log ends with:\n{}",
+                tail(log)
+            ),
+        }
+        server
+    }
+
+    /// SIGKILL: no graceful shutdown, no flush, nothing.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL kycd serve");
+        self.child.wait().expect("reap kycd serve");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn tail(path: &Path) -> String {
+    let mut text = String::new();
+    if let Ok(mut f) = std::fs::File::open(path) {
+        let _ = f.read_to_string(&mut text);
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
