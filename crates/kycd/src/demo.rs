@@ -359,7 +359,7 @@ async fn print_actions(app: &kycd_server::App) -> anyhow::Result<()> {
         .unwrap_or(0);
     out.push_str(&format!("  step-up sessions created: {step_ups}\n"));
     out.push_str(&format!(
-        "  sessions recovered by reconciliation: {} ({} decisions fetched from Didit's API)\n",
+        "  sessions updated by reconciliation: {} ({} decisions fetched from Didit's API; lost deliveries are counted below)\n",
         app.reconcile_totals.reconciled_sessions(),
         app.reconcile_totals
             .fetched
