@@ -39,7 +39,7 @@ pub const STEP_UP: &str = "didit.step_up";
 pub const OPERATOR_WEBHOOK: &str = "operator.webhook";
 
 /// Statuses Didit's update-status accepts a change from.
-const UPDATABLE_FROM: [&str; 6] = [
+pub const UPDATABLE_FROM: [&str; 6] = [
     "Approved",
     "Declined",
     "In Review",

@@ -241,14 +241,10 @@ impl Worker {
             .expect("didit actions run only with a client")
     }
 
-    /// How a Didit error ends this attempt. `noop_400` names the 400 that
-    /// means "already so".
-    fn didit_failure(&self, e: ApiError, noop_400: Option<&str>) -> Outcome {
+    /// How a Didit error ends this attempt.
+    fn didit_failure(&self, e: ApiError) -> Outcome {
         let text = e.to_string();
         match &e {
-            ApiError::BadRequest { .. } if noop_400.is_some_and(|n| text.contains(n)) => {
-                Outcome::Finish(Finish::Done(json!({"noop": true, "didit": text})))
-            }
             ApiError::BadRequest { .. }
             | ApiError::NotFound { .. }
             | ApiError::InvalidArgument { .. } => Outcome::Finish(Finish::Dead(text)),
@@ -296,7 +292,31 @@ impl Worker {
         req.nodes_to_resubmit = nodes;
         match self.client().update_status(session, &req).await {
             Ok(_) => Outcome::Finish(Finish::Done(json!({"status": status}))),
-            Err(e) => self.didit_failure(e, Some("same as the current status")),
+            Err(e @ ApiError::BadRequest { .. }) => self.refused_update(session, status, e).await,
+            Err(e) => self.didit_failure(e),
+        }
+    }
+
+    /// Didit refused the change: ask where the session is now. Already in
+    /// the status (a repeat after a crash, `Resubmitted` twice) is done;
+    /// moved on to where no update is allowed (the customer is redoing a
+    /// step) makes the decision stale, so the write-back is skipped and the
+    /// next result is decided afresh; anything else is a real refusal.
+    async fn refused_update(&self, session: &str, wanted: &str, e: ApiError) -> Outcome {
+        let now = match self.client().get_decision(session).await {
+            Ok(d) => d.get("status").and_then(Value::as_str).map(str::to_owned),
+            Err(_) => None,
+        };
+        match now.as_deref() {
+            Some(s) if s == wanted => {
+                Outcome::Finish(Finish::Done(json!({"noop": true, "didit": e.to_string()})))
+            }
+            Some(s) if !actions::UPDATABLE_FROM.contains(&s) => {
+                Outcome::Finish(Finish::Skipped(format!(
+                    "Didit's session is {s} now, where no update is allowed; the decision is stale"
+                )))
+            }
+            _ => self.didit_failure(e),
         }
     }
 
@@ -315,7 +335,7 @@ impl Worker {
         };
         match self.client().blocklist_add(&req).await {
             Ok(_) => Outcome::Finish(Finish::Done(json!({"blocklisted": true}))),
-            Err(e) => self.didit_failure(e, None),
+            Err(e) => self.didit_failure(e),
         }
     }
 
@@ -358,7 +378,7 @@ impl Worker {
         req.portrait_image = portrait;
         let created = match self.client().create_session(&req).await {
             Ok(c) => c,
-            Err(e) => return self.didit_failure(e, None),
+            Err(e) => return self.didit_failure(e),
         };
         let now = self.clock.now_millis();
         let expires_at_ms = now + self.config.step_up_expiry_ms;
@@ -420,7 +440,7 @@ impl Worker {
             .client()
             .get_decision(original)
             .await
-            .map_err(|e| self.didit_failure(e, None))?;
+            .map_err(|e| self.didit_failure(e))?;
         let link = decision
             .pointer("/id_verifications/0/portrait_image")
             .or_else(|| decision.pointer("/id_verification/portrait_image"))

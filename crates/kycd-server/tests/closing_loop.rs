@@ -52,6 +52,37 @@ outcome = "decline"
 reason = "Didit declined"
 "#;
 
+/// One outcome per kind of customer, so every write-back is exercised:
+/// an AML hit is declined, an expired document blocked, a weak liveness
+/// score resubmitted, and the rest approved, over Didit's review too
+/// (loosening, allowed in that test).
+const EVERY_OUTCOME_POLICY: &str = r#"
+name = "every-outcome-test"
+[bands]
+approve = 100
+[[rule]]
+id = "aml"
+when = '"POSSIBLE_MATCH_FOUND" in didit.risks'
+outcome = "decline"
+reason = "AML hit"
+[[rule]]
+id = "expired_document"
+when = '"DOCUMENT_EXPIRED" in didit.risks'
+outcome = "block"
+reason = "Expired document"
+[[rule]]
+id = "weak_liveness"
+when = 'session.didit_status == "In Review" and "LOW_LIVENESS_SCORE" in didit.risks'
+outcome = "resubmit"
+nodes = [{ feature = "LIVENESS" }]
+reason = "Retake the selfie"
+[[rule]]
+id = "other_declines"
+when = 'session.didit_status == "Declined" and not ("DOCUMENT_EXPIRED" in didit.risks)'
+outcome = "decline"
+reason = "Didit declined"
+"#;
+
 #[derive(Clone, Default)]
 struct Received(Arc<Mutex<Vec<Request>>>, Arc<AtomicU16>);
 
@@ -96,6 +127,7 @@ struct Options {
     retry_time_scale: f64,
     step_up_workflows: bool,
     operator_status: u16,
+    allow_loosening: bool,
 }
 
 impl Default for Options {
@@ -109,6 +141,7 @@ impl Default for Options {
             retry_time_scale: 20.0,
             step_up_workflows: true,
             operator_status: 200,
+            allow_loosening: false,
         }
     }
 }
@@ -164,6 +197,7 @@ async fn stack(seed: u64, o: Options) -> Stack {
         reconcile_interval_secs: if o.reconcile { 1 } else { 0 },
         reconcile_after_secs: 1,
         retry_time_scale: o.retry_time_scale,
+        writeback_allow_loosening: o.allow_loosening,
         ..Settings::default()
     };
     let running = kycd_server::start(settings, Arc::new(SystemClock))
@@ -259,6 +293,27 @@ fn changes(calls: &[ApiCall]) -> HashMap<(String, String), usize> {
         if c.path.ends_with("/update-status/") && c.effect == CallEffect::Changed {
             let status = c.request["new_status"].as_str().unwrap_or("").to_owned();
             *out.entry((c.session_id.clone().unwrap_or_default(), status))
+                .or_insert(0) += 1;
+        }
+    }
+    out
+}
+
+/// The same, per deciding decision (named in the write-back's comment): a
+/// customer resubmitted twice by two decisions is two effects, not one
+/// effect twice.
+fn changes_per_decision(calls: &[ApiCall]) -> HashMap<(String, String, String), usize> {
+    let mut out = HashMap::new();
+    for c in calls {
+        if c.path.ends_with("/update-status/") && c.effect == CallEffect::Changed {
+            let status = c.request["new_status"].as_str().unwrap_or("").to_owned();
+            let decision = c.request["comment"]
+                .as_str()
+                .and_then(|t| t.strip_prefix("kycd decision "))
+                .and_then(|t| t.split(':').next())
+                .unwrap_or("")
+                .to_owned();
+            *out.entry((c.session_id.clone().unwrap_or_default(), status, decision))
                 .or_insert(0) += 1;
         }
     }
@@ -794,5 +849,115 @@ async fn dead_actions_are_listed_and_redriven() {
         )
         .await;
     assert_eq!(status, 401);
+    s.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_outcome_has_its_effect_at_didit_once() {
+    let s = stack(
+        67,
+        Options {
+            policy: Some(EVERY_OUTCOME_POLICY),
+            allow_loosening: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    s.sim.run(150);
+    s.settle(Duration::from_secs(90)).await;
+    let calls = s.sim.calls();
+    let dead = s.actions(ActionState::Dead).await;
+    assert!(
+        dead.is_empty(),
+        "no action died: {:?}",
+        dead.iter()
+            .map(|a| (&a.kind, &a.last_error, &a.payload))
+            .collect::<Vec<_>>()
+    );
+    for (key, n) in changes_per_decision(&calls) {
+        assert_eq!(n, 1, "{key:?} changed {n} times");
+    }
+    let truth: HashMap<String, kycd_sim::Truth> = s
+        .sim
+        .truth()
+        .into_iter()
+        .map(|t| (t.session_id.clone(), t))
+        .collect();
+    let written = |status: &str| -> Vec<String> {
+        let mut ids: Vec<String> = changes_per_decision(&calls)
+            .into_keys()
+            .filter(|(_, st, _)| st == status)
+            .map(|(id, _, _)| id)
+            .collect();
+        ids.dedup();
+        ids
+    };
+    // decline: AML hits Didit sent to review end Declined at Didit.
+    let declined = written("Declined");
+    assert!(declined
+        .iter()
+        .any(|id| truth[id].scenario.name().starts_with("aml_")));
+    for id in &declined {
+        assert_eq!(truth[id].final_status, "Declined", "{id}");
+    }
+    // approve over Didit's review (allowed here): what no rule holds back.
+    // Didit's own reviewer may still act afterwards in a few scenarios.
+    let approved = written("Approved");
+    assert!(!approved.is_empty(), "some approvals were written back");
+    let reviewed_by_didit = ["resubmission", "review_approved", "review_declined"];
+    let mut loosened = 0;
+    for id in &approved {
+        if !reviewed_by_didit.contains(&truth[id].scenario.name()) {
+            assert_eq!(truth[id].final_status, "Approved", "{id}");
+        }
+        for a in s.actions(ActionState::Done).await.into_iter().filter(|a| {
+            a.session_id.as_deref() == Some(id.as_str()) && a.payload["new_status"] == "Approved"
+        }) {
+            let stricter = matches!(
+                a.payload["from_status"].as_str(),
+                Some("In Review" | "Declined")
+            );
+            assert_eq!(
+                a.payload["loosening"] == true,
+                stricter,
+                "loosening recorded: {}",
+                a.payload
+            );
+            loosened += usize::from(stricter);
+        }
+    }
+    assert!(loosened > 0, "some approvals overrode Didit's review");
+    // resubmit: the liveness step sent back, with Didit's node id.
+    let resubmitted: Vec<&ApiCall> = calls
+        .iter()
+        .filter(|c| {
+            c.path.ends_with("/update-status/")
+                && c.request["new_status"] == "Resubmitted"
+                && c.request["nodes_to_resubmit"][0]["feature"] == "LIVENESS"
+        })
+        .collect();
+    assert!(!resubmitted.is_empty(), "some selfies were sent back");
+    assert!(resubmitted
+        .iter()
+        .all(|c| c.request["nodes_to_resubmit"][0]["node_id"].is_string()));
+    // block: declined and on the blocklist, once each.
+    let blocks: Vec<&ApiCall> = calls
+        .iter()
+        .filter(|c| c.path == "/v3/blocklist/add/")
+        .collect();
+    assert!(!blocks.is_empty(), "some customers were blocked");
+    for b in &blocks {
+        let id = b.session_id.as_deref().unwrap();
+        assert_eq!(truth[id].scenario.name(), "expired_document", "{id}");
+        assert_eq!(
+            blocks
+                .iter()
+                .filter(|c| c.session_id == b.session_id)
+                .count(),
+            1
+        );
+        assert_eq!(b.request["blocklist_face"], true);
+        assert_eq!(b.request["blocklist_document"], true);
+    }
     s.sim.shutdown().await;
 }
