@@ -25,6 +25,7 @@ use std::sync::{Arc, RwLock};
 
 use didit::payload::{Decision, Envelope, SessionStatus, WebhookType};
 use kycd_core::when::format_millis;
+use kycd_log::audit::NewAudit;
 use kycd_log::outbox::StepUpRecord;
 use kycd_log::store::{
     DecisionQuery, DecisionRecord, GraphContext, GraphQuery, IdentityLink, ProjectionBatch,
@@ -354,8 +355,8 @@ impl Projector {
         Ok(())
     }
 
-    /// Plan what an active decision does (the outbox), and remember in
-    /// the session what was asked of Didit.
+    /// Plan what an active decision does (the outbox), remember in the
+    /// session what was asked of Didit, and audit the decision.
     fn act(
         &self,
         made: &DecisionRecord,
@@ -380,6 +381,21 @@ impl Projector {
                 didit_decision: record.doc.get("didit_decision"),
             },
         );
+        batch.audit.push(NewAudit {
+            at_ms: made.decided_at_ms,
+            actor: "kycd:policy".into(),
+            action: "decision".into(),
+            target: Some(made.session_id.clone()),
+            details: json!({
+                "decision_id": made.id,
+                "event_id": made.doc.get("event_id"),
+                "outcome": made.outcome,
+                "previous_outcome": previous,
+                "score": made.score,
+                "policy_version": made.policy_version,
+                "reasons": made.doc.get("reasons"),
+            }),
+        });
         if let Some(status) = &plan.writeback {
             record.doc["writeback"] = actions::writeback_marker(status, &made.id);
         }

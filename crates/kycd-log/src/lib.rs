@@ -10,9 +10,13 @@
 //! - [`outbox`]: the actions decisions imply, enqueued in the projection's
 //!   transaction and executed by workers with retries and a dead-letter state.
 //!
+//! - [`audit`]: the tamper-evident trail of decisions and what kycd did,
+//!   each record chained to the previous by its hash.
+//!
 //! Every backend of a trait passes the same conformance suite ([`suite`]).
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod log;
 pub mod outbox;
 pub mod sqlite_log;

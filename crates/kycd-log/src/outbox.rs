@@ -419,7 +419,7 @@ pub(crate) fn claim(
 }
 
 pub(crate) fn finish(
-    conn: &Connection,
+    conn: &mut Connection,
     id: &str,
     attempt: u32,
     finish: &Finish,
@@ -432,12 +432,36 @@ pub(crate) fn finish(
             Finish::Retry { error, at_ms } => ("pending", Some(*at_ms), Some(error.as_str()), None),
             Finish::Dead(why) => ("dead", None, Some(why.as_str()), None),
         };
-    let n = conn.execute(
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let n = tx.execute(
         "UPDATE actions SET state = ?3, next_at_ms = coalesce(?4, next_at_ms), last_error = coalesce(?5, last_error),
            result = coalesce(?6, result), lease_until_ms = NULL, updated_at_ms = ?7
          WHERE id = ?1 AND attempts = ?2 AND state = 'running'",
         params![id, attempt as i64, state, next_at, error, result, now_ms],
     )?;
+    // What kycd did at Didit is audited with the result that records it.
+    if n == 1 && state == "done" {
+        if let Some(a) = action_by_id(&tx, id)?.filter(|a| a.kind.starts_with("didit.")) {
+            let details = serde_json::json!({
+                "action_id": a.id,
+                "decision_id": a.decision_id,
+                "new_status": a.payload.get("new_status"),
+                "check": a.payload.get("check"),
+                "result": a.result,
+            });
+            crate::audit::append(
+                &tx,
+                &[crate::audit::NewAudit {
+                    at_ms: now_ms,
+                    actor: "kycd:outbox".into(),
+                    action: a.kind.clone(),
+                    target: a.session_id.clone(),
+                    details,
+                }],
+            )?;
+        }
+    }
+    tx.commit()?;
     Ok(n == 1)
 }
 

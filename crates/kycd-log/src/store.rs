@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
+use crate::audit;
 use crate::outbox::{self, NewAction, StepUpRecord};
 
 /// What went wrong in a store.
@@ -128,6 +129,8 @@ pub struct ProjectionBatch {
     pub actions: Vec<NewAction>,
     /// Step-ups created, completed or expired by the batch's events.
     pub step_ups: Vec<StepUpRecord>,
+    /// Audit records of the batch's decisions, chained in its transaction.
+    pub audit: Vec<audit::NewAudit>,
 }
 
 /// What one projector batch needs from committed history, asked in one
@@ -332,6 +335,7 @@ impl SqliteStore {
         writer.busy_timeout(std::time::Duration::from_secs(5))?;
         writer.execute_batch(SCHEMA)?;
         writer.execute_batch(outbox::SCHEMA)?;
+        writer.execute_batch(audit::SCHEMA)?;
         migrate_identity_links(&writer)?;
         let reader = Connection::open_with_flags(
             path,
@@ -615,6 +619,7 @@ impl Store for SqliteStore {
                 }
                 outbox::insert_actions(&tx, &batch.actions)?;
                 outbox::upsert_step_ups(&tx, &batch.step_ups)?;
+                audit::append(&tx, &batch.audit)?;
                 tx.execute(
                     "INSERT INTO consumer_offsets (consumer, offset) VALUES (?1, ?2)
                      ON CONFLICT(consumer) DO UPDATE SET offset = excluded.offset",
@@ -884,6 +889,35 @@ impl outbox::Outbox for SqliteStore {
     async fn enable_endpoint(&self, url: &str) -> Result<outbox::EndpointState, StoreError> {
         let url = url.to_owned();
         Self::with(&self.writer, move |c| outbox::enable_endpoint(c, &url)).await
+    }
+}
+
+#[async_trait::async_trait]
+impl audit::Audit for SqliteStore {
+    async fn audit(&self, records: Vec<audit::NewAudit>) -> Result<(), StoreError> {
+        Self::with(&self.writer, move |c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            audit::append(&tx, &records)?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_audit(
+        &self,
+        since_ms: i64,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<audit::AuditRecord>, StoreError> {
+        Self::with(&self.reader, move |c| {
+            audit::list(c, since_ms, after_seq, limit)
+        })
+        .await
+    }
+
+    async fn verify_audit(&self) -> Result<audit::Verification, StoreError> {
+        Self::with(&self.reader, |c| audit::verify(c)).await
     }
 }
 

@@ -1,6 +1,7 @@
 //! `/api/v1/actions` (the outbox and its dead-letter list),
 //! `/api/v1/operator-webhook` (the endpoint's health, enabling, replay) and
-//! `/api/v1/reconcile` (a backfill on demand).
+//! `/api/v1/reconcile` (a backfill on demand), and `/api/v1/audit` (the
+//! audit trail, with its hashes, for a regulator).
 
 use std::sync::Arc;
 
@@ -91,6 +92,13 @@ pub async fn retry_action(State(app): State<Arc<App>>, Path(id): Path<String>) -
         None => Err(ApiError::new(Code::NotFound, "no such action")),
         Some((a, true)) => {
             tracing::info!(action = %a.id, kind = %a.kind, "action redriven");
+            app.record(
+                "api",
+                "action.retried",
+                a.session_id.as_deref(),
+                json!({"action_id": a.id, "kind": a.kind}),
+            )
+            .await;
             Ok(Json(action_json(&a)).into_response())
         }
         Some((a, false)) => Err(ApiError::new(
@@ -136,6 +144,13 @@ pub async fn enable_endpoint(State(app): State<Arc<App>>) -> ApiResult {
     let url = endpoint_url(&app)?;
     let s = app.outbox.enable_endpoint(url).await.map_err(store_err)?;
     tracing::info!("operator webhook endpoint enabled");
+    app.record(
+        "api",
+        "operator_webhook.enabled",
+        None,
+        json!({"url": s.url}),
+    )
+    .await;
     Ok(Json(endpoint_json(&s)).into_response())
 }
 
@@ -186,6 +201,13 @@ pub async fn replay(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
         .await
         .map_err(store_err)?;
     tracing::info!(queued, "operator webhooks replayed");
+    app.record(
+        "api",
+        "operator_webhook.replayed",
+        None,
+        json!({"since": format_millis(since), "until": format_millis(until), "queued": queued}),
+    )
+    .await;
     Ok(Json(
         json!({"queued": queued, "since": format_millis(since), "until": format_millis(until)}),
     )
@@ -205,6 +227,13 @@ pub async fn reconcile(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
     let since = time_field(&app, &body, "since")?
         .ok_or_else(|| ApiError::new(Code::BadRequest, "since is required"))?;
     let report = reconciler.pass(since).await;
+    app.record(
+        "api",
+        "reconcile.requested",
+        None,
+        json!({"since": format_millis(since), "fetched": report.fetched, "appended": report.appended}),
+    )
+    .await;
     Ok(Json(json!({
         "since": format_millis(since),
         "listed": report.listed,
@@ -213,4 +242,44 @@ pub async fn reconcile(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
         "errors": report.errors,
     }))
     .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AuditParams {
+    since: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+/// The audit trail, oldest first, each record with its hash and the hash
+/// of the one before, so an export can be checked on its own.
+pub async fn list_audit(State(app): State<Arc<App>>, Query(p): Query<AuditParams>) -> ApiResult {
+    let limit = parse_limit(p.limit.as_deref())?;
+    let since = parse_when(&app, "since", p.since.as_deref())?.unwrap_or(i64::MIN);
+    let after = parse_cursor(p.cursor.as_deref())?.unwrap_or(0);
+    let mut rows = app
+        .audit
+        .list_audit(since, after, limit + 1)
+        .await
+        .map_err(store_err)?;
+    let next = (rows.len() > limit).then(|| {
+        rows.truncate(limit);
+        rows.last().map(|r| format!("s{}", r.seq))
+    });
+    let items: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "seq": r.seq,
+                "at": format_millis(r.at_ms),
+                "actor": r.actor,
+                "action": r.action,
+                "target": r.target,
+                "details": r.details,
+                "prev_hash": r.prev_hash,
+                "hash": r.hash,
+            })
+        })
+        .collect();
+    Ok(Json(json!({"items": items, "next_cursor": next.flatten()})).into_response())
 }

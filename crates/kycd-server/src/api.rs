@@ -45,6 +45,7 @@ pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
         )
         .route("/operator-webhook/replay", post(crate::actions_api::replay))
         .route("/reconcile", post(crate::actions_api::reconcile))
+        .route("/audit", get(crate::actions_api::list_audit))
         .route(
             "/subjects/{vendor_data}",
             get(crate::decisions::get_subject).put(crate::decisions::put_subject),

@@ -263,6 +263,18 @@ pub async fn put_subject(
         Appended::New { id, offset } => (id, offset),
         Appended::Duplicate { id } => (id, 0),
     };
+    // The attribute names, not their values: those may be personal.
+    let names: Vec<&String> = attributes
+        .as_object()
+        .map(|m| m.keys().collect())
+        .unwrap_or_default();
+    app.record(
+        "api",
+        "subject.updated",
+        Some(&id),
+        json!({"event_id": event_id.as_str(), "attributes": names}),
+    )
+    .await;
     // Read-your-writes: wait (briefly) until the projector has applied it,
     // so a decision made after this answer sees the new attributes.
     let mut applied = app.applied.clone();

@@ -30,6 +30,7 @@ use didit::signature::Verifier;
 use kycd_core::clock::SharedClock;
 use kycd_engine::actions::{ActionSettings, BlocklistItems};
 use kycd_engine::projector::{Policies, Projector};
+use kycd_log::audit::{Audit, NewAudit};
 use kycd_log::outbox::Outbox;
 use kycd_log::sqlite_log::{SqliteLog, SqliteLogOptions};
 use kycd_log::store::{SqliteStore, Store};
@@ -53,6 +54,8 @@ pub struct App {
     pub applied: watch::Receiver<u64>,
     /// The actions decisions imply (the same store as `store`).
     pub outbox: Arc<dyn Outbox>,
+    /// The tamper-evident audit trail (the same store as `store`).
+    pub audit: Arc<dyn Audit>,
     /// Didit's API, when a key is configured.
     pub didit: Option<DiditClient>,
     /// Reconciliation against Didit's API, when a key is configured.
@@ -117,6 +120,65 @@ pub fn reload_policy(app: &App) -> Result<Option<String>, String> {
     let version = policy.version().to_owned();
     app.policies.set_active(policy);
     Ok(Some(version))
+}
+
+fn policy_details(app: &App, policy: &Policy) -> serde_json::Value {
+    serde_json::json!({
+        "name": policy.name(),
+        "version": policy.version(),
+        "file": app.settings.policy.as_ref().map(|p| p.display().to_string()),
+    })
+}
+
+impl App {
+    /// Append one record to the audit trail. A trail that cannot be written
+    /// is logged loudly; the operation it records has already happened.
+    pub async fn record(
+        &self,
+        actor: &str,
+        action: &str,
+        target: Option<&str>,
+        details: serde_json::Value,
+    ) {
+        let entry = NewAudit {
+            at_ms: self.clock.now_millis(),
+            actor: actor.to_owned(),
+            action: action.to_owned(),
+            target: target.map(str::to_owned),
+            details,
+        };
+        if let Err(e) = self.audit.audit(vec![entry]).await {
+            tracing::error!(error = %e, action, "could not append to the audit trail");
+        }
+    }
+
+    /// [`reload_policy`], audited: the new policy, or the refusal.
+    pub async fn reload_policy_audited(&self, actor: &str) -> Result<Option<String>, String> {
+        let result = reload_policy(self);
+        match &result {
+            Ok(Some(_)) => {
+                let active = self.policies.active();
+                self.record(
+                    actor,
+                    "policy.activated",
+                    None,
+                    policy_details(self, &active),
+                )
+                .await
+            }
+            Ok(None) => {}
+            Err(e) => {
+                self.record(
+                    actor,
+                    "policy.refused",
+                    None,
+                    serde_json::json!({"error": e}),
+                )
+                .await
+            }
+        }
+        result
+    }
 }
 
 /// A running server.
@@ -198,6 +260,7 @@ pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Run
             .with_context(|| format!("open store {}", store_path.display()))?,
     );
     let outbox: Arc<dyn Outbox> = store.clone();
+    let audit: Arc<dyn Audit> = store.clone();
     let store: Arc<dyn Store> = store;
     let didit = didit_client(&settings)?;
     let operator = match &settings.operator_webhook_url {
@@ -280,10 +343,13 @@ pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Run
         policies,
         applied,
         outbox,
+        audit,
         didit,
         reconciler,
         reconcile_totals,
     });
+    app.record("kycd", "policy.loaded", None, policy_details(&app, &active))
+        .await;
 
     let (stop, stop_rx) = watch::channel(false);
     // The projector decides (facts, policy, store writes): CPU work that

@@ -961,3 +961,73 @@ async fn each_outcome_has_its_effect_at_didit_once() {
     }
     s.sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_trail_chains_decisions_and_write_backs() {
+    let s = stack(68, Options::default()).await;
+    s.sim.run(80);
+    s.settle(Duration::from_secs(90)).await;
+    let mut items: Vec<Value> = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let (status, page) = s
+            .api(
+                reqwest::Method::GET,
+                &format!("/audit?since=1h&limit=100&cursor={cursor}"),
+                Some(TOKEN),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{page}");
+        items.extend(page["items"].as_array().unwrap().iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = c.to_owned(),
+            None => break,
+        }
+    }
+    let actions: Vec<&str> = items
+        .iter()
+        .map(|i| i["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions[0], "policy.loaded");
+    assert!(actions.contains(&"decision"));
+    assert!(actions.contains(&"didit.update_status"));
+    // One decision record per active decision.
+    let decisions = s
+        .running
+        .app
+        .store
+        .list_decisions(DecisionQuery {
+            limit: 100_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        actions.iter().filter(|a| **a == "decision").count(),
+        decisions.len()
+    );
+    // The export chains on its own: each record names the one before.
+    for pair in items.windows(2) {
+        assert_eq!(pair[1]["prev_hash"], pair[0]["hash"]);
+        assert_eq!(
+            pair[1]["seq"].as_u64(),
+            pair[0]["seq"].as_u64().map(|n| n + 1)
+        );
+    }
+    let v = s.running.app.audit.verify_audit().await.unwrap();
+    assert_eq!(v.first_broken, None);
+    assert_eq!(v.records as usize, items.len());
+    let (status, _) = s.api(reqwest::Method::GET, "/audit", None, None).await;
+    assert_eq!(status, 401);
+    let (status, _) = s
+        .api(
+            reqwest::Method::GET,
+            "/audit?since=yesterday-ish",
+            Some(TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, 400);
+    s.sim.shutdown().await;
+}

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod audit_cmd;
 mod bench;
 mod config;
 mod demo;
@@ -60,6 +61,9 @@ enum Command {
     /// Ask a running server to fetch from Didit's API what it is missing
     /// since a time (lost deliveries, unknown sessions).
     Reconcile(ops_cmd::ReconcileArgs),
+    /// The tamper-evident audit trail.
+    #[command(subcommand)]
+    Audit(audit_cmd::AuditCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -81,6 +85,7 @@ fn main() -> ExitCode {
         Command::Sim(args) => sim_cmd::run(args),
         Command::Actions(cmd) => ops_cmd::actions(cmd),
         Command::Reconcile(args) => ops_cmd::reconcile(args),
+        Command::Audit(cmd) => audit_cmd::run(cmd),
     };
     match result {
         Ok(code) => code,

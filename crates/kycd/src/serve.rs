@@ -70,7 +70,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                     return;
                 };
                 while hup.recv().await.is_some() {
-                    match kycd_server::reload_policy(&app) {
+                    match app.reload_policy_audited("operator:sighup").await {
                         Ok(Some(version)) => tracing::info!(version, "policy reloaded"),
                         Ok(None) => tracing::info!("SIGHUP: the built-in policy is in use; nothing to reload"),
                         Err(e) => tracing::error!(error = %e, "policy reload refused; the previous policy stays active"),
