@@ -16,6 +16,7 @@
 //! Every backend of a trait passes the same conformance suite ([`suite`]).
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod audit;
 pub mod log;
 pub mod outbox;

@@ -336,6 +336,7 @@ impl SqliteStore {
         writer.execute_batch(SCHEMA)?;
         writer.execute_batch(outbox::SCHEMA)?;
         writer.execute_batch(audit::SCHEMA)?;
+        writer.execute_batch(crate::access::SCHEMA)?;
         migrate_identity_links(&writer)?;
         let reader = Connection::open_with_flags(
             path,
@@ -918,6 +919,62 @@ impl audit::Audit for SqliteStore {
 
     async fn verify_audit(&self) -> Result<audit::Verification, StoreError> {
         Self::with(&self.reader, |c| audit::verify(c)).await
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::access::Access for SqliteStore {
+    async fn create_token(
+        &self,
+        info: crate::access::TokenInfo,
+        digest: String,
+    ) -> Result<(), StoreError> {
+        Self::with(&self.writer, move |c| {
+            crate::access::insert_token(c, &info, &digest)
+        })
+        .await
+    }
+
+    async fn token_by_digest(
+        &self,
+        digest: &str,
+    ) -> Result<Option<crate::access::TokenInfo>, StoreError> {
+        let digest = digest.to_owned();
+        Self::with(&self.reader, move |c| {
+            crate::access::token_by_digest(c, &digest)
+        })
+        .await
+    }
+
+    async fn list_tokens(&self) -> Result<Vec<crate::access::TokenInfo>, StoreError> {
+        Self::with(&self.reader, |c| crate::access::list_tokens(c)).await
+    }
+
+    async fn revoke_token(
+        &self,
+        id: &str,
+        now_ms: i64,
+    ) -> Result<Option<crate::access::TokenInfo>, StoreError> {
+        let id = id.to_owned();
+        Self::with(&self.writer, move |c| {
+            crate::access::revoke_token(c, &id, now_ms)
+        })
+        .await
+    }
+
+    async fn add_user(
+        &self,
+        user: crate::access::UserInfo,
+        password_hash: String,
+    ) -> Result<bool, StoreError> {
+        Self::with(&self.writer, move |c| {
+            crate::access::insert_user(c, &user, &password_hash)
+        })
+        .await
+    }
+
+    async fn list_users(&self) -> Result<Vec<crate::access::UserInfo>, StoreError> {
+        Self::with(&self.reader, |c| crate::access::list_users(c)).await
     }
 }
 

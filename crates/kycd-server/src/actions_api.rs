@@ -8,12 +8,13 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::response::IntoResponse;
-use axum::Json;
+use axum::{Extension, Json};
 use kycd_core::when::format_millis;
 use kycd_log::outbox::{ActionQuery, ActionRecord, ActionState};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::access_api::Principal;
 use crate::api::{parse_cursor, parse_limit, parse_when, store_err};
 use crate::error::{ApiError, Code};
 use crate::App;
@@ -86,14 +87,18 @@ pub async fn get_action(State(app): State<Arc<App>>, Path(id): Path<String>) -> 
 }
 
 /// Redrive a dead (or skipped) action: due now, with a fresh attempt budget.
-pub async fn retry_action(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult {
+pub async fn retry_action(
+    State(app): State<Arc<App>>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+) -> ApiResult {
     let now = app.clock.now_millis();
     match app.outbox.retry_action(&id, now).await.map_err(store_err)? {
         None => Err(ApiError::new(Code::NotFound, "no such action")),
         Some((a, true)) => {
             tracing::info!(action = %a.id, kind = %a.kind, "action redriven");
             app.record(
-                "api",
+                &who.0,
                 "action.retried",
                 a.session_id.as_deref(),
                 json!({"action_id": a.id, "kind": a.kind}),
@@ -140,12 +145,15 @@ pub async fn endpoint_state(State(app): State<Arc<App>>) -> ApiResult {
     Ok(Json(endpoint_json(&s)).into_response())
 }
 
-pub async fn enable_endpoint(State(app): State<Arc<App>>) -> ApiResult {
+pub async fn enable_endpoint(
+    State(app): State<Arc<App>>,
+    Extension(who): Extension<Principal>,
+) -> ApiResult {
     let url = endpoint_url(&app)?;
     let s = app.outbox.enable_endpoint(url).await.map_err(store_err)?;
     tracing::info!("operator webhook endpoint enabled");
     app.record(
-        "api",
+        &who.0,
         "operator_webhook.enabled",
         None,
         json!({"url": s.url}),
@@ -187,7 +195,11 @@ fn time_field(app: &App, body: &Value, name: &str) -> Result<Option<i64>, ApiErr
 
 /// `{"since": T, "until": T?}`: send again every operator message created
 /// in the range, with its original `webhook-id`.
-pub async fn replay(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
+pub async fn replay(
+    State(app): State<Arc<App>>,
+    Extension(who): Extension<Principal>,
+    body: Bytes,
+) -> ApiResult {
     endpoint_url(&app)?;
     let body = object_body(&body)?;
     let since = time_field(&app, &body, "since")?
@@ -202,7 +214,7 @@ pub async fn replay(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
         .map_err(store_err)?;
     tracing::info!(queued, "operator webhooks replayed");
     app.record(
-        "api",
+        &who.0,
         "operator_webhook.replayed",
         None,
         json!({"since": format_millis(since), "until": format_millis(until), "queued": queued}),
@@ -216,7 +228,11 @@ pub async fn replay(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
 
 /// `{"since": T}`: a reconciliation pass now, listing Didit's sessions
 /// created since T.
-pub async fn reconcile(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
+pub async fn reconcile(
+    State(app): State<Arc<App>>,
+    Extension(who): Extension<Principal>,
+    body: Bytes,
+) -> ApiResult {
     let body = object_body(&body)?;
     let Some(reconciler) = app.reconciler.clone() else {
         return Err(ApiError::new(
@@ -228,7 +244,7 @@ pub async fn reconcile(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
         .ok_or_else(|| ApiError::new(Code::BadRequest, "since is required"))?;
     let report = reconciler.pass(since).await;
     app.record(
-        "api",
+        &who.0,
         "reconcile.requested",
         None,
         json!({"since": format_millis(since), "fetched": report.fetched, "appended": report.appended}),

@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use kycd_core::when::{format_millis, parse_time};
 use kycd_core::EventId;
@@ -15,8 +15,6 @@ use kycd_log::store::{SessionQuery, SessionRecord};
 use kycd_log::StoredEvent;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 use crate::error::{ApiError, Code};
 use crate::App;
@@ -47,34 +45,18 @@ pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
         .route("/reconcile", post(crate::actions_api::reconcile))
         .route("/audit", get(crate::actions_api::list_audit))
         .route(
+            "/tokens",
+            get(crate::access_api::list_tokens).post(crate::access_api::post_token),
+        )
+        .route("/tokens/{id}", delete(crate::access_api::delete_token))
+        .route(
             "/subjects/{vendor_data}",
             get(crate::decisions::get_subject).put(crate::decisions::put_subject),
         )
-        .route_layer(middleware::from_fn_with_state(app, require_token))
-}
-
-/// Bearer-token check, in constant time over digests of the two tokens so
-/// neither their content nor their length shows in the timing.
-async fn require_token(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .map(str::trim);
-    let ok = match (presented, &app.settings.api_token) {
-        (Some(p), Some(expected)) => {
-            let a = Sha256::digest(p.as_bytes());
-            let b = Sha256::digest(expected.expose().as_bytes());
-            bool::from(a.ct_eq(&b))
-        }
-        _ => false,
-    };
-    if !ok {
-        return ApiError::new(Code::Unauthorized, "missing or invalid bearer token")
-            .into_response();
-    }
-    next.run(req).await
+        .route_layer(middleware::from_fn_with_state(
+            app,
+            crate::access_api::authorize,
+        ))
 }
 
 pub(crate) fn store_err(e: impl std::fmt::Display) -> ApiError {

@@ -16,7 +16,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use didit::canonical::{Mode, Value as Canon};
 use kycd_core::when::format_millis;
 use kycd_log::store::{DecisionQuery, DecisionRecord};
@@ -211,6 +211,7 @@ fn check_subject_id(id: &str) -> Result<(), ApiError> {
 
 pub async fn put_subject(
     State(app): State<Arc<App>>,
+    Extension(who): Extension<crate::access_api::Principal>,
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult {
@@ -269,7 +270,7 @@ pub async fn put_subject(
         .map(|m| m.keys().collect())
         .unwrap_or_default();
     app.record(
-        "api",
+        &who.0,
         "subject.updated",
         Some(&id),
         json!({"event_id": event_id.as_str(), "attributes": names}),

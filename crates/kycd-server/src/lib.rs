@@ -7,6 +7,7 @@
 //! log's pending commits and stops the projector.
 #![forbid(unsafe_code)]
 
+pub mod access_api;
 pub mod actions_api;
 pub mod api;
 mod background;
@@ -30,6 +31,7 @@ use didit::signature::Verifier;
 use kycd_core::clock::SharedClock;
 use kycd_engine::actions::{ActionSettings, BlocklistItems};
 use kycd_engine::projector::{Policies, Projector};
+use kycd_log::access::Access;
 use kycd_log::audit::{Audit, NewAudit};
 use kycd_log::outbox::Outbox;
 use kycd_log::sqlite_log::{SqliteLog, SqliteLogOptions};
@@ -56,6 +58,8 @@ pub struct App {
     pub outbox: Arc<dyn Outbox>,
     /// The tamper-evident audit trail (the same store as `store`).
     pub audit: Arc<dyn Audit>,
+    /// API tokens and console users (the same store as `store`).
+    pub access: Arc<dyn Access>,
     /// Didit's API, when a key is configured.
     pub didit: Option<DiditClient>,
     /// Reconciliation against Didit's API, when a key is configured.
@@ -261,6 +265,7 @@ pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Run
     );
     let outbox: Arc<dyn Outbox> = store.clone();
     let audit: Arc<dyn Audit> = store.clone();
+    let access: Arc<dyn Access> = store.clone();
     let store: Arc<dyn Store> = store;
     let didit = didit_client(&settings)?;
     let operator = match &settings.operator_webhook_url {
@@ -344,6 +349,7 @@ pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Run
         applied,
         outbox,
         audit,
+        access,
         didit,
         reconciler,
         reconcile_totals,

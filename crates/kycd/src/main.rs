@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod access_cmd;
 mod audit_cmd;
 mod bench;
 mod config;
@@ -64,6 +65,12 @@ enum Command {
     /// The tamper-evident audit trail.
     #[command(subcommand)]
     Audit(audit_cmd::AuditCmd),
+    /// API tokens: create, list, revoke.
+    #[command(subcommand)]
+    Token(access_cmd::TokenCmd),
+    /// Console users.
+    #[command(subcommand)]
+    User(access_cmd::UserCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -86,6 +93,8 @@ fn main() -> ExitCode {
         Command::Actions(cmd) => ops_cmd::actions(cmd),
         Command::Reconcile(args) => ops_cmd::reconcile(args),
         Command::Audit(cmd) => audit_cmd::run(cmd),
+        Command::Token(cmd) => access_cmd::token(cmd),
+        Command::User(cmd) => access_cmd::user(cmd),
     };
     match result {
         Ok(code) => code,
