@@ -370,8 +370,21 @@ impl Projector {
             .and_then(|d| d.get("outcome"))
             .and_then(Value::as_str)
             .map(str::to_owned);
+        // A person's decision may approve over Didit's review or decline;
+        // the policy's only when the operator allowed it.
+        let reviewer = made.doc.get("reviewer").and_then(Value::as_str);
+        let loosened;
+        let settings = if reviewer.is_some() && !self.policies.actions.allow_loosening {
+            loosened = ActionSettings {
+                allow_loosening: true,
+                ..(*self.policies.actions).clone()
+            };
+            &loosened
+        } else {
+            &*self.policies.actions
+        };
         let mut plan = actions::plan(
-            &self.policies.actions,
+            settings,
             &PlanInput {
                 decision: made,
                 previous_outcome: previous.as_deref(),
@@ -383,7 +396,7 @@ impl Projector {
         );
         batch.audit.push(NewAudit {
             at_ms: made.decided_at_ms,
-            actor: "kycd:policy".into(),
+            actor: reviewer.unwrap_or("kycd:policy").to_owned(),
             action: "decision".into(),
             target: Some(made.session_id.clone()),
             details: json!({
@@ -603,6 +616,10 @@ impl Projector {
             tracing::error!(event = %event.id, "stored internal event does not parse; skipped");
             return Ok(());
         };
+        if event.kind == REVIEW_DECIDED {
+            self.apply_review(event, &body, sessions, batch);
+            return Ok(());
+        }
         let Some(original_id) = body.get("original_session_id").and_then(Value::as_str) else {
             return Ok(());
         };
@@ -678,6 +695,82 @@ impl Projector {
         }
         sessions.insert(original_id.to_owned(), original);
         Ok(())
+    }
+
+    /// A person's decision on a session (`{session_id, outcome, comment,
+    /// reviewer, nodes}`): it becomes the session's decision and acts like
+    /// any other, through the outbox.
+    fn apply_review(
+        &self,
+        event: &StoredEvent,
+        body: &Value,
+        sessions: &mut HashMap<String, SessionRecord>,
+        batch: &mut ProjectionBatch,
+    ) {
+        let str_of = |k: &str| body.get(k).and_then(Value::as_str);
+        let (Some(session_id), Some(outcome), Some(reviewer)) =
+            (str_of("session_id"), str_of("outcome"), str_of("reviewer"))
+        else {
+            tracing::error!(event = %event.id, "review event lacks session_id, outcome or reviewer; skipped");
+            return;
+        };
+        let Some(mut record) = sessions.remove(session_id) else {
+            tracing::warn!(event = %event.id, "review of an unknown session; skipped");
+            return;
+        };
+        let id = format!("dec_{}", kycd_core::id::ulid_body(event.received_at_ms));
+        let comment = str_of("comment").unwrap_or("");
+        let nodes: Vec<Value> = body
+            .get("nodes")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(|f| json!({"feature": f}))
+            .collect();
+        let score = record
+            .doc
+            .pointer("/decision/score")
+            .and_then(Value::as_f64)
+            .unwrap_or(0.0);
+        let doc = json!({
+            "id": id,
+            "session_id": session_id,
+            "subject": record.vendor_data,
+            "event_id": event.id.as_str(),
+            "event_offset": event.offset,
+            "shadow": false,
+            "outcome": outcome,
+            "score": score,
+            "reasons": [{"rule": "reviewer", "text": comment}],
+            "checks": [],
+            "resubmit_nodes": nodes,
+            "reviewer": reviewer,
+            "comment": comment,
+            "policy": {"name": "reviewer", "version": "reviewer"},
+            "decided_at": format_millis(event.received_at_ms),
+        });
+        let made = DecisionRecord {
+            id,
+            event_offset: event.offset,
+            session_id: session_id.to_owned(),
+            subject: record.vendor_data.clone(),
+            policy_version: "reviewer".into(),
+            shadow: false,
+            outcome: outcome.to_owned(),
+            score,
+            decided_at_ms: event.received_at_ms,
+            doc,
+        };
+        let sandbox = record
+            .doc
+            .get("sandbox")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        self.act(&made, &mut record, sandbox, batch);
+        record.doc["decision"] = summary(&made);
+        batch.decisions.push(made);
+        sessions.insert(session_id.to_owned(), record);
     }
 
     /// An operator's subject write: `{"vendor_data": ..., "attributes": {...}}`.
@@ -887,6 +980,8 @@ pub const STEP_UP_CREATED: &str = "kycd.step_up.created";
 /// The internal event appended when a step-up ran out of time or could not
 /// be created.
 pub const STEP_UP_EXPIRED: &str = "kycd.step_up.expired";
+/// The internal event the API appends for a person's decision.
+pub const REVIEW_DECIDED: &str = "kycd.review";
 /// The metadata key kycd sets on a step-up session it creates: the
 /// original session's id. Didit echoes metadata in every delivery.
 pub const STEP_UP_META: &str = "kycd_step_up_of";

@@ -86,7 +86,7 @@ pub fn verify_password(password: &str, hash: &str) -> bool {
 fn required(method: &Method, path: &str) -> Scope {
     if method == Method::GET || method == Method::HEAD {
         Scope::Read
-    } else if path.contains("/subjects/") {
+    } else if path.contains("/subjects/") || path.ends_with("/review") {
         Scope::Review
     } else {
         Scope::Admin
@@ -238,6 +238,10 @@ mod tests {
     fn reads_need_read_subject_writes_review_and_the_rest_admin() {
         assert_eq!(required(&Method::GET, "/actions"), Scope::Read);
         assert_eq!(required(&Method::PUT, "/subjects/u1"), Scope::Review);
+        assert_eq!(
+            required(&Method::POST, "/sessions/s1/review"),
+            Scope::Review
+        );
         assert_eq!(required(&Method::POST, "/actions/a/retry"), Scope::Admin);
         assert_eq!(required(&Method::POST, "/tokens"), Scope::Admin);
         assert_eq!(required(&Method::DELETE, "/tokens/t"), Scope::Admin);

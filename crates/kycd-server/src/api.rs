@@ -25,6 +25,10 @@ pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
     Router::new()
         .route("/sessions", get(list_sessions))
         .route("/sessions/{session_id}", get(get_session))
+        .route(
+            "/sessions/{session_id}/review",
+            post(crate::decisions::post_review),
+        )
         .route("/events/{id}", get(get_event))
         .route("/quarantine", get(list_quarantine))
         .route("/decisions", get(crate::decisions::list_decisions))

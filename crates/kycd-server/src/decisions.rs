@@ -308,3 +308,134 @@ pub async fn get_subject(State(app): State<Arc<App>>, Path(id): Path<String>) ->
         )),
     }
 }
+
+/// The outcomes a person may decide (a step-up is the policy's to ask).
+const REVIEW_OUTCOMES: [&str; 4] = ["approve", "decline", "resubmit", "block"];
+/// Steps a resubmission may name.
+const RESUBMIT_FEATURES: [&str; 10] = [
+    "ID_VERIFICATION",
+    "NFC",
+    "LIVENESS",
+    "FACE_MATCH",
+    "POA",
+    "PHONE",
+    "EMAIL",
+    "AML",
+    "IP_ANALYSIS",
+    "DATABASE_VALIDATION",
+];
+const MAX_COMMENT_CHARS: usize = 2000;
+
+/// `POST /api/v1/sessions/{id}/review {"outcome", "comment", "nodes"?}`: a
+/// person decides. The decision is logged, becomes the session's decision
+/// and acts through the outbox like the policy's (it may approve over
+/// Didit's review or decline: that is what a reviewer is for).
+pub async fn post_review(
+    State(app): State<Arc<App>>,
+    Extension(who): Extension<crate::access_api::Principal>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    if body.len() > MAX_SUBJECT_BYTES {
+        return Err(ApiError::new(
+            Code::PayloadTooLarge,
+            "review body too large",
+        ));
+    }
+    let v: Value = serde_json::from_slice(&body)
+        .ok()
+        .filter(Value::is_object)
+        .ok_or_else(|| ApiError::new(Code::BadRequest, "body must be a JSON object"))?;
+    let outcome = v
+        .get("outcome")
+        .and_then(Value::as_str)
+        .filter(|o| REVIEW_OUTCOMES.contains(o))
+        .ok_or_else(|| {
+            ApiError::new(
+                Code::BadRequest,
+                "outcome must be approve, decline, resubmit or block",
+            )
+        })?;
+    let comment = v
+        .get("comment")
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|c| !c.is_empty() && c.chars().count() <= MAX_COMMENT_CHARS)
+        .ok_or_else(|| {
+            ApiError::new(
+                Code::BadRequest,
+                format!("a comment is required (1 to {MAX_COMMENT_CHARS} characters)"),
+            )
+        })?;
+    let nodes: Vec<&str> = v
+        .get("nodes")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if nodes.iter().any(|n| !RESUBMIT_FEATURES.contains(n)) {
+        return Err(ApiError::new(
+            Code::BadRequest,
+            "nodes must name Didit features such as LIVENESS",
+        ));
+    }
+    if (outcome == "resubmit") == nodes.is_empty() {
+        return Err(ApiError::new(
+            Code::BadRequest,
+            "nodes (the steps to redo) go with resubmit, and only with it",
+        ));
+    }
+    if app
+        .store
+        .get_session(&id)
+        .await
+        .map_err(store_err)?
+        .is_none()
+    {
+        return Err(ApiError::new(Code::NotFound, "no such session"));
+    }
+    let appended = app
+        .log
+        .append(NewEvent {
+            received_at_ms: app.clock.now_millis(),
+            source: EventSource::Internal,
+            kind: kycd_engine::projector::REVIEW_DECIDED.to_owned(),
+            session_id: Some(id.clone()),
+            didit_event_id: None,
+            // Every review is its own decision.
+            dedupe_keys: Vec::new(),
+            body: json!({
+                "session_id": id,
+                "outcome": outcome,
+                "comment": comment,
+                "nodes": nodes,
+                "reviewer": who.0,
+            })
+            .to_string()
+            .into_bytes(),
+            meta: json!({}),
+        })
+        .await
+        .map_err(|e| ApiError::internal(Code::Unavailable, &e))?;
+    let (event_id, offset) = match appended {
+        Appended::New { id, offset } => (id, offset),
+        Appended::Duplicate { id } => (id, 0),
+    };
+    let mut applied = app.applied.clone();
+    let caught_up =
+        tokio::time::timeout(Duration::from_secs(5), applied.wait_for(|o| *o >= offset))
+            .await
+            .is_ok();
+    let decision = app
+        .store
+        .get_session(&id)
+        .await
+        .map_err(store_err)?
+        .and_then(|s| s.doc.get("decision").cloned());
+    Ok(Json(json!({
+        "session_id": id,
+        "event_id": event_id.as_str(),
+        "applied": caught_up,
+        "decision": decision,
+    }))
+    .into_response())
+}

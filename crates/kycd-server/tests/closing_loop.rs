@@ -1031,3 +1031,131 @@ async fn the_audit_trail_chains_decisions_and_write_backs() {
     assert_eq!(status, 400);
     s.sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reviewers_decision_acts_through_the_outbox_and_is_audited() {
+    let s = stack(69, Options::default()).await;
+    s.sim.run(60);
+    s.settle(Duration::from_secs(90)).await;
+    // A case in the review queue: kycd said review, Didit says In Review.
+    let mut case = None;
+    for t in s.sim.truth() {
+        let doc = s.session(&t.session_id).await;
+        if Stack::outcome_of(&doc) == Some("review") && t.final_status == "In Review" {
+            case = Some(t.session_id.clone());
+            break;
+        }
+    }
+    let case = case.expect("a session in review");
+    let path = format!("/sessions/{case}/review");
+
+    // Bad requests change nothing.
+    for body in [
+        serde_json::json!({"outcome": "approve"}),
+        serde_json::json!({"outcome": "approve", "comment": "   "}),
+        serde_json::json!({"outcome": "step_up", "comment": "x"}),
+        serde_json::json!({"outcome": "resubmit", "comment": "x"}),
+        serde_json::json!({"outcome": "resubmit", "comment": "x", "nodes": ["SELFIE"]}),
+        serde_json::json!({"outcome": "approve", "comment": "x", "nodes": ["LIVENESS"]}),
+    ] {
+        let (status, e) = s
+            .api(
+                reqwest::Method::POST,
+                &path,
+                Some(TOKEN),
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(status, 400, "{body} -> {e}");
+    }
+    let (status, _) = s
+        .api(
+            reqwest::Method::POST,
+            "/sessions/nope/review",
+            Some(TOKEN),
+            Some(serde_json::json!({"outcome": "approve", "comment": "x"})),
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (_, read) = s
+        .api(
+            reqwest::Method::POST,
+            "/tokens",
+            Some(TOKEN),
+            Some(serde_json::json!({"name": "viewer", "scope": "read"})),
+        )
+        .await;
+    let (status, _) = s
+        .api(
+            reqwest::Method::POST,
+            &path,
+            read["token"].as_str(),
+            Some(serde_json::json!({"outcome": "approve", "comment": "x"})),
+        )
+        .await;
+    assert_eq!(status, 403, "a read token cannot decide");
+    assert_eq!(Stack::outcome_of(&s.session(&case).await), Some("review"));
+
+    // The reviewer approves: the decision is theirs, and Didit is updated once.
+    let (status, r) = s
+        .api(
+            reqwest::Method::POST,
+            &path,
+            Some(TOKEN),
+            Some(serde_json::json!({"outcome": "approve", "comment": "Namesake; date of birth differs from the listed person"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["decision"]["outcome"], "approve");
+    assert_eq!(r["decision"]["policy_version"], "reviewer");
+    s.settle(Duration::from_secs(60)).await;
+    let changed: Vec<ApiCall> = s
+        .sim
+        .calls()
+        .into_iter()
+        .filter(|c| {
+            c.session_id.as_deref() == Some(case.as_str())
+                && c.path.ends_with("/update-status/")
+                && c.effect == CallEffect::Changed
+        })
+        .collect();
+    assert_eq!(changed.len(), 1);
+    assert_eq!(changed[0].request["new_status"], "Approved");
+    let final_status = s
+        .sim
+        .truth()
+        .into_iter()
+        .find(|t| t.session_id == case)
+        .unwrap()
+        .final_status;
+    assert_eq!(final_status, "Approved");
+    // Audited under the reviewer, with the comment as the reason.
+    let (_, audit) = s
+        .api(reqwest::Method::GET, "/audit?limit=500", Some(TOKEN), None)
+        .await;
+    let rec = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| {
+            x["action"] == "decision" && x["target"] == case.as_str() && x["actor"] == "bootstrap"
+        })
+        .expect("the reviewer's decision is audited");
+    assert_eq!(rec["details"]["outcome"], "approve");
+    assert_eq!(rec["details"]["previous_outcome"], "review");
+    assert!(rec["details"]["reasons"][0]["text"]
+        .as_str()
+        .unwrap()
+        .starts_with("Namesake"));
+    assert_eq!(
+        s.running
+            .app
+            .audit
+            .verify_audit()
+            .await
+            .unwrap()
+            .first_broken,
+        None
+    );
+    s.sim.shutdown().await;
+}
