@@ -260,10 +260,7 @@ pub async fn put_subject(
         })
         .await
         .map_err(|e| ApiError::internal(Code::Unavailable, &e))?;
-    let (event_id, offset) = match appended {
-        Appended::New { id, offset } => (id, offset),
-        Appended::Duplicate { id } => (id, 0),
-    };
+    let (event_id, offset) = id_and_offset(appended);
     // The attribute names, not their values: those may be personal.
     let names: Vec<&String> = attributes
         .as_object()
@@ -276,13 +273,9 @@ pub async fn put_subject(
         json!({"event_id": event_id.as_str(), "attributes": names}),
     )
     .await;
-    // Read-your-writes: wait (briefly) until the projector has applied it,
-    // so a decision made after this answer sees the new attributes.
-    let mut applied = app.applied.clone();
-    let caught_up =
-        tokio::time::timeout(Duration::from_secs(5), applied.wait_for(|o| *o >= offset))
-            .await
-            .is_ok();
+    // Read-your-writes: a decision made after this answer sees the new
+    // attributes.
+    let caught_up = applied_within(&app, offset).await;
     Ok(Json(json!({
         "vendor_data": id,
         "attributes": attributes,
@@ -307,6 +300,24 @@ pub async fn get_subject(State(app): State<Arc<App>>, Path(id): Path<String>) ->
             "no attributes stored for this subject",
         )),
     }
+}
+
+fn id_and_offset(appended: Appended) -> (kycd_core::EventId, u64) {
+    match appended {
+        Appended::New { id, offset } => (id, offset),
+        Appended::Duplicate { id } => (id, 0),
+    }
+}
+
+/// Wait (briefly) until the projector has applied the event at `offset`, so
+/// the answer shows its effect; false when it took longer.
+async fn applied_within(app: &App, offset: u64) -> bool {
+    let mut applied = app.applied.clone();
+    let caught_up =
+        tokio::time::timeout(Duration::from_secs(5), applied.wait_for(|o| *o >= offset))
+            .await
+            .is_ok();
+    caught_up
 }
 
 /// The outcomes a person may decide (a step-up is the policy's to ask).
@@ -416,15 +427,8 @@ pub async fn post_review(
         })
         .await
         .map_err(|e| ApiError::internal(Code::Unavailable, &e))?;
-    let (event_id, offset) = match appended {
-        Appended::New { id, offset } => (id, offset),
-        Appended::Duplicate { id } => (id, 0),
-    };
-    let mut applied = app.applied.clone();
-    let caught_up =
-        tokio::time::timeout(Duration::from_secs(5), applied.wait_for(|o| *o >= offset))
-            .await
-            .is_ok();
+    let (event_id, offset) = id_and_offset(appended);
+    let caught_up = applied_within(&app, offset).await;
     let decision = app
         .store
         .get_session(&id)
