@@ -25,6 +25,21 @@ CREATE TABLE IF NOT EXISTS users (
     password_hash TEXT NOT NULL,
     created_at_ms INTEGER NOT NULL
 ) WITHOUT ROWID;
+-- Console sign-ins: the cookie's SHA-256, never the cookie itself.
+CREATE TABLE IF NOT EXISTS console_sessions (
+    digest TEXT PRIMARY KEY,
+    username TEXT NOT NULL,
+    csrf TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    expires_at_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+-- Consecutive failed sign-ins per username (existing or not, so a lockout
+-- says nothing about which usernames exist).
+CREATE TABLE IF NOT EXISTS login_failures (
+    username TEXT PRIMARY KEY,
+    failures INTEGER NOT NULL,
+    locked_until_ms INTEGER
+) WITHOUT ROWID;
 ";
 
 /// What a token may do. Each scope includes the ones before it.
@@ -179,6 +194,128 @@ pub(crate) fn list_users(conn: &Connection) -> Result<Vec<UserInfo>, StoreError>
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// A console sign-in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConsoleSession {
+    pub username: String,
+    /// The role the user has now (not when they signed in).
+    pub role: String,
+    /// The synchronizer token every form of this sign-in must carry.
+    pub csrf: String,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+}
+
+pub(crate) fn user_credentials(
+    conn: &Connection,
+    username: &str,
+) -> Result<Option<(UserInfo, String)>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT username, role, created_at_ms, password_hash FROM users WHERE username = ?1",
+            [username],
+            |r| {
+                Ok((
+                    UserInfo {
+                        username: r.get(0)?,
+                        role: r.get(1)?,
+                        created_at_ms: r.get(2)?,
+                    },
+                    r.get(3)?,
+                ))
+            },
+        )
+        .optional()?)
+}
+
+pub(crate) fn locked_until(
+    conn: &Connection,
+    username: &str,
+    now_ms: i64,
+) -> Result<Option<i64>, StoreError> {
+    let until: Option<Option<i64>> = conn
+        .query_row(
+            "SELECT locked_until_ms FROM login_failures WHERE username = ?1",
+            [username],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(until.flatten().filter(|u| *u > now_ms))
+}
+
+/// Count a failed sign-in; the `max_failures`th in a row locks the name
+/// for `lock_ms` and starts the count again. Returns the lock's end when
+/// this failure set one.
+pub(crate) fn login_failed(
+    conn: &Connection,
+    username: &str,
+    now_ms: i64,
+    max_failures: u32,
+    lock_ms: i64,
+) -> Result<Option<i64>, StoreError> {
+    let failures: i64 = conn.query_row(
+        "INSERT INTO login_failures (username, failures) VALUES (?1, 1)
+         ON CONFLICT(username) DO UPDATE SET failures = failures + 1
+         RETURNING failures",
+        [username],
+        |r| r.get(0),
+    )?;
+    if failures < i64::from(max_failures) {
+        return Ok(None);
+    }
+    let until = now_ms + lock_ms;
+    conn.execute(
+        "UPDATE login_failures SET failures = 0, locked_until_ms = ?2 WHERE username = ?1",
+        params![username, until],
+    )?;
+    Ok(Some(until))
+}
+
+pub(crate) fn insert_console_session(
+    conn: &Connection,
+    digest: &str,
+    s: &ConsoleSession,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "DELETE FROM console_sessions WHERE expires_at_ms <= ?1",
+        [s.created_at_ms],
+    )?;
+    conn.execute(
+        "DELETE FROM login_failures WHERE username = ?1",
+        [&s.username],
+    )?;
+    conn.execute(
+        "INSERT INTO console_sessions (digest, username, csrf, created_at_ms, expires_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![digest, s.username, s.csrf, s.created_at_ms, s.expires_at_ms],
+    )?;
+    Ok(())
+}
+
+/// The live sign-in with this digest, with the user's current role; a
+/// user who no longer exists has none.
+pub(crate) fn console_session(
+    conn: &Connection,
+    digest: &str,
+    now_ms: i64,
+) -> Result<Option<ConsoleSession>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT s.username, u.role, s.csrf, s.created_at_ms, s.expires_at_ms
+         FROM console_sessions s JOIN users u ON u.username = s.username
+         WHERE s.digest = ?1 AND s.expires_at_ms > ?2",
+    )?;
+    Ok(stmt
+        .query_row(params![digest, now_ms], |r| {
+            Ok(ConsoleSession {
+                username: r.get(0)?,
+                role: r.get(1)?,
+                csrf: r.get(2)?,
+                created_at_ms: r.get(3)?,
+                expires_at_ms: r.get(4)?,
+            })
+        })
+        .optional()?)
+}
+
 #[async_trait::async_trait]
 pub trait Access: Send + Sync + 'static {
     async fn create_token(&self, info: TokenInfo, digest: String) -> Result<(), StoreError>;
@@ -189,4 +326,31 @@ pub trait Access: Send + Sync + 'static {
     /// `false` when the username is taken.
     async fn add_user(&self, user: UserInfo, password_hash: String) -> Result<bool, StoreError>;
     async fn list_users(&self) -> Result<Vec<UserInfo>, StoreError>;
+    /// The user and their password hash.
+    async fn user_credentials(
+        &self,
+        username: &str,
+    ) -> Result<Option<(UserInfo, String)>, StoreError>;
+    /// When the username's sign-in lock ends, if it is locked now.
+    async fn locked_until(&self, username: &str, now_ms: i64) -> Result<Option<i64>, StoreError>;
+    /// Count a failed sign-in; see [`login_failed`].
+    async fn login_failed(
+        &self,
+        username: &str,
+        now_ms: i64,
+        max_failures: u32,
+        lock_ms: i64,
+    ) -> Result<Option<i64>, StoreError>;
+    /// Start a console sign-in (and clear the user's failed attempts).
+    async fn create_console_session(
+        &self,
+        digest: String,
+        session: ConsoleSession,
+    ) -> Result<(), StoreError>;
+    async fn console_session(
+        &self,
+        digest: &str,
+        now_ms: i64,
+    ) -> Result<Option<ConsoleSession>, StoreError>;
+    async fn delete_console_session(&self, digest: &str) -> Result<(), StoreError>;
 }

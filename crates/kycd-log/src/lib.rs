@@ -18,6 +18,7 @@
 
 pub mod access;
 pub mod audit;
+pub mod cases;
 pub mod log;
 pub mod outbox;
 pub mod sqlite_log;

@@ -283,6 +283,7 @@ CREATE TABLE IF NOT EXISTS decisions (
 CREATE INDEX IF NOT EXISTS decisions_by_offset ON decisions(shadow, event_offset);
 CREATE INDEX IF NOT EXISTS decisions_by_outcome ON decisions(shadow, outcome, event_offset);
 CREATE INDEX IF NOT EXISTS decisions_by_session ON decisions(session_id, event_offset);
+CREATE INDEX IF NOT EXISTS decisions_by_time ON decisions(shadow, decided_at_ms);
 -- The identity graph: one row per (hashed) value and subject, with when
 -- the subject last presented it. A value shared by many subjects (a
 -- carrier's IP address) costs one row each, and reading it is bounded by
@@ -337,6 +338,8 @@ impl SqliteStore {
         writer.execute_batch(outbox::SCHEMA)?;
         writer.execute_batch(audit::SCHEMA)?;
         writer.execute_batch(crate::access::SCHEMA)?;
+        writer.execute_batch(crate::cases::SCHEMA)?;
+        crate::cases::backfill(&writer)?;
         migrate_identity_links(&writer)?;
         let reader = Connection::open_with_flags(
             path,
@@ -578,6 +581,7 @@ impl Store for SqliteStore {
                         s.updated_at_ms,
                         s.doc.to_string()
                     ])?;
+                    crate::cases::upsert(&tx, s)?;
                 }
                 let mut dec = tx.prepare_cached(
                     "INSERT INTO decisions (id, event_offset, session_id, subject, policy_version, shadow, outcome, score, decided_at_ms, doc)
@@ -975,6 +979,136 @@ impl crate::access::Access for SqliteStore {
 
     async fn list_users(&self) -> Result<Vec<crate::access::UserInfo>, StoreError> {
         Self::with(&self.reader, |c| crate::access::list_users(c)).await
+    }
+
+    async fn user_credentials(
+        &self,
+        username: &str,
+    ) -> Result<Option<(crate::access::UserInfo, String)>, StoreError> {
+        let username = username.to_owned();
+        Self::with(&self.reader, move |c| {
+            crate::access::user_credentials(c, &username)
+        })
+        .await
+    }
+
+    async fn locked_until(&self, username: &str, now_ms: i64) -> Result<Option<i64>, StoreError> {
+        let username = username.to_owned();
+        Self::with(&self.reader, move |c| {
+            crate::access::locked_until(c, &username, now_ms)
+        })
+        .await
+    }
+
+    async fn login_failed(
+        &self,
+        username: &str,
+        now_ms: i64,
+        max_failures: u32,
+        lock_ms: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let username = username.to_owned();
+        Self::with(&self.writer, move |c| {
+            crate::access::login_failed(c, &username, now_ms, max_failures, lock_ms)
+        })
+        .await
+    }
+
+    async fn create_console_session(
+        &self,
+        digest: String,
+        session: crate::access::ConsoleSession,
+    ) -> Result<(), StoreError> {
+        Self::with(&self.writer, move |c| {
+            let tx = c.transaction()?;
+            crate::access::insert_console_session(&tx, &digest, &session)?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn console_session(
+        &self,
+        digest: &str,
+        now_ms: i64,
+    ) -> Result<Option<crate::access::ConsoleSession>, StoreError> {
+        let digest = digest.to_owned();
+        Self::with(&self.reader, move |c| {
+            crate::access::console_session(c, &digest, now_ms)
+        })
+        .await
+    }
+
+    async fn delete_console_session(&self, digest: &str) -> Result<(), StoreError> {
+        let digest = digest.to_owned();
+        Self::with(&self.writer, move |c| {
+            c.execute("DELETE FROM console_sessions WHERE digest = ?1", [digest])?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::cases::Cases for SqliteStore {
+    async fn queue(
+        &self,
+        q: crate::cases::CaseQuery,
+    ) -> Result<crate::cases::CasePage, StoreError> {
+        Self::with(&self.reader, move |c| crate::cases::queue(c, &q)).await
+    }
+
+    async fn assign(
+        &self,
+        session_id: &str,
+        assignee: Option<String>,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let session_id = session_id.to_owned();
+        Self::with(&self.writer, move |c| {
+            crate::cases::assign(c, &session_id, assignee.as_deref(), now_ms)
+        })
+        .await
+    }
+
+    async fn assignee(&self, session_id: &str) -> Result<Option<String>, StoreError> {
+        let session_id = session_id.to_owned();
+        Self::with(&self.reader, move |c| {
+            crate::cases::assignee(c, &session_id)
+        })
+        .await
+    }
+
+    async fn decisions_over_time(
+        &self,
+        from_ms: i64,
+        bucket_ms: i64,
+    ) -> Result<Vec<(i64, String, u64)>, StoreError> {
+        Self::with(&self.reader, move |c| {
+            crate::cases::decisions_over_time(c, from_ms, bucket_ms)
+        })
+        .await
+    }
+
+    async fn review_backlog(&self, now_ms: i64) -> Result<Vec<i64>, StoreError> {
+        Self::with(&self.reader, move |c| {
+            crate::cases::review_backlog(c, now_ms)
+        })
+        .await
+    }
+
+    async fn linked(
+        &self,
+        subject: &str,
+        from_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(String, String, i64)>, StoreError> {
+        let subject = subject.to_owned();
+        Self::with(&self.reader, move |c| {
+            crate::cases::linked(c, &subject, from_ms, limit)
+        })
+        .await
     }
 }
 
