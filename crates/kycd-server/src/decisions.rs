@@ -321,9 +321,9 @@ async fn applied_within(app: &App, offset: u64) -> bool {
 }
 
 /// The outcomes a person may decide (a step-up is the policy's to ask).
-const REVIEW_OUTCOMES: [&str; 4] = ["approve", "decline", "resubmit", "block"];
+pub const REVIEW_OUTCOMES: [&str; 4] = ["approve", "decline", "resubmit", "block"];
 /// Steps a resubmission may name.
-const RESUBMIT_FEATURES: [&str; 10] = [
+pub const RESUBMIT_FEATURES: [&str; 10] = [
     "ID_VERIFICATION",
     "NFC",
     "LIVENESS",
@@ -337,10 +337,108 @@ const RESUBMIT_FEATURES: [&str; 10] = [
 ];
 const MAX_COMMENT_CHARS: usize = 2000;
 
+/// A person's decision on a session, as asked.
+#[derive(Debug, Clone)]
+pub struct ReviewRequest<'a> {
+    pub outcome: &'a str,
+    pub comment: &'a str,
+    pub nodes: Vec<&'a str>,
+}
+
+/// What a recorded review answered.
+#[derive(Debug, Clone)]
+pub struct Reviewed {
+    pub event_id: kycd_core::EventId,
+    /// Whether the projector applied it within the wait.
+    pub applied: bool,
+    /// The session's decision afterwards.
+    pub decision: Option<Value>,
+}
+
+/// Record `reviewer`'s decision on session `id` (shared by the API and the
+/// console). The decision is an event in the log: it becomes the session's
+/// decision and acts through the outbox like the policy's (it may approve
+/// over Didit's review or decline: that is what a reviewer is for).
+pub async fn review(
+    app: &App,
+    reviewer: &str,
+    id: &str,
+    r: &ReviewRequest<'_>,
+) -> Result<Reviewed, ApiError> {
+    if !REVIEW_OUTCOMES.contains(&r.outcome) {
+        return Err(ApiError::new(
+            Code::BadRequest,
+            "outcome must be approve, decline, resubmit or block",
+        ));
+    }
+    let comment = r.comment.trim();
+    if comment.is_empty() || comment.chars().count() > MAX_COMMENT_CHARS {
+        return Err(ApiError::new(
+            Code::BadRequest,
+            format!("a comment is required (1 to {MAX_COMMENT_CHARS} characters)"),
+        ));
+    }
+    if r.nodes.iter().any(|n| !RESUBMIT_FEATURES.contains(n)) {
+        return Err(ApiError::new(
+            Code::BadRequest,
+            "nodes must name Didit features such as LIVENESS",
+        ));
+    }
+    if (r.outcome == "resubmit") == r.nodes.is_empty() {
+        return Err(ApiError::new(
+            Code::BadRequest,
+            "nodes (the steps to redo) go with resubmit, and only with it",
+        ));
+    }
+    if app
+        .store
+        .get_session(id)
+        .await
+        .map_err(store_err)?
+        .is_none()
+    {
+        return Err(ApiError::new(Code::NotFound, "no such session"));
+    }
+    let appended = app
+        .log
+        .append(NewEvent {
+            received_at_ms: app.clock.now_millis(),
+            source: EventSource::Internal,
+            kind: kycd_engine::projector::REVIEW_DECIDED.to_owned(),
+            session_id: Some(id.to_owned()),
+            didit_event_id: None,
+            // Every review is its own decision.
+            dedupe_keys: Vec::new(),
+            body: json!({
+                "session_id": id,
+                "outcome": r.outcome,
+                "comment": comment,
+                "nodes": r.nodes,
+                "reviewer": reviewer,
+            })
+            .to_string()
+            .into_bytes(),
+            meta: json!({}),
+        })
+        .await
+        .map_err(|e| ApiError::internal(Code::Unavailable, &e))?;
+    let (event_id, offset) = id_and_offset(appended);
+    let applied = applied_within(app, offset).await;
+    let decision = app
+        .store
+        .get_session(id)
+        .await
+        .map_err(store_err)?
+        .and_then(|s| s.doc.get("decision").cloned());
+    Ok(Reviewed {
+        event_id,
+        applied,
+        decision,
+    })
+}
+
 /// `POST /api/v1/sessions/{id}/review {"outcome", "comment", "nodes"?}`: a
-/// person decides. The decision is logged, becomes the session's decision
-/// and acts through the outbox like the policy's (it may approve over
-/// Didit's review or decline: that is what a reviewer is for).
+/// person decides; see [`review`].
 pub async fn post_review(
     State(app): State<Arc<App>>,
     Extension(who): Extension<crate::access_api::Principal>,
@@ -357,89 +455,21 @@ pub async fn post_review(
         .ok()
         .filter(Value::is_object)
         .ok_or_else(|| ApiError::new(Code::BadRequest, "body must be a JSON object"))?;
-    let outcome = v
-        .get("outcome")
-        .and_then(Value::as_str)
-        .filter(|o| REVIEW_OUTCOMES.contains(o))
-        .ok_or_else(|| {
-            ApiError::new(
-                Code::BadRequest,
-                "outcome must be approve, decline, resubmit or block",
-            )
-        })?;
-    let comment = v
-        .get("comment")
-        .and_then(Value::as_str)
-        .map(str::trim)
-        .filter(|c| !c.is_empty() && c.chars().count() <= MAX_COMMENT_CHARS)
-        .ok_or_else(|| {
-            ApiError::new(
-                Code::BadRequest,
-                format!("a comment is required (1 to {MAX_COMMENT_CHARS} characters)"),
-            )
-        })?;
-    let nodes: Vec<&str> = v
-        .get("nodes")
-        .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
-    if nodes.iter().any(|n| !RESUBMIT_FEATURES.contains(n)) {
-        return Err(ApiError::new(
-            Code::BadRequest,
-            "nodes must name Didit features such as LIVENESS",
-        ));
-    }
-    if (outcome == "resubmit") == nodes.is_empty() {
-        return Err(ApiError::new(
-            Code::BadRequest,
-            "nodes (the steps to redo) go with resubmit, and only with it",
-        ));
-    }
-    if app
-        .store
-        .get_session(&id)
-        .await
-        .map_err(store_err)?
-        .is_none()
-    {
-        return Err(ApiError::new(Code::NotFound, "no such session"));
-    }
-    let appended = app
-        .log
-        .append(NewEvent {
-            received_at_ms: app.clock.now_millis(),
-            source: EventSource::Internal,
-            kind: kycd_engine::projector::REVIEW_DECIDED.to_owned(),
-            session_id: Some(id.clone()),
-            didit_event_id: None,
-            // Every review is its own decision.
-            dedupe_keys: Vec::new(),
-            body: json!({
-                "session_id": id,
-                "outcome": outcome,
-                "comment": comment,
-                "nodes": nodes,
-                "reviewer": who.0,
-            })
-            .to_string()
-            .into_bytes(),
-            meta: json!({}),
-        })
-        .await
-        .map_err(|e| ApiError::internal(Code::Unavailable, &e))?;
-    let (event_id, offset) = id_and_offset(appended);
-    let caught_up = applied_within(&app, offset).await;
-    let decision = app
-        .store
-        .get_session(&id)
-        .await
-        .map_err(store_err)?
-        .and_then(|s| s.doc.get("decision").cloned());
+    let request = ReviewRequest {
+        outcome: v.get("outcome").and_then(Value::as_str).unwrap_or_default(),
+        comment: v.get("comment").and_then(Value::as_str).unwrap_or_default(),
+        nodes: v
+            .get("nodes")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default(),
+    };
+    let done = review(&app, &who.0, &id, &request).await?;
     Ok(Json(json!({
         "session_id": id,
-        "event_id": event_id.as_str(),
-        "applied": caught_up,
-        "decision": decision,
+        "event_id": done.event_id.as_str(),
+        "applied": done.applied,
+        "decision": done.decision,
     }))
     .into_response())
 }

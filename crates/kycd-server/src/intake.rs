@@ -50,6 +50,7 @@ const KEPT_HEADERS: [&str; 4] = [
 
 fn count(result: &'static str) {
     metrics::counter!("kycd_webhook_deliveries_total", "result" => result).increment(1);
+    crate::telemetry::activity().bump(result);
 }
 
 enum BodyError {

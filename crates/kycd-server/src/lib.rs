@@ -11,6 +11,7 @@ pub mod access_api;
 pub mod actions_api;
 pub mod api;
 mod background;
+mod console;
 pub mod decisions;
 pub mod error;
 pub mod intake;
@@ -43,6 +44,10 @@ use tokio::task::JoinHandle;
 
 pub use settings::Settings;
 
+/// The latest `kycd replay` report, in the data directory, shown on the
+/// console's policy page.
+pub const REPLAY_REPORT_FILE: &str = "replay-latest.json";
+
 /// Everything a request handler needs.
 pub struct App {
     pub settings: Settings,
@@ -60,6 +65,8 @@ pub struct App {
     pub audit: Arc<dyn Audit>,
     /// API tokens and console users (the same store as `store`).
     pub access: Arc<dyn Access>,
+    /// The review queue (the same store as `store`).
+    pub cases: Arc<dyn kycd_log::cases::Cases>,
     /// Didit's API, when a key is configured.
     pub didit: Option<DiditClient>,
     /// Reconciliation against Didit's API, when a key is configured.
@@ -224,6 +231,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))
         .nest("/api/v1", api)
+        .merge(console::routes(app.clone()))
         .with_state(app)
 }
 
@@ -266,6 +274,7 @@ pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Run
     let outbox: Arc<dyn Outbox> = store.clone();
     let audit: Arc<dyn Audit> = store.clone();
     let access: Arc<dyn Access> = store.clone();
+    let cases: Arc<dyn kycd_log::cases::Cases> = store.clone();
     let store: Arc<dyn Store> = store;
     let didit = didit_client(&settings)?;
     let operator = match &settings.operator_webhook_url {
@@ -350,6 +359,7 @@ pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Run
         outbox,
         audit,
         access,
+        cases,
         didit,
         reconciler,
         reconcile_totals,

@@ -81,6 +81,11 @@ pub struct Settings {
     /// `KYCD_RETRY_TIME_SCALE`, default 1: divides every retry delay and
     /// the reconciliation and expiry clocks (demos and tests run faster).
     pub retry_time_scale: f64,
+    /// `KYCD_CONSOLE_COOKIE_SECURE`, default true: mark the console's
+    /// cookies `Secure`. Browsers keep such cookies over HTTPS and on
+    /// loopback addresses only; turn it off only to try the console over
+    /// plain HTTP on another address.
+    pub console_cookie_secure: bool,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -131,6 +136,7 @@ impl Default for Settings {
             reconcile_after_secs: 900,
             action_max_attempts: 10,
             retry_time_scale: 1.0,
+            console_cookie_secure: true,
         }
     }
 }

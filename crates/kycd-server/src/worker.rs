@@ -195,6 +195,13 @@ impl Worker {
         };
         metrics::counter!("kycd_actions_total", "kind" => action.kind.clone(), "result" => label)
             .increment(1);
+        if matches!(finish, Finish::Retry { .. } | Finish::Dead(_)) {
+            crate::telemetry::activity().bump(if label == "dead" {
+                "action_dead"
+            } else {
+                "action_failed"
+            });
+        }
         if let Finish::Dead(why) = &finish {
             tracing::warn!(action = %action.id, kind = %action.kind, error = %why, "action is dead; redrive with POST /api/v1/actions/{{id}}/retry");
         }

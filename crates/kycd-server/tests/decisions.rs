@@ -332,18 +332,8 @@ async fn replaying_with_the_active_policy_reproduces_every_decision_byte_for_byt
     );
 }
 
-const REVIEW_ALL: &str = r#"
-name = "review-everything"
-description = "A candidate that sends every case to a person"
-[bands]
-approve = 29
-review = 100
-[[rule]]
-id = "always_review"
-when = "true"
-outcome = "review"
-reason = "Every case goes to a person"
-"#;
+/// A candidate policy that sends every case to a person.
+const REVIEW_ALL: &str = include_str!("fixtures/review-all.toml");
 
 #[tokio::test]
 async fn a_shadow_policy_is_evaluated_stored_apart_and_compared() {

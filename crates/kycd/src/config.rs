@@ -67,6 +67,7 @@ struct FileConfig {
     reconcile_interval_secs: Option<u64>,
     reconcile_after_secs: Option<u64>,
     action_max_attempts: Option<u32>,
+    console_cookie_secure: Option<bool>,
 }
 
 /// Every `KYCD_*` variable kycd reads; others draw a warning.
@@ -101,6 +102,7 @@ pub const KNOWN_ENV: &[&str] = &[
     "KYCD_RECONCILE_AFTER_SECS",
     "KYCD_ACTION_MAX_ATTEMPTS",
     "KYCD_RETRY_TIME_SCALE",
+    "KYCD_CONSOLE_COOKIE_SECURE",
     "KYCD_API_URL",
 ];
 
@@ -191,6 +193,9 @@ pub fn load(args: &ServeArgs, env: &[(String, String)]) -> anyhow::Result<Loaded
         }
         if let Some(v) = f.act_on_sandbox {
             s.act_on_sandbox = v;
+        }
+        if let Some(v) = f.console_cookie_secure {
+            s.console_cookie_secure = v;
         }
         if let Some(v) = f.durability {
             s.durability = parse_durability("durability", &v)?;
@@ -325,6 +330,9 @@ pub fn load(args: &ServeArgs, env: &[(String, String)]) -> anyhow::Result<Loaded
     if let Some(v) = var("KYCD_ACTION_MAX_ATTEMPTS") {
         s.action_max_attempts = parse_num("KYCD_ACTION_MAX_ATTEMPTS", &v)?;
     }
+    if let Some(v) = var("KYCD_CONSOLE_COOKIE_SECURE") {
+        s.console_cookie_secure = parse_bool("KYCD_CONSOLE_COOKIE_SECURE", &v)?;
+    }
     if let Some(v) = var("KYCD_RETRY_TIME_SCALE") {
         s.retry_time_scale = v
             .trim()
@@ -425,6 +433,10 @@ pub fn render(s: &Settings) -> String {
     ));
     out.push_str(&format!("didit_base_url = {}\n", q(&s.didit_base_url)));
     out.push_str(&format!("act_on_sandbox = {}\n", s.act_on_sandbox));
+    out.push_str(&format!(
+        "console_cookie_secure = {}\n",
+        s.console_cookie_secure
+    ));
     out.push_str(&format!("durability = {}\n", q(durability)));
     let path = |p: &Option<PathBuf>| match p {
         Some(p) => q(&p.to_string_lossy()),
