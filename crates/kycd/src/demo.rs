@@ -238,7 +238,11 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     }
     if args.keep_running {
         let data_dir = data.keep();
+        let reviewer_password = random_token("");
+        demo_reviewer(&running, &reviewer_password).await?;
         println!("\nStill running (Ctrl-C to stop):");
+        println!("  review console  http://{}/console/", running.addr);
+        println!("                  username {DEMO_REVIEWER}, password {reviewer_password}");
         println!("  kycd API        http://{}/api/v1/sessions", running.addr);
         println!("                  Authorization: Bearer {api_token}");
         println!("  decisions       http://{}/api/v1/decisions", running.addr);
@@ -258,6 +262,27 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// The demo's console user.
+const DEMO_REVIEWER: &str = "demo-reviewer";
+
+/// A reviewer for the demo's console, with a fresh random password (the
+/// demo's data directory is its own, so the name is always free).
+async fn demo_reviewer(running: &kycd_server::Running, password: &str) -> anyhow::Result<()> {
+    let hash = kycd_server::access_api::hash_password(password).map_err(anyhow::Error::msg)?;
+    let user = kycd_log::access::UserInfo {
+        username: DEMO_REVIEWER.to_owned(),
+        role: "reviewer".to_owned(),
+        created_at_ms: running.app.clock.now_millis(),
+    };
+    running
+        .app
+        .access
+        .add_user(user, hash)
+        .await
+        .context("create the demo reviewer")?;
+    Ok(())
 }
 
 /// Workflows for the step-up checks, created in the simulated Didit as an

@@ -4,8 +4,9 @@
 //! The whole log is run through the same projector the server uses, into a
 //! scratch store in a temporary directory, so facts are rebuilt as of each
 //! event's position in the log exactly as they were live. Only decisions
-//! inside the time window are compared and reported. The data directory is
-//! only read.
+//! inside the time window are compared and reported. The event log and the
+//! store are only read; the report is also left in the data directory
+//! ([`kycd_server::REPLAY_REPORT_FILE`]) for the console's policy page.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -75,6 +76,26 @@ fn tempdir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
+/// Leave the report where the console's policy page finds it, replacing
+/// the previous one atomically (written aside, then renamed).
+fn save_report(
+    data_dir: &std::path::Path,
+    candidate: &str,
+    r: &Report,
+    now_ms: i64,
+) -> anyhow::Result<()> {
+    let path = data_dir.join(kycd_server::REPLAY_REPORT_FILE);
+    let aside = path.with_extension("json.tmp");
+    let doc = json!({
+        "at": kycd_core::when::format_millis(now_ms),
+        "candidate": candidate,
+        "report": r,
+    });
+    std::fs::write(&aside, doc.to_string())
+        .and_then(|()| std::fs::rename(&aside, &path))
+        .with_context(|| format!("save the replay report to {}", path.display()))
+}
+
 pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let loaded = config::load(&args.serve, &config::process_env())?;
     let candidate = if args.policy == "builtin" {
@@ -99,6 +120,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     let r = runtime.block_on(replay(&loaded.settings.data_dir, candidate, w))?;
+    save_report(&loaded.settings.data_dir, &args.policy, &r, now)?;
     if args.json {
         println!("{}", json!(r));
         return Ok(ExitCode::SUCCESS);

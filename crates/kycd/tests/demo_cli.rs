@@ -93,7 +93,8 @@ fn keep_running_leaves_the_engine_up_with_urls_that_work() {
     });
     let deadline = Instant::now() + Duration::from_secs(120);
     let (mut api, mut token, mut sim) = (None, None, None);
-    while api.is_none() || token.is_none() || sim.is_none() {
+    let (mut console, mut credentials) = (None, None);
+    while api.is_none() || token.is_none() || sim.is_none() || credentials.is_none() {
         let left = deadline.saturating_duration_since(Instant::now());
         let line = rx.recv_timeout(left).expect("the demo prints its URLs");
         let field = |prefix: &str| {
@@ -104,8 +105,14 @@ fn keep_running_leaves_the_engine_up_with_urls_that_work() {
         api = api.or(field("kycd API"));
         token = token.or(field("Authorization: Bearer"));
         sim = sim.or(field("ground truth"));
+        console = console.or(field("review console"));
+        credentials = credentials.or(field("username"));
     }
     let (api, token, sim) = (api.unwrap(), token.unwrap(), sim.unwrap());
+    let console = console.expect("the console's URL comes before its credentials");
+    // "demo-reviewer, password SECRET"
+    let credentials = credentials.unwrap();
+    let (username, password) = credentials.split_once(", password ").unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -120,6 +127,47 @@ fn keep_running_leaves_the_engine_up_with_urls_that_work() {
         assert_eq!(anonymous.status(), 401);
         // The simulator's API answers too (403 without its key).
         assert_eq!(http.get(&sim).send().await.unwrap().status(), 403);
+
+        // The printed reviewer signs in to the printed console.
+        let browser = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let login = format!("{console}login");
+        let form = browser.get(&login).send().await.unwrap();
+        assert_eq!(form.status(), 200);
+        let cookie = form.headers()["set-cookie"].to_str().unwrap();
+        let cookie = cookie.split(';').next().unwrap().to_owned();
+        let page = form.text().await.unwrap();
+        let at = page.find(r#"name="csrf" value=""#).unwrap() + 19;
+        let csrf = page[at..].split('"').next().unwrap();
+        let signed_in = browser
+            .post(&login)
+            .header("cookie", cookie)
+            .form(&[
+                ("csrf", csrf),
+                ("username", username),
+                ("password", password),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(signed_in.status(), 303);
+        assert_eq!(signed_in.headers()["location"], "/console/");
+        let session = signed_in.headers()["set-cookie"].to_str().unwrap();
+        let session = session.split(';').next().unwrap().to_owned();
+        let queue = browser
+            .get(&console)
+            .header("cookie", session)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(queue.status(), 200);
+        assert!(queue
+            .text()
+            .await
+            .unwrap()
+            .contains(r#"<table id="queue">"#));
     });
     Command::new("kill")
         .args(["-INT", &child.id().to_string()])
