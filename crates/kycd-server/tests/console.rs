@@ -556,6 +556,10 @@ async fn repeated_failed_sign_ins_pause_the_username_and_say_nothing_more() {
             .count(),
         6
     );
+    // What an unknown user typed is not kept: it may be an email address.
+    let anonymous: Vec<_> = audit.iter().filter(|r| r.actor == "anonymous").collect();
+    assert_eq!(anonymous.len(), 1);
+    assert!(!format!("{anonymous:?}").contains("nobody"));
 }
 
 #[tokio::test]

@@ -421,7 +421,12 @@ async fn login(State(app): State<Arc<App>>, req: Request) -> Response {
         .as_ref()
         .is_some_and(|(u, _)| Role::parse(&u.role).is_some());
     if locked || !matches || !role_ok {
-        let actor = format!("user:{username}");
+        // What was typed as a username is recorded only when it names a
+        // user: a mistyped one may be an email address, or a password.
+        let actor = match &user {
+            Some((u, _)) => format!("user:{}", u.username),
+            None => "anonymous".to_owned(),
+        };
         if !locked {
             match app
                 .access
@@ -434,7 +439,7 @@ async fn login(State(app): State<Arc<App>>, req: Request) -> Response {
                         &actor,
                         "user.locked",
                         None,
-                        json!({"until": kycd_core::when::format_millis(until), "known": user.is_some()}),
+                        json!({"until": kycd_core::when::format_millis(until)}),
                     )
                     .await;
                 }
@@ -442,13 +447,8 @@ async fn login(State(app): State<Arc<App>>, req: Request) -> Response {
                 Err(e) => return unavailable(e),
             }
         }
-        app.record(
-            &actor,
-            "user.login_failed",
-            None,
-            json!({"locked": locked, "known": user.is_some()}),
-        )
-        .await;
+        app.record(&actor, "user.login_failed", None, json!({"locked": locked}))
+            .await;
         return login_page(&app, StatusCode::UNAUTHORIZED, Some(LOGIN_FAILED));
     }
     let Some((user, _)) = user else {
