@@ -12,12 +12,13 @@ use std::time::{Duration, Instant};
 
 use axum::http::HeaderMap;
 use didit::signature::Secret;
-use kycd_core::SystemClock;
-use kycd_log::outbox::{ActionQuery, ActionState};
+use kycd_log::outbox::ActionState;
 use kycd_log::store::DecisionQuery;
-use kycd_server::{Running, Settings};
-use kycd_sim::{ApiCall, CallEffect, Faults, Sim, SimConfig, WebhookVersion};
+use kycd_server::Settings;
+use kycd_sim::{ApiCall, CallEffect, Faults, WebhookVersion};
 use serde_json::Value;
+
+mod support;
 
 const SECRET: &str = "closing-loop-secret";
 const TOKEN: &str = "closing-loop-token";
@@ -111,12 +112,8 @@ async fn operator_app(received: Received) -> String {
     format!("http://{addr}/hooks")
 }
 
-struct Stack {
-    sim: Sim,
-    running: Running,
-    received: Received,
-    _dir: tempfile::TempDir,
-}
+/// The shared stack, with what the operator's application received.
+type Stack = support::Stack<Received>;
 
 struct Options {
     faults: Faults,
@@ -147,26 +144,8 @@ impl Default for Options {
 }
 
 async fn stack(seed: u64, o: Options) -> Stack {
-    let sim = kycd_sim::start(SimConfig {
-        webhook_secret: SECRET.into(),
-        seed,
-        time_scale: o.time_scale,
-        faults: o.faults,
-        ..SimConfig::default()
-    })
-    .await
-    .unwrap();
-    let client = didit::client::DiditClient::new({
-        let mut c = didit::client::ClientConfig::new(sim.api_key().to_owned());
-        c.base_url = sim.base_url();
-        c
-    })
-    .unwrap();
-    let mut nfc =
-        didit::client::CreateWorkflowRequest::new("NFC step-up", didit::client::WorkflowType::Kyc);
-    nfc.is_nfc_enabled = Some(true);
-    let nfc = client.create_workflow(&nfc).await.unwrap();
-    let nfc_id = nfc.id().unwrap().to_owned();
+    let sim = support::simulator(SECRET, seed, o.time_scale, o.faults).await;
+    let nfc_id = support::nfc_workflow(&sim).await;
 
     let dir = tempfile::tempdir().unwrap();
     let policy = o.policy.map(|text| {
@@ -177,12 +156,6 @@ async fn stack(seed: u64, o: Options) -> Stack {
     let received = Received::default();
     received.1.store(o.operator_status, Ordering::SeqCst);
     let settings = Settings {
-        listen: "127.0.0.1:0".into(),
-        data_dir: dir.path().join("data"),
-        webhook_secrets: vec![Secret::new(SECRET)],
-        act_on_sandbox: true,
-        didit_api_key: Some(Secret::new(sim.api_key())),
-        didit_base_url: sim.base_url(),
         operator_webhook_url: Some(operator_app(received.clone()).await),
         operator_webhook_secrets: vec![Secret::new(OPERATOR_SECRET)],
         operator_webhook_allow_private: true,
@@ -198,74 +171,14 @@ async fn stack(seed: u64, o: Options) -> Stack {
         reconcile_after_secs: 1,
         retry_time_scale: o.retry_time_scale,
         writeback_allow_loosening: o.allow_loosening,
-        ..Settings::default()
+        ..support::settings(&sim, SECRET, dir.path().join("data"))
     };
-    let running = kycd_server::start(settings, Arc::new(SystemClock))
+    support::Stack::start(sim, settings, dir, WebhookVersion::V3)
         .await
-        .unwrap();
-    sim.add_destination(
-        &format!("http://{}/webhooks/didit", running.addr),
-        WebhookVersion::V3,
-    )
-    .unwrap();
-    Stack {
-        sim,
-        running,
-        received,
-        _dir: dir,
-    }
+        .with(received)
 }
 
 impl Stack {
-    /// Wait until the simulation, the projector and the outbox are all
-    /// quiet, twice in a row (a write-back makes Didit deliver again).
-    async fn settle(&self, deadline: Duration) {
-        let end = Instant::now() + deadline;
-        let mut quiet_rounds = 0;
-        while quiet_rounds < 2 {
-            assert!(Instant::now() < end, "the loop did not settle");
-            self.sim
-                .wait_settled(end.saturating_duration_since(Instant::now()))
-                .await
-                .expect("the simulation settles");
-            let app = &self.running.app;
-            let head = app.log.head().await.unwrap();
-            let mut applied = app.applied.clone();
-            while *applied.borrow_and_update() < head {
-                assert!(Instant::now() < end, "projector did not catch up");
-                let _ = tokio::time::timeout(Duration::from_millis(100), applied.changed()).await;
-            }
-            let busy = self.actions(ActionState::Pending).await.len()
-                + self.actions(ActionState::Running).await.len();
-            if busy == 0 && app.log.head().await.unwrap() == head {
-                quiet_rounds += 1;
-            } else {
-                quiet_rounds = 0;
-            }
-            tokio::time::sleep(Duration::from_millis(150)).await;
-        }
-    }
-
-    async fn actions(&self, state: ActionState) -> Vec<kycd_log::outbox::ActionRecord> {
-        self.running
-            .app
-            .outbox
-            .list_actions(ActionQuery {
-                state: Some(state),
-                limit: 100_000,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-    }
-
-    async fn session(&self, id: &str) -> Value {
-        match self.running.app.store.get_session(id).await.unwrap() {
-            Some(s) => s.doc,
-            None => Value::Null,
-        }
-    }
-
     fn outcome_of(doc: &Value) -> Option<&str> {
         doc.pointer("/decision/outcome").and_then(Value::as_str)
     }
@@ -274,7 +187,7 @@ impl Stack {
     fn operator_messages(&self) -> BTreeMap<String, Vec<Value>> {
         let wh = standardwebhooks::Webhook::new(OPERATOR_SECRET).unwrap();
         let mut out: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-        for (headers, body) in self.received.0.lock().unwrap().iter() {
+        for (headers, body) in self.extra.0.lock().unwrap().iter() {
             wh.verify(body, headers)
                 .expect("an operator webhook verifies");
             let v: Value = serde_json::from_slice(body).unwrap();
@@ -654,7 +567,7 @@ async fn operator_webhooks_are_retried_disabled_enabled_and_replayed() {
 
     // Enabled again with a healthy receiver, everything is delivered, each
     // message under the id its failed attempts carried.
-    s.received.1.store(200, Ordering::SeqCst);
+    s.extra.1.store(200, Ordering::SeqCst);
     let (status, e) = s
         .api(
             reqwest::Method::POST,
@@ -677,7 +590,7 @@ async fn operator_webhooks_are_retried_disabled_enabled_and_replayed() {
     assert!(delivered >= waiting);
     let ids = |s: &Stack| {
         let mut n: HashMap<String, usize> = HashMap::new();
-        for (h, _) in s.received.0.lock().unwrap().iter() {
+        for (h, _) in s.extra.0.lock().unwrap().iter() {
             *n.entry(h["webhook-id"].to_str().unwrap().to_owned())
                 .or_default() += 1;
         }
@@ -1109,16 +1022,7 @@ async fn a_reviewers_decision_acts_through_the_outbox_and_is_audited() {
     assert_eq!(r["decision"]["outcome"], "approve");
     assert_eq!(r["decision"]["policy_version"], "reviewer");
     s.settle(Duration::from_secs(60)).await;
-    let changed: Vec<ApiCall> = s
-        .sim
-        .calls()
-        .into_iter()
-        .filter(|c| {
-            c.session_id.as_deref() == Some(case.as_str())
-                && c.path.ends_with("/update-status/")
-                && c.effect == CallEffect::Changed
-        })
-        .collect();
+    let changed = s.changes_of(&case);
     assert_eq!(changed.len(), 1);
     assert_eq!(changed[0].request["new_status"], "Approved");
     let final_status = s

@@ -20,17 +20,18 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use didit::signature::Secret;
 use fantoccini::{Client, ClientBuilder, Locator};
-use kycd_core::SystemClock;
 use kycd_log::access::UserInfo;
-use kycd_log::outbox::{ActionQuery, ActionState};
-use kycd_server::{Running, Settings};
-use kycd_sim::{ApiCall, CallEffect, Faults, Sim, SimConfig, WebhookVersion};
+use kycd_server::Settings;
+use kycd_sim::{Faults, WebhookVersion};
 use serde_json::Value;
+
+// Not every test file uses every helper (this one runs nothing beside the stack).
+#[allow(dead_code)]
+mod support;
+use support::Stack;
 
 const SECRET: &str = "console-browser-secret";
 const REVIEWER: &str = "rita";
@@ -40,132 +41,18 @@ const COMMENT: &str = "Namesake; date of birth differs from the listed person";
 /// How long any one browser-visible condition may take.
 const STEP: Duration = Duration::from_secs(30);
 
-struct Stack {
-    sim: Sim,
-    running: Running,
-    _dir: tempfile::TempDir,
-}
-
 /// kycd against the simulator, acting on Didit (with an NFC step-up
 /// workflow, as in `closing_loop.rs`, so the built-in policy behaves alike).
 async fn stack(seed: u64) -> Stack {
-    let sim = kycd_sim::start(SimConfig {
-        webhook_secret: SECRET.into(),
-        seed,
-        time_scale: 1000.0,
-        faults: Faults::none(),
-        ..SimConfig::default()
-    })
-    .await
-    .unwrap();
-    let client = didit::client::DiditClient::new({
-        let mut c = didit::client::ClientConfig::new(sim.api_key().to_owned());
-        c.base_url = sim.base_url();
-        c
-    })
-    .unwrap();
-    let mut nfc =
-        didit::client::CreateWorkflowRequest::new("NFC step-up", didit::client::WorkflowType::Kyc);
-    nfc.is_nfc_enabled = Some(true);
-    let nfc_id = client
-        .create_workflow(&nfc)
-        .await
-        .unwrap()
-        .id()
-        .unwrap()
-        .to_owned();
-
+    let sim = support::simulator(SECRET, seed, 1000.0, Faults::none()).await;
+    let nfc_id = support::nfc_workflow(&sim).await;
     let dir = tempfile::tempdir().unwrap();
     let settings = Settings {
-        listen: "127.0.0.1:0".into(),
-        data_dir: dir.path().join("data"),
-        webhook_secrets: vec![Secret::new(SECRET)],
-        act_on_sandbox: true,
-        didit_api_key: Some(Secret::new(sim.api_key())),
-        didit_base_url: sim.base_url(),
         step_up_workflows: [("NFC".to_owned(), nfc_id)].into(),
         retry_time_scale: 20.0,
-        ..Settings::default()
+        ..support::settings(&sim, SECRET, dir.path().join("data"))
     };
-    let running = kycd_server::start(settings, Arc::new(SystemClock))
-        .await
-        .unwrap();
-    sim.add_destination(
-        &format!("http://{}/webhooks/didit", running.addr),
-        WebhookVersion::V3,
-    )
-    .unwrap();
-    Stack {
-        sim,
-        running,
-        _dir: dir,
-    }
-}
-
-impl Stack {
-    /// Wait until the simulation, the projector and the outbox are all
-    /// quiet, twice in a row (a write-back makes Didit deliver again).
-    async fn settle(&self, deadline: Duration) {
-        let end = Instant::now() + deadline;
-        let mut quiet_rounds = 0;
-        while quiet_rounds < 2 {
-            assert!(Instant::now() < end, "the loop did not settle");
-            self.sim
-                .wait_settled(end.saturating_duration_since(Instant::now()))
-                .await
-                .expect("the simulation settles");
-            let app = &self.running.app;
-            let head = app.log.head().await.unwrap();
-            let mut applied = app.applied.clone();
-            while *applied.borrow_and_update() < head {
-                assert!(Instant::now() < end, "projector did not catch up");
-                let _ = tokio::time::timeout(Duration::from_millis(100), applied.changed()).await;
-            }
-            let busy =
-                self.actions(ActionState::Pending).await + self.actions(ActionState::Running).await;
-            if busy == 0 && app.log.head().await.unwrap() == head {
-                quiet_rounds += 1;
-            } else {
-                quiet_rounds = 0;
-            }
-            // The poll interval between two looks at a quiet system.
-            tokio::time::sleep(Duration::from_millis(150)).await;
-        }
-    }
-
-    async fn actions(&self, state: ActionState) -> usize {
-        self.running
-            .app
-            .outbox
-            .list_actions(ActionQuery {
-                state: Some(state),
-                limit: 100_000,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .len()
-    }
-
-    async fn session(&self, id: &str) -> Value {
-        match self.running.app.store.get_session(id).await.unwrap() {
-            Some(s) => s.doc,
-            None => Value::Null,
-        }
-    }
-
-    /// Didit status updates of `session` that changed its status.
-    fn changes_of(&self, session: &str) -> Vec<ApiCall> {
-        self.sim
-            .calls()
-            .into_iter()
-            .filter(|c| {
-                c.session_id.as_deref() == Some(session)
-                    && c.path.ends_with("/update-status/")
-                    && c.effect == CallEffect::Changed
-            })
-            .collect()
-    }
+    Stack::start(sim, settings, dir, WebhookVersion::V3).await
 }
 
 /// chromedriver on a free loopback port, in its own process group so that

@@ -3,58 +3,26 @@
 //! modes Didit's delivery has in real life (duplicates, reordering, loss).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use didit::signature::Secret;
-use kycd_core::SystemClock;
 use kycd_log::store::{DecisionQuery, Store};
-use kycd_server::{Running, Settings};
-use kycd_sim::{DeliveryRecord, Fate, Faults, Sim, SimConfig, Truth, WebhookVersion};
+use kycd_sim::{DeliveryRecord, Fate, Faults, Truth, WebhookVersion};
+
+// Not every test file uses every helper (this one does not settle the loop).
+#[allow(dead_code)]
+mod support;
+use support::Stack;
 
 const SECRET: &str = "simulated-e2e-secret";
 /// Statuses kycd decides on: the four that carry Didit's results, and an
 /// expiry (decided on empty results).
 const DECIDED: [&str; 5] = ["Approved", "Declined", "In Review", "Abandoned", "Expired"];
 
-struct Stack {
-    sim: Sim,
-    running: Running,
-    _dir: tempfile::TempDir,
-}
-
 async fn stack(seed: u64, faults: Faults, version: WebhookVersion) -> Stack {
-    let sim = kycd_sim::start(SimConfig {
-        webhook_secret: SECRET.into(),
-        seed,
-        time_scale: 1000.0,
-        faults,
-        ..SimConfig::default()
-    })
-    .await
-    .unwrap();
+    let sim = support::simulator(SECRET, seed, 1000.0, faults).await;
     let dir = tempfile::tempdir().unwrap();
-    let settings = Settings {
-        listen: "127.0.0.1:0".into(),
-        data_dir: dir.path().to_path_buf(),
-        webhook_secrets: vec![Secret::new(SECRET)],
-        act_on_sandbox: true,
-        didit_api_key: Some(Secret::new(sim.api_key())),
-        didit_base_url: sim.base_url(),
-        ..Settings::default()
-    };
-    // The simulator stamps deliveries with the wall clock, so kycd must
-    // check freshness against it too.
-    let running = kycd_server::start(settings, Arc::new(SystemClock))
-        .await
-        .unwrap();
-    sim.add_destination(&format!("http://{}/webhooks/didit", running.addr), version)
-        .unwrap();
-    Stack {
-        sim,
-        running,
-        _dir: dir,
-    }
+    let settings = support::settings(&sim, SECRET, dir.path().to_path_buf());
+    Stack::start(sim, settings, dir, version).await
 }
 
 impl Stack {
