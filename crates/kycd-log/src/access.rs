@@ -33,13 +33,17 @@ CREATE TABLE IF NOT EXISTS console_sessions (
     created_at_ms INTEGER NOT NULL,
     expires_at_ms INTEGER NOT NULL
 ) WITHOUT ROWID;
--- Consecutive failed sign-ins per username (existing or not, so a lockout
--- says nothing about which usernames exist).
-CREATE TABLE IF NOT EXISTS login_failures (
-    username TEXT PRIMARY KEY,
-    failures INTEGER NOT NULL,
+-- Sign-in attempts not yet followed by a success, per username (existing
+-- or not, so a lockout says nothing about which usernames exist), keyed by
+-- the SHA-256 of what was typed: a mistyped username may be an email
+-- address or a password.
+CREATE TABLE IF NOT EXISTS login_attempts (
+    key TEXT PRIMARY KEY,
+    attempts INTEGER NOT NULL,
+    last_ms INTEGER NOT NULL,
     locked_until_ms INTEGER
 ) WITHOUT ROWID;
+DROP TABLE IF EXISTS login_failures;
 ";
 
 /// What a token may do. Each scope includes the ones before it.
@@ -228,47 +232,82 @@ pub(crate) fn user_credentials(
         .optional()?)
 }
 
-pub(crate) fn locked_until(
-    conn: &Connection,
-    username: &str,
-    now_ms: i64,
-) -> Result<Option<i64>, StoreError> {
-    let until: Option<Option<i64>> = conn
-        .query_row(
-            "SELECT locked_until_ms FROM login_failures WHERE username = ?1",
-            [username],
-            |r| r.get(0),
-        )
-        .optional()?;
-    Ok(until.flatten().filter(|u| *u > now_ms))
+/// What [`begin_login`] allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginAttempt {
+    /// Check the password. `locks`: this is the last attempt allowed, and
+    /// the username stays paused unless it succeeds.
+    Allowed { locks: bool },
+    /// Paused until then; do not check the password.
+    Locked { until_ms: i64 },
 }
 
-/// Count a failed sign-in; the `max_failures`th in a row locks the name
-/// for `lock_ms` and starts the count again. Returns the lock's end when
-/// this failure set one.
-pub(crate) fn login_failed(
-    conn: &Connection,
+fn login_key(username: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(username.as_bytes()))
+}
+
+/// How long an attempt is remembered when no lock follows it.
+const ATTEMPT_MEMORY_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// Count a sign-in attempt *before* its password is checked, in one
+/// transaction, so concurrent attempts cannot all slip under the limit:
+/// the `max_attempts`th attempt without a success in between pauses the
+/// username for `lock_ms` (a success then lifts it, see
+/// [`insert_console_session`]).
+pub(crate) fn begin_login(
+    conn: &mut Connection,
     username: &str,
     now_ms: i64,
-    max_failures: u32,
+    max_attempts: u32,
     lock_ms: i64,
-) -> Result<Option<i64>, StoreError> {
-    let failures: i64 = conn.query_row(
-        "INSERT INTO login_failures (username, failures) VALUES (?1, 1)
-         ON CONFLICT(username) DO UPDATE SET failures = failures + 1
-         RETURNING failures",
-        [username],
-        |r| r.get(0),
+) -> Result<LoginAttempt, StoreError> {
+    let key = login_key(username);
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    tx.execute(
+        "DELETE FROM login_attempts WHERE coalesce(locked_until_ms, 0) <= ?1 AND last_ms < ?2",
+        params![now_ms, now_ms - ATTEMPT_MEMORY_MS],
     )?;
-    if failures < i64::from(max_failures) {
-        return Ok(None);
+    let row: Option<(i64, Option<i64>)> = tx
+        .query_row(
+            "SELECT attempts, locked_until_ms FROM login_attempts WHERE key = ?1",
+            [&key],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    if let Some((_, Some(until))) = row {
+        if until > now_ms {
+            return Ok(LoginAttempt::Locked { until_ms: until });
+        }
     }
-    let until = now_ms + lock_ms;
-    conn.execute(
-        "UPDATE login_failures SET failures = 0, locked_until_ms = ?2 WHERE username = ?1",
-        params![username, until],
+    // A lock that has run out starts the count again.
+    let before = match row {
+        Some((n, None)) => n,
+        _ => 0,
+    };
+    let attempts = before + 1;
+    let locks = attempts >= i64::from(max_attempts);
+    let (stored, until) = if locks {
+        (0, Some(now_ms + lock_ms))
+    } else {
+        (attempts, None)
+    };
+    tx.execute(
+        "INSERT INTO login_attempts (key, attempts, last_ms, locked_until_ms) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT(key) DO UPDATE SET attempts = excluded.attempts, last_ms = excluded.last_ms,
+           locked_until_ms = excluded.locked_until_ms",
+        params![key, stored, now_ms, until],
     )?;
-    Ok(Some(until))
+    tx.commit()?;
+    Ok(LoginAttempt::Allowed { locks })
+}
+
+/// Lift a username's pause and forget its attempts (an admin's unlock).
+pub(crate) fn clear_login(conn: &Connection, username: &str) -> Result<bool, StoreError> {
+    Ok(conn.execute(
+        "DELETE FROM login_attempts WHERE key = ?1",
+        [login_key(username)],
+    )? > 0)
 }
 
 pub(crate) fn insert_console_session(
@@ -280,10 +319,7 @@ pub(crate) fn insert_console_session(
         "DELETE FROM console_sessions WHERE expires_at_ms <= ?1",
         [s.created_at_ms],
     )?;
-    conn.execute(
-        "DELETE FROM login_failures WHERE username = ?1",
-        [&s.username],
-    )?;
+    clear_login(conn, &s.username)?;
     conn.execute(
         "INSERT INTO console_sessions (digest, username, csrf, created_at_ms, expires_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![digest, s.username, s.csrf, s.created_at_ms, s.expires_at_ms],
@@ -331,16 +367,17 @@ pub trait Access: Send + Sync + 'static {
         &self,
         username: &str,
     ) -> Result<Option<(UserInfo, String)>, StoreError>;
-    /// When the username's sign-in lock ends, if it is locked now.
-    async fn locked_until(&self, username: &str, now_ms: i64) -> Result<Option<i64>, StoreError>;
-    /// Count a failed sign-in; see [`login_failed`].
-    async fn login_failed(
+    /// Count a sign-in attempt before checking its password; see
+    /// [`begin_login`].
+    async fn begin_login(
         &self,
         username: &str,
         now_ms: i64,
-        max_failures: u32,
+        max_attempts: u32,
         lock_ms: i64,
-    ) -> Result<Option<i64>, StoreError>;
+    ) -> Result<LoginAttempt, StoreError>;
+    /// Lift a username's pause; `false` when it had none.
+    async fn clear_login(&self, username: &str) -> Result<bool, StoreError>;
     /// Start a console sign-in (and clear the user's failed attempts).
     async fn create_console_session(
         &self,

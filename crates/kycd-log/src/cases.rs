@@ -37,8 +37,16 @@ CREATE TABLE IF NOT EXISTS case_assignments (
 pub const QUEUE_OUTCOMES: [&str; 5] = ["review", "step_up", "resubmit", "decline", "block"];
 
 /// Fill `cases` from sessions decided before it existed (once: only while
-/// it is empty).
-pub(crate) fn backfill(conn: &Connection) -> Result<(), StoreError> {
+/// it is empty; in one transaction, so a crash leaves it empty to fill
+/// again).
+pub(crate) fn backfill(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    backfill_in(&tx)?;
+    tx.commit()?;
+    Ok(())
+}
+
+fn backfill_in(conn: &Connection) -> Result<(), StoreError> {
     let empty: bool =
         conn.query_row("SELECT NOT EXISTS (SELECT 1 FROM cases)", [], |r| r.get(0))?;
     if !empty {
@@ -99,6 +107,7 @@ fn upsert_parts(
         .as_str()
         .and_then(|t| kycd_core::when::parse_time(t, 0).ok())
         .unwrap_or(0);
+    let by_reviewer = d["policy_version"].as_str() == Some("reviewer");
     let mut stmt = conn.prepare_cached(
         "INSERT INTO cases (session_id, subject, outcome, score, reasons, decision_id, decided_at_ms, by_reviewer, didit_status)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
@@ -115,9 +124,14 @@ fn upsert_parts(
         serde_json::to_string(&reasons).unwrap_or_else(|_| "[]".into()),
         d["id"].as_str().unwrap_or_default(),
         decided_at_ms,
-        d["policy_version"].as_str() == Some("reviewer"),
+        by_reviewer,
         didit_status,
     ])?;
+    if by_reviewer {
+        // Decided: whoever held it is done with it.
+        conn.prepare_cached("DELETE FROM case_assignments WHERE session_id = ?1")?
+            .execute([session_id])?;
+    }
     Ok(())
 }
 
@@ -176,6 +190,9 @@ pub struct CasePage {
 }
 
 const OPEN: &str = "c.by_reviewer = 0";
+/// Open cases a queue can show (approvals are not cases).
+const QUEUED: &str =
+    "c.by_reviewer = 0 AND c.outcome IN ('review', 'step_up', 'resubmit', 'decline', 'block')";
 
 pub(crate) fn queue(conn: &Connection, q: &CaseQuery) -> Result<CasePage, StoreError> {
     let outcome = q.outcome.clone().unwrap_or_else(|| "review".into());
@@ -228,7 +245,7 @@ pub(crate) fn queue(conn: &Connection, q: &CaseQuery) -> Result<CasePage, StoreE
     )?;
     let by_outcome = counts(
         conn,
-        &format!("SELECT c.outcome, count(*) FROM cases c WHERE {OPEN} GROUP BY c.outcome"),
+        &format!("SELECT c.outcome, count(*) FROM cases c WHERE {QUEUED} GROUP BY c.outcome"),
         [],
     )?;
     // Facets within the outcome shown, so each count is what its link
@@ -388,22 +405,194 @@ pub(crate) fn linked(
     from_ms: i64,
     limit: usize,
 ) -> Result<Vec<(String, String, i64)>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT o.kind, o.subject, max(o.last_at_ms) AS seen
-         FROM identity_values mine
-         JOIN identity_values o ON o.kind = mine.kind AND o.value = mine.value AND o.subject <> mine.subject
-         WHERE mine.subject = ?1 AND o.last_at_ms >= ?2
-         GROUP BY o.kind, o.subject ORDER BY o.kind, seen DESC",
+    let mut mine = conn.prepare_cached(
+        "SELECT kind, value FROM identity_values WHERE subject = ?1 ORDER BY kind",
     )?;
-    let rows = stmt.query_map(params![subject, from_ms], |r| {
-        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-    })?;
+    let values = mine
+        .query_map([subject], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    // Per value, newest first and bounded (identity_values_by_recency): a
+    // value shared by thousands costs `limit` rows, not thousands.
+    let mut others = conn.prepare_cached(
+        "SELECT subject, last_at_ms FROM identity_values
+         WHERE kind = ?1 AND value = ?2 AND subject <> ?3 AND last_at_ms >= ?4
+         ORDER BY last_at_ms DESC LIMIT ?5",
+    )?;
     let mut out: Vec<(String, String, i64)> = Vec::new();
-    for row in rows {
-        let row = row?;
-        if out.iter().filter(|(k, _, _)| *k == row.0).count() < limit {
-            out.push(row);
+    for (kind, value) in values {
+        let rows = others.query_map(params![kind, value, subject, from_ms, limit as i64], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        })?;
+        for row in rows {
+            let (other, at) = row?;
+            match out.iter_mut().find(|(k, s, _)| *k == kind && *s == other) {
+                Some(seen) => seen.2 = seen.2.max(at),
+                None => out.push((kind.clone(), other, at)),
+            }
         }
     }
-    Ok(out)
+    out.sort_by(|a, b| a.0.cmp(&b.0).then(b.2.cmp(&a.2)));
+    let mut kept: Vec<(String, String, i64)> = Vec::new();
+    for row in out {
+        if kept.iter().filter(|(k, _, _)| *k == row.0).count() < limit {
+            kept.push(row);
+        }
+    }
+    Ok(kept)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{IdentityLink, ProjectionBatch, SqliteStore, Store};
+    use serde_json::json;
+
+    fn session(
+        seq: u64,
+        id: &str,
+        outcome: &str,
+        score: f64,
+        rule: &str,
+        by: &str,
+    ) -> SessionRecord {
+        SessionRecord {
+            seq,
+            session_id: id.into(),
+            vendor_data: Some(format!("subject-{id}")),
+            status: "In Review".into(),
+            workflow_id: None,
+            created_at_ms: seq as i64,
+            updated_at_ms: seq as i64,
+            doc: json!({"decision": {
+                "id": format!("dec_{id}"), "outcome": outcome, "score": score,
+                "reasons": [{"rule": rule, "text": "why"}], "policy_version": by,
+                "decided_at": kycd_core::when::format_millis(1_000_000 + seq as i64 * 1000),
+            }}),
+        }
+    }
+
+    async fn store_with(sessions: Vec<SessionRecord>) -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("store.db"), false).unwrap();
+        let n = sessions.len() as u64;
+        store.commit_sessions("p", 0, n, sessions).await.unwrap();
+        (dir, store)
+    }
+
+    fn ids(page: &CasePage) -> Vec<&str> {
+        page.cases.iter().map(|c| c.session_id.as_str()).collect()
+    }
+
+    #[tokio::test]
+    async fn the_queue_sorts_filters_counts_and_lets_decided_cases_go() {
+        let (_dir, store) = store_with(vec![
+            session(1, "old", "review", 10.0, "aml_hit", "v1"),
+            session(2, "risky", "review", 90.0, "face_weak", "v1"),
+            session(3, "ok", "approve", 0.0, "clean", "v1"),
+            session(4, "gone", "decline", 80.0, "aml_hit", "v1"),
+        ])
+        .await;
+        let q = |f: fn(&mut CaseQuery)| {
+            let mut q = CaseQuery {
+                limit: 10,
+                ..CaseQuery::default()
+            };
+            f(&mut q);
+            q
+        };
+        let page = store.queue(q(|_| {})).await.unwrap();
+        assert_eq!(ids(&page), ["old", "risky"], "review, oldest first");
+        assert_eq!(page.total, 2);
+        assert_eq!(
+            page.by_outcome,
+            [("review".to_string(), 2), ("decline".to_string(), 1)],
+            "approvals are not cases"
+        );
+        assert_eq!(page.by_reason.len(), 2);
+        let page = store.queue(q(|q| q.sort = CaseSort::Risk)).await.unwrap();
+        assert_eq!(ids(&page), ["risky", "old"]);
+        let page = store
+            .queue(q(|q| q.reason = Some("aml_hit".into())))
+            .await
+            .unwrap();
+        assert_eq!(ids(&page), ["old"]);
+        assert!(store.assign("risky", Some("rita".into()), 5).await.unwrap());
+        assert!(!store.assign("nope", Some("rita".into()), 5).await.unwrap());
+        let page = store
+            .queue(q(|q| q.assignee = Some(String::new())))
+            .await
+            .unwrap();
+        assert_eq!(ids(&page), ["old"], "unassigned");
+        assert_eq!(
+            page.by_assignee,
+            [(String::new(), 1), ("rita".to_string(), 1)]
+        );
+        // A reviewer decides: the case leaves the queue and its assignment goes.
+        store
+            .commit_sessions(
+                "p",
+                4,
+                5,
+                vec![session(2, "risky", "approve", 0.0, "reviewer", "reviewer")],
+            )
+            .await
+            .unwrap();
+        let page = store.queue(q(|_| {})).await.unwrap();
+        assert_eq!(ids(&page), ["old"]);
+        assert_eq!(store.assignee("risky").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn cases_are_backfilled_once_from_sessions_decided_before_them() {
+        let (dir, store) = store_with(vec![session(1, "a", "review", 1.0, "r", "v1")]).await;
+        drop(store);
+        let conn = Connection::open(dir.path().join("store.db")).unwrap();
+        conn.execute("DELETE FROM cases", []).unwrap();
+        drop(conn);
+        let store = SqliteStore::open(&dir.path().join("store.db"), false).unwrap();
+        let page = store
+            .queue(CaseQuery {
+                limit: 10,
+                ..CaseQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(ids(&page), ["a"]);
+        assert_eq!(page.cases[0].decided_at_ms, 1_001_000);
+    }
+
+    #[tokio::test]
+    async fn linked_subjects_are_bounded_per_value_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("store.db"), false).unwrap();
+        let link = |value: &str, subject: &str, at: i64| IdentityLink {
+            kind: "ip".into(),
+            value: value.into(),
+            subject: subject.into(),
+            offset: at as u64,
+            at_ms: at,
+        };
+        let mut links = vec![
+            link("carrier", "me", 1),
+            link("doc", "me", 1),
+            link("doc", "twin", 50),
+        ];
+        links.extend((0..100).map(|i| link("carrier", &format!("s{i}"), 100 + i)));
+        let batch = ProjectionBatch {
+            links,
+            ..ProjectionBatch::default()
+        };
+        store.commit("p", 0, 1, batch).await.unwrap();
+        let linked = store.linked("me", 0, 3).await.unwrap();
+        let names: Vec<&str> = linked.iter().map(|(_, s, _)| s.as_str()).collect();
+        assert_eq!(names, ["s99", "s98", "s97"], "three per kind, newest first");
+        let linked = store.linked("me", 0, 200).await.unwrap();
+        assert_eq!(linked.len(), 101, "every other subject once");
+        assert!(
+            store.linked("me", 150, 200).await.unwrap().len() < 101,
+            "the window applies"
+        );
+    }
 }

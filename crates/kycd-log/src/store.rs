@@ -326,7 +326,7 @@ impl SqliteStore {
     /// Open (creating and migrating if needed) the store at `path`.
     /// `synchronous_full` trades throughput for durability across power loss.
     pub fn open(path: &Path, synchronous_full: bool) -> Result<Self, StoreError> {
-        let writer = Connection::open(path)?;
+        let mut writer = Connection::open(path)?;
         writer.pragma_update(None, "journal_mode", "WAL")?;
         writer.pragma_update(
             None,
@@ -339,7 +339,7 @@ impl SqliteStore {
         writer.execute_batch(audit::SCHEMA)?;
         writer.execute_batch(crate::access::SCHEMA)?;
         writer.execute_batch(crate::cases::SCHEMA)?;
-        crate::cases::backfill(&writer)?;
+        crate::cases::backfill(&mut writer)?;
         migrate_identity_links(&writer)?;
         let reader = Connection::open_with_flags(
             path,
@@ -992,24 +992,24 @@ impl crate::access::Access for SqliteStore {
         .await
     }
 
-    async fn locked_until(&self, username: &str, now_ms: i64) -> Result<Option<i64>, StoreError> {
+    async fn begin_login(
+        &self,
+        username: &str,
+        now_ms: i64,
+        max_attempts: u32,
+        lock_ms: i64,
+    ) -> Result<crate::access::LoginAttempt, StoreError> {
         let username = username.to_owned();
-        Self::with(&self.reader, move |c| {
-            crate::access::locked_until(c, &username, now_ms)
+        Self::with(&self.writer, move |c| {
+            crate::access::begin_login(c, &username, now_ms, max_attempts, lock_ms)
         })
         .await
     }
 
-    async fn login_failed(
-        &self,
-        username: &str,
-        now_ms: i64,
-        max_failures: u32,
-        lock_ms: i64,
-    ) -> Result<Option<i64>, StoreError> {
+    async fn clear_login(&self, username: &str) -> Result<bool, StoreError> {
         let username = username.to_owned();
         Self::with(&self.writer, move |c| {
-            crate::access::login_failed(c, &username, now_ms, max_failures, lock_ms)
+            crate::access::clear_login(c, &username)
         })
         .await
     }

@@ -343,6 +343,11 @@ pub struct ReviewRequest<'a> {
     pub outcome: &'a str,
     pub comment: &'a str,
     pub nodes: Vec<&'a str>,
+    /// The decision the reviewer was looking at, when known: if the
+    /// session has been decided again since (by the policy on new results,
+    /// or by another reviewer), the review is refused with 409 rather than
+    /// overruling what they never saw.
+    pub decision_id: Option<&'a str>,
 }
 
 /// What a recorded review answered.
@@ -390,14 +395,17 @@ pub async fn review(
             "nodes (the steps to redo) go with resubmit, and only with it",
         ));
     }
-    if app
-        .store
-        .get_session(id)
-        .await
-        .map_err(store_err)?
-        .is_none()
-    {
+    let Some(session) = app.store.get_session(id).await.map_err(store_err)? else {
         return Err(ApiError::new(Code::NotFound, "no such session"));
+    };
+    if let Some(seen) = r.decision_id {
+        let current = session.doc["decision"]["id"].as_str().unwrap_or_default();
+        if current != seen {
+            return Err(ApiError::new(
+                Code::Conflict,
+                "the session has been decided again since that decision; look at it afresh",
+            ));
+        }
     }
     let appended = app
         .log
@@ -437,8 +445,8 @@ pub async fn review(
     })
 }
 
-/// `POST /api/v1/sessions/{id}/review {"outcome", "comment", "nodes"?}`: a
-/// person decides; see [`review`].
+/// `POST /api/v1/sessions/{id}/review {"outcome", "comment", "nodes"?,
+/// "decision_id"?}`: a person decides; see [`review`].
 pub async fn post_review(
     State(app): State<Arc<App>>,
     Extension(who): Extension<crate::access_api::Principal>,
@@ -463,6 +471,7 @@ pub async fn post_review(
             .and_then(Value::as_array)
             .map(|a| a.iter().filter_map(Value::as_str).collect())
             .unwrap_or_default(),
+        decision_id: v.get("decision_id").and_then(Value::as_str),
     };
     let done = review(&app, &who.0, &id, &request).await?;
     Ok(Json(json!({

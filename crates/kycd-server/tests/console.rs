@@ -51,10 +51,18 @@ fn approved(session: &str, subject: &str) -> Value {
     p
 }
 
-/// The value of `name="csrf"` in the page.
-fn csrf_in(html: &str) -> String {
-    let at = html.find(r#"name="csrf" value=""#).expect("a csrf field") + 19;
+/// The value of the (first) input named `name` in the page.
+fn input_value(html: &str, name: &str) -> String {
+    let marker = format!(r#"name="{name}" value=""#);
+    let at = html
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no {name} field"))
+        + marker.len();
     html[at..].split('"').next().unwrap().to_owned()
+}
+
+fn csrf_in(html: &str) -> String {
+    input_value(html, "csrf")
 }
 
 /// `name=value` of the `Set-Cookie` for `name`, and the whole header.
@@ -65,6 +73,36 @@ fn set_cookie(headers: &HeaderMap, name: &str) -> Option<(String, String)> {
         .filter_map(|v| v.to_str().ok())
         .find(|v| v.starts_with(&format!("{name}=")))
         .map(|v| (v.split(';').next().unwrap().to_owned(), v.to_owned()))
+}
+
+async fn login_form_at(http: &reqwest::Client, base: &str) -> (String, String) {
+    let r = http
+        .get(format!("{base}/console/login"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (cookie, _) = set_cookie(r.headers(), "kycd_login_csrf").expect("a login cookie");
+    (cookie, csrf_in(&r.text().await.unwrap()))
+}
+
+async fn try_login_at(
+    http: &reqwest::Client,
+    base: &str,
+    user: &str,
+    password: &str,
+) -> reqwest::Response {
+    let (cookie, csrf) = login_form_at(http, base).await;
+    http.post(format!("{base}/console/login"))
+        .header(COOKIE, cookie)
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("username", user),
+            ("password", password),
+        ])
+        .send()
+        .await
+        .unwrap()
 }
 
 impl Console {
@@ -145,30 +183,11 @@ impl Console {
 
     /// The login page's form token and its cookie.
     async fn login_form(&self) -> (String, String) {
-        let r = self
-            .http
-            .get(format!("{}/console/login", self.base))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        let (cookie, _) = set_cookie(r.headers(), "kycd_login_csrf").expect("a login cookie");
-        (cookie, csrf_in(&r.text().await.unwrap()))
+        login_form_at(&self.http, &self.base).await
     }
 
     async fn try_login(&self, user: &str, password: &str) -> reqwest::Response {
-        let (cookie, csrf) = self.login_form().await;
-        self.http
-            .post(format!("{}/console/login", self.base))
-            .header(COOKIE, cookie)
-            .form(&[
-                ("csrf", csrf.as_str()),
-                ("username", user),
-                ("password", password),
-            ])
-            .send()
-            .await
-            .unwrap()
+        try_login_at(&self.http, &self.base, user, password).await
     }
 
     async fn login(&self, user: &str) -> Browser {
@@ -560,6 +579,94 @@ async fn repeated_failed_sign_ins_pause_the_username_and_say_nothing_more() {
     let anonymous: Vec<_> = audit.iter().filter(|r| r.actor == "anonymous").collect();
     assert_eq!(anonymous.len(), 1);
     assert!(!format!("{anonymous:?}").contains("nobody"));
+}
+
+#[tokio::test]
+async fn parallel_guesses_share_one_budget_and_an_admin_can_lift_the_pause() {
+    let c = Console::start().await;
+    let guesses: Vec<_> = (0..8)
+        .map(|_| {
+            let (http, base) = (c.http.clone(), c.base.clone());
+            tokio::spawn(async move {
+                try_login_at(&http, &base, "rita", "wrong password")
+                    .await
+                    .status()
+            })
+        })
+        .collect();
+    for g in guesses {
+        assert_eq!(g.await.unwrap(), 401);
+    }
+    assert_eq!(c.try_login("rita", PASSWORD).await.status(), 401, "paused");
+    let audit = c.audit().await;
+    let checked = audit
+        .iter()
+        .filter(|r| r.action == "user.login_failed" && r.details["locked"] == false)
+        .count();
+    assert_eq!(checked, 5, "only five passwords were checked");
+    assert_eq!(
+        audit.iter().filter(|r| r.action == "user.locked").count(),
+        1
+    );
+
+    let ada = c.login("ada").await;
+    let r = c
+        .post(&ada, "/console/users/rita/unlock", &[("csrf", &ada.csrf)])
+        .await;
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("no longer paused"));
+    c.login("rita").await;
+    assert!(c
+        .audit()
+        .await
+        .iter()
+        .any(|r| r.actor == "user:ada" && r.action == "user.unlocked"));
+}
+
+#[tokio::test]
+async fn a_decision_on_a_case_that_changed_meanwhile_is_refused() {
+    let c = Console::start().await;
+    c.case("s-1", "u-1").await;
+    let rita = c.login("rita").await;
+    let (_, page) = c.page(&rita, "/console/cases/s-1").await;
+    let seen = input_value(&page, "decision_id");
+    assert!(seen.starts_with("dec_"), "{seen}");
+    // Someone else decides first (through the API, with what they saw).
+    let session = c.session("s-1").await;
+    let r = c
+        .http
+        .post(format!("{}/api/v1/sessions/s-1/review", c.base))
+        .bearer_auth(TOKEN)
+        .json(&json!({"outcome": "decline", "comment": "second look", "decision_id": session["decision"]["id"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Rita's page is now stale: nothing she did not see is overruled.
+    let r = c
+        .post(
+            &rita,
+            "/console/cases/s-1/decide",
+            &[
+                ("csrf", &rita.csrf),
+                ("decision_id", &seen),
+                ("outcome", "approve"),
+                ("comment", "fine"),
+            ],
+        )
+        .await;
+    assert_eq!(r.headers()[LOCATION], "/console/cases/s-1?error=changed");
+    assert_eq!(c.outcome("s-1").await.as_deref(), Some("decline"));
+    // The API refuses the same way.
+    let r = c
+        .http
+        .post(format!("{}/api/v1/sessions/s-1/review", c.base))
+        .bearer_auth(TOKEN)
+        .json(&json!({"outcome": "approve", "comment": "x", "decision_id": seen}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
 }
 
 #[tokio::test]

@@ -36,7 +36,7 @@ use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use kycd_log::access::ConsoleSession;
+use kycd_log::access::{ConsoleSession, LoginAttempt};
 use rand::RngCore;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -123,6 +123,7 @@ pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
         )
         .route("/console/tokens/{id}/revoke", post(pages::revoke_token))
         .route("/console/users", get(pages::users).post(pages::add_user))
+        .route("/console/users/{username}/unlock", post(pages::unlock_user))
         .route("/console/logout", post(logout))
         .route_layer(middleware::from_fn_with_state(app, require_sign_in));
     Router::new()
@@ -358,6 +359,12 @@ fn login_page(app: &App, status: StatusCode, error: Option<&str>) -> Response {
     res
 }
 
+/// Password verifications running at once (each takes ~19 MiB and a core
+/// for tens of milliseconds).
+static VERIFYING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+/// How long a sign-in waits for a turn before it is told to try again.
+const VERIFY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A hash to verify unknown usernames against, so they take as long as
 /// known ones.
 fn decoy_hash() -> &'static str {
@@ -402,15 +409,46 @@ async fn login(State(app): State<Arc<App>>, req: Request) -> Response {
             "kycd cannot read its store right now.",
         )
     };
-    let locked = match app.access.locked_until(&username, now).await {
-        Ok(l) => l.is_some(),
+    // Password hashing is memory-hard by design: a few at once, the rest
+    // wait their turn (briefly), so a flood of sign-ins cannot starve the
+    // intake of cores or memory.
+    let permit = tokio::time::timeout(VERIFY_WAIT, VERIFYING.acquire()).await;
+    let Ok(Ok(_permit)) = permit else {
+        return login_page(
+            &app,
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some("Too many sign-ins at once. Try again in a moment."),
+        );
+    };
+    // Counted before the password is checked, so parallel guesses share
+    // the same budget.
+    let attempt = match app
+        .access
+        .begin_login(&username, now, MAX_FAILURES, LOCK_MS)
+        .await
+    {
+        Ok(a) => a,
         Err(e) => return unavailable(e),
     };
     let user = match app.access.user_credentials(&username).await {
         Ok(u) => u,
         Err(e) => return unavailable(e),
     };
-    // Verify even when locked or unknown, so the answer takes as long.
+    // What was typed as a username is recorded only when it names a user:
+    // a mistyped one may be an email address, or a password.
+    let actor = match &user {
+        Some((u, _)) => format!("user:{}", u.username),
+        None => "anonymous".to_owned(),
+    };
+    let locks = match attempt {
+        LoginAttempt::Locked { .. } => {
+            app.record(&actor, "user.login_failed", None, json!({"locked": true}))
+                .await;
+            return login_page(&app, StatusCode::UNAUTHORIZED, Some(LOGIN_FAILED));
+        }
+        LoginAttempt::Allowed { locks } => locks,
+    };
+    // An unknown user is checked against a decoy, so it takes as long.
     let hash = user
         .as_ref()
         .map_or_else(|| decoy_hash().to_owned(), |(_, h)| h.clone());
@@ -420,35 +458,19 @@ async fn login(State(app): State<Arc<App>>, req: Request) -> Response {
     let role_ok = user
         .as_ref()
         .is_some_and(|(u, _)| Role::parse(&u.role).is_some());
-    if locked || !matches || !role_ok {
-        // What was typed as a username is recorded only when it names a
-        // user: a mistyped one may be an email address, or a password.
-        let actor = match &user {
-            Some((u, _)) => format!("user:{}", u.username),
-            None => "anonymous".to_owned(),
-        };
-        if !locked {
-            match app
-                .access
-                .login_failed(&username, now, MAX_FAILURES, LOCK_MS)
-                .await
-            {
-                Ok(Some(until)) => {
-                    tracing::warn!("console sign-in paused after repeated failures");
-                    app.record(
-                        &actor,
-                        "user.locked",
-                        None,
-                        json!({"until": kycd_core::when::format_millis(until)}),
-                    )
-                    .await;
-                }
-                Ok(None) => {}
-                Err(e) => return unavailable(e),
-            }
-        }
-        app.record(&actor, "user.login_failed", None, json!({"locked": locked}))
+    if !matches || !role_ok {
+        app.record(&actor, "user.login_failed", None, json!({"locked": false}))
             .await;
+        if locks {
+            tracing::warn!("console sign-in paused after repeated failures");
+            app.record(
+                &actor,
+                "user.locked",
+                None,
+                json!({"until": kycd_core::when::format_millis(now + LOCK_MS)}),
+            )
+            .await;
+        }
         return login_page(&app, StatusCode::UNAUTHORIZED, Some(LOGIN_FAILED));
     }
     let Some((user, _)) = user else {

@@ -57,6 +57,20 @@ impl Nav {
     }
 }
 
+/// A console path with `id` as one percent-encoded segment: ids come from
+/// Didit's payloads and must not be able to name another route.
+pub fn case_path(id: &str, rest: &str) -> String {
+    const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    format!(
+        "/console/cases/{}{rest}",
+        percent_encoding::utf8_percent_encode(id, SEGMENT)
+    )
+}
+
 /// "3 h 12 min": how long ago, for people.
 pub fn age(ms: i64) -> String {
     let s = ms.max(0) / 1000;
@@ -101,6 +115,7 @@ pub struct QueueParams {
     sort: Option<String>,
     page: Option<usize>,
     decided: Option<String>,
+    recorded: Option<String>,
 }
 
 pub struct Link {
@@ -112,6 +127,7 @@ pub struct Link {
 
 pub struct QueueRow {
     pub session_id: String,
+    pub href: String,
     pub subject: String,
     pub score: String,
     pub reasons: String,
@@ -254,6 +270,7 @@ pub async fn queue(
         .cases
         .iter()
         .map(|c| QueueRow {
+            href: case_path(&c.session_id, ""),
             session_id: c.session_id.clone(),
             subject: c.subject.clone().unwrap_or_default(),
             score: format!("{:.0}", c.score),
@@ -264,10 +281,15 @@ pub async fn queue(
         })
         .collect();
     let shown_to = (page_no + 1) * PAGE_SIZE;
-    let flash = p
-        .decided
-        .as_ref()
-        .map(|id| format!("Your decision on {id} was recorded; it has left the queue."));
+    let flash = match (&p.decided, &p.recorded) {
+        (Some(id), _) => Some(format!(
+            "Your decision on {id} was recorded; it has left the queue."
+        )),
+        (None, Some(id)) => Some(format!(
+            "Your decision on {id} was recorded; the queue catches up in a moment."
+        )),
+        _ => None,
+    };
     Ok(render(&QueuePage {
         nav: Nav::new(&user, "queue"),
         flash,
@@ -374,6 +396,9 @@ pub struct CasePage {
     pub nav: Nav,
     pub error: Option<String>,
     pub session_id: String,
+    /// `/console/cases/ID/decide` and `/assign`, encoded.
+    pub decide_href: String,
+    pub assign_href: String,
     pub subject: String,
     pub didit_status: String,
     pub workflow_id: String,
@@ -582,6 +607,7 @@ fn case_error(code: &str) -> Option<&'static str> {
             "Request resubmission of at least one step, and name steps only with resubmission."
         }
         "outcome" => "Choose approve, decline, resubmit or block.",
+        "changed" => "This case was decided again while you were looking at it (new results from Didit, or another reviewer). Nothing was recorded: look at it afresh.",
         "unavailable" => {
             "kycd could not record the decision right now; nothing was changed. Try again."
         }
@@ -731,6 +757,8 @@ pub async fn case(
         nav: Nav::new(&user, "queue"),
         error: p.error.as_deref().and_then(case_error).map(str::to_owned),
         session_id: session.session_id.clone(),
+        decide_href: case_path(&session.session_id, "/decide"),
+        assign_href: case_path(&session.session_id, "/assign"),
         subject,
         didit_status: session.status.clone(),
         workflow_id: session.workflow_id.clone().unwrap_or_default(),
@@ -741,7 +769,7 @@ pub async fn case(
             .unwrap_or_else(|| "—".into()),
         decided_by,
         decided_at: text(&summary["decided_at"]),
-        decision_id: text(&summary["id"]),
+        decision_id: summary["id"].as_str().unwrap_or_default().to_owned(),
         in_queue,
         assignee,
         reasons,
@@ -762,8 +790,7 @@ fn back_to_case(session_id: &str, error: &str) -> Response {
     let q: String = form_urlencoded::Serializer::new(String::new())
         .append_pair("error", error)
         .finish();
-    let path: String = form_urlencoded::byte_serialize(session_id.as_bytes()).collect();
-    Redirect::to(&format!("/console/cases/{path}?{q}")).into_response()
+    Redirect::to(&format!("{}?{q}", case_path(session_id, ""))).into_response()
 }
 
 pub async fn decide(
@@ -780,11 +807,13 @@ pub async fn decide(
         } else {
             Vec::new()
         },
+        decision_id: posted.get("decision_id"),
     };
     match crate::decisions::review(&app, &posted.user.actor(), &session_id, &request).await {
-        Ok(_) => {
+        Ok(done) => {
+            let key = if done.applied { "decided" } else { "recorded" };
             let q: String = form_urlencoded::Serializer::new(String::new())
-                .append_pair("decided", &session_id)
+                .append_pair(key, &session_id)
                 .finish();
             Ok(Redirect::to(&format!("/console/?{q}")).into_response())
         }
@@ -792,6 +821,9 @@ pub async fn decide(
             StatusCode::NOT_FOUND,
             "There is no such session.",
         )),
+        Err(e) if e.code == crate::error::Code::Conflict => {
+            Ok(back_to_case(&session_id, "changed"))
+        }
         Err(e) if e.code == crate::error::Code::BadRequest => {
             let code = if e.message.contains("comment") {
                 "comment"
@@ -833,8 +865,7 @@ pub async fn assign(
         json!({"assignee": who}),
     )
     .await;
-    let path: String = form_urlencoded::byte_serialize(session_id.as_bytes()).collect();
-    Ok(Redirect::to(&format!("/console/cases/{path}")).into_response())
+    Ok(Redirect::to(&case_path(&session_id, "")).into_response())
 }
 
 // ------------------------------------------------------------ dashboard
@@ -1010,6 +1041,7 @@ pub struct MatrixRow {
 
 pub struct Disagreement {
     pub session_id: String,
+    pub href: String,
     pub active: String,
     pub shadow: String,
 }
@@ -1135,6 +1167,7 @@ pub async fn policy(State(app): State<Arc<App>>, Extension(user): Extension<User
                 agreed += 1;
             } else if disagreements.len() < 20 {
                 disagreements.push(Disagreement {
+                    href: case_path(&d.session_id, ""),
                     session_id: d.session_id.clone(),
                     active: d.outcome.clone(),
                     shadow: s.outcome.clone(),
@@ -1275,6 +1308,7 @@ pub async fn revoke_token(
 
 pub struct UserRow {
     pub username: String,
+    pub unlock_href: String,
     pub role: String,
     pub created: String,
 }
@@ -1297,6 +1331,13 @@ async fn users_page(app: &App, user: &User, message: Option<String>, error: Opti
         .map_err(unavailable)?
         .into_iter()
         .map(|u| UserRow {
+            unlock_href: format!(
+                "/console/users/{}/unlock",
+                percent_encoding::utf8_percent_encode(
+                    &u.username,
+                    percent_encoding::NON_ALPHANUMERIC
+                )
+            ),
             username: u.username,
             role: u.role,
             created: format_millis(u.created_at_ms),
@@ -1384,9 +1425,51 @@ pub async fn add_user(State(app): State<Arc<App>>, posted: Posted) -> Page {
     .await
 }
 
+/// Lift a user's sign-in pause (after repeated failures).
+pub async fn unlock_user(
+    State(app): State<Arc<App>>,
+    Path(username): Path<String>,
+    posted: Posted,
+) -> Page {
+    posted.user.require(Role::Admin)?;
+    let lifted = app
+        .access
+        .clear_login(&username)
+        .await
+        .map_err(unavailable)?;
+    if lifted {
+        app.record(
+            &posted.user.actor(),
+            "user.unlocked",
+            Some(&username),
+            json!({}),
+        )
+        .await;
+    }
+    let message = if lifted {
+        format!("Sign-in for {username} is no longer paused.")
+    } else {
+        format!("Sign-in for {username} was not paused.")
+    };
+    users_page(&app, &posted.user, Some(message), None).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_session_id_is_one_path_segment_whatever_it_holds() {
+        assert_eq!(
+            case_path("c3d4-e5f6", "/decide"),
+            "/console/cases/c3d4-e5f6/decide"
+        );
+        assert_eq!(
+            case_path("../tokens/t1/revoke?x=1", "/decide"),
+            "/console/cases/..%2Ftokens%2Ft1%2Frevoke%3Fx%3D1/decide"
+        );
+        assert_eq!(case_path("a b", ""), "/console/cases/a%20b");
+    }
 
     #[test]
     fn ages_read_like_people_say_them() {
