@@ -174,6 +174,26 @@ impl<'a> Value<'a> {
         }
     }
 
+    /// Write this value canonically into `out` as if the object member
+    /// `key` were absent (any other value is written whole). Saves cloning
+    /// the tree to remove one member, e.g. to digest a body without its id.
+    pub fn write_without(&self, key: &str, mode: Mode, out: &mut Vec<u8>) {
+        let Value::Object(members) = self else {
+            return self.write(mode, out);
+        };
+        out.push(b'{');
+        let kept = members.iter().filter(|(k, _)| k != key);
+        for (i, (k, v)) in kept.enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_string(k, mode, out);
+            out.push(b':');
+            v.write(mode, out);
+        }
+        out.push(b'}');
+    }
+
     /// This value's canonical bytes.
     pub fn to_canonical(&self, mode: Mode) -> Vec<u8> {
         let mut out = Vec::new();
@@ -662,6 +682,12 @@ fn write_python_repr(f: f64, out: &mut Vec<u8>) {
 /// expansion and choose as Python does; found by the python3 oracle test.
 fn break_tie_to_even(f: f64, digits: String, exp: i32) -> String {
     let n = digits.len();
+    // A tie needs the exact value to end with its 5 right after the shortest
+    // digits; almost no double does, and this test is exact and cheap, while
+    // the wide formatting below costs more than the rest of the number.
+    if last_digit_exponent(f) != Some(exp - n as i32) {
+        return digits;
+    }
     // The exact value with 20 digits to spare: a tie means the digit after
     // the shortest ones is a 5 and nothing follows it.
     let wide = format!("{:.*e}", n + 20, f.abs());
@@ -704,6 +730,29 @@ fn break_tie_to_even(f: f64, digits: String, exp: i32) -> String {
     } else {
         digits
     }
+}
+
+/// The power of ten of the last non-zero digit of a non-zero, finite,
+/// non-integral double's exact decimal expansion; `None` for other values.
+///
+/// The double is `m * 2^q` with `m` odd; for `q < 0` that is
+/// `m * 5^-q / 10^-q`, and `m * 5^-q` is odd, so its last digit is not zero:
+/// the expansion ends exactly at `10^q`.
+fn last_digit_exponent(f: f64) -> Option<i32> {
+    let bits = f.to_bits();
+    let raw_exp = ((bits >> 52) & 0x7FF) as i32;
+    let fraction = bits & ((1u64 << 52) - 1);
+    let (mantissa, exp) = match raw_exp {
+        0x7FF => return None,
+        // Subnormal: no implicit leading one.
+        0 => (fraction, -1074),
+        _ => (fraction | (1u64 << 52), raw_exp - 1075),
+    };
+    if mantissa == 0 {
+        return None;
+    }
+    let q = exp + mantissa.trailing_zeros() as i32;
+    (q < 0).then_some(q)
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -824,6 +873,39 @@ mod tests {
         assert_eq!(ascii("1801255537148536.3"), "1801255537148536.2");
         assert_eq!(ascii("1801255537148536.2"), "1801255537148536.2");
         assert_eq!(ascii("-1743189479455964.3"), "-1743189479455964.2");
+    }
+
+    #[test]
+    fn write_without_drops_only_that_top_level_member() {
+        let v = Value::parse(br#"{"b":1,"a":{"id":2},"id":3,"c":[4.50]}"#).unwrap();
+        let mut out = Vec::new();
+        v.write_without("id", Mode::Utf8, &mut out);
+        assert_eq!(out, br#"{"a":{"id":2},"b":1,"c":[4.5]}"#);
+        let mut removed = v.clone();
+        if let Value::Object(members) = &mut removed {
+            members.retain(|(k, _)| k != "b");
+        }
+        out.clear();
+        v.write_without("b", Mode::Ascii, &mut out);
+        assert_eq!(out, removed.to_canonical(Mode::Ascii));
+        out.clear();
+        Value::parse(b"[1]")
+            .unwrap()
+            .write_without("id", Mode::Utf8, &mut out);
+        assert_eq!(out, b"[1]");
+    }
+
+    #[test]
+    fn last_digit_exponent_is_exact() {
+        assert_eq!(last_digit_exponent(0.5), Some(-1));
+        assert_eq!(last_digit_exponent(97.25), Some(-2));
+        assert_eq!(last_digit_exponent(-0.375), Some(-3));
+        // 0.1 is not 1/10 in binary: its expansion has 55 digits after the point.
+        assert_eq!(last_digit_exponent(0.1), Some(-55));
+        assert_eq!(last_digit_exponent(5e-324), Some(-1074));
+        assert_eq!(last_digit_exponent(3.0), None);
+        assert_eq!(last_digit_exponent(0.0), None);
+        assert_eq!(last_digit_exponent(f64::INFINITY), None);
     }
 
     #[test]

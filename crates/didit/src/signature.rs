@@ -114,16 +114,29 @@ impl SignatureHeaders {
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
         let mut h = Self::default();
         for (name, value) in pairs {
-            let slot = match name.trim().to_ascii_lowercase().as_str() {
-                "x-signature" => &mut h.x_signature,
-                "x-signature-v2" => &mut h.x_signature_v2,
-                "x-signature-simple" => &mut h.x_signature_simple,
-                "x-timestamp" => &mut h.x_timestamp,
-                _ => continue,
+            let Some(slot) = h.slot(name.trim()) else {
+                continue;
             };
             *slot = Some(value.trim().to_owned());
         }
         h
+    }
+
+    /// The field for a header name, compared case-insensitively without
+    /// lowercasing a copy of every header a delivery carries.
+    fn slot(&mut self, name: &str) -> Option<&mut Option<String>> {
+        let is = |expected: &str| name.eq_ignore_ascii_case(expected);
+        if is("x-signature") {
+            Some(&mut self.x_signature)
+        } else if is("x-signature-v2") {
+            Some(&mut self.x_signature_v2)
+        } else if is("x-signature-simple") {
+            Some(&mut self.x_signature_simple)
+        } else if is("x-timestamp") {
+            Some(&mut self.x_timestamp)
+        } else {
+            None
+        }
     }
 
     fn any_signature(&self) -> bool {
