@@ -252,7 +252,17 @@ pub struct SqliteStore {
     /// The projector's reads (`graph_context`), apart from the API's, so a
     /// batch's reads never hold up a request.
     graph_reader: Arc<Mutex<Connection>>,
+    /// Dropped with the last clone of the store, which stops the
+    /// checkpointer thread.
+    _checkpointer: Arc<std::sync::mpsc::Sender<()>>,
 }
+
+/// The writer checkpoints by itself only if the WAL reaches this many pages
+/// (about 64 MB), which happens only if the checkpointer cannot keep up.
+const BACKSTOP_CHECKPOINT_PAGES: i64 = 16_384;
+
+/// How often the checkpointer looks for new commits.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS sessions (
@@ -326,6 +336,17 @@ impl SqliteStore {
     /// Open (creating and migrating if needed) the store at `path`.
     /// `synchronous_full` trades throughput for durability across power loss.
     pub fn open(path: &Path, synchronous_full: bool) -> Result<Self, StoreError> {
+        Self::open_with(path, synchronous_full, || {})
+    }
+
+    /// [`SqliteStore::open`], with `on_checkpointer_start` run first on the
+    /// background checkpointer's thread, e.g. to lower its priority like
+    /// that of the projector it serves.
+    pub fn open_with(
+        path: &Path,
+        synchronous_full: bool,
+        on_checkpointer_start: impl FnOnce() + Send + 'static,
+    ) -> Result<Self, StoreError> {
         let mut writer = Connection::open(path)?;
         writer.pragma_update(None, "journal_mode", "WAL")?;
         writer.pragma_update(
@@ -351,10 +372,12 @@ impl SqliteStore {
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         graph_reader.busy_timeout(std::time::Duration::from_secs(5))?;
+        let checkpointer = start_checkpointer(path, &writer, on_checkpointer_start)?;
         Ok(Self {
             writer: Arc::new(Mutex::new(writer)),
             reader: Arc::new(Mutex::new(reader)),
             graph_reader: Arc::new(Mutex::new(graph_reader)),
+            _checkpointer: Arc::new(checkpointer),
         })
     }
 
@@ -366,6 +389,66 @@ impl SqliteStore {
         tokio::task::spawn_blocking(move || f(&mut lock(&conn)))
             .await
             .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+    }
+}
+
+/// Move checkpoints off the writer. SQLite's automatic checkpoint runs inside
+/// the COMMIT that crosses the threshold, so one projector commit in every
+/// few hundred would copy the WAL into the database file and sync it while
+/// holding the writer. A connection of its own on its own thread does that
+/// instead, concurrently; the writer's automatic checkpoint stays only as a
+/// backstop. Returns the sender whose drop stops the thread.
+fn start_checkpointer(
+    path: &Path,
+    writer: &Connection,
+    on_start: impl FnOnce() + Send + 'static,
+) -> Result<std::sync::mpsc::Sender<()>, StoreError> {
+    writer.pragma_update(None, "wal_autocheckpoint", BACKSTOP_CHECKPOINT_PAGES)?;
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let (alive, store_gone) = std::sync::mpsc::channel::<()>();
+    std::thread::Builder::new()
+        .name("kycd-store-ckpt".into())
+        .spawn(move || {
+            on_start();
+            checkpoint_loop(conn, store_gone)
+        })
+        .map_err(|e| StoreError::Unavailable(format!("cannot start the checkpointer: {e}")))?;
+    Ok(alive)
+}
+
+/// Run passive checkpoints (they never block the writer or readers) when
+/// another connection has committed since the last complete one, until the
+/// store is dropped.
+fn checkpoint_loop(conn: Connection, store_gone: std::sync::mpsc::Receiver<()>) {
+    let mut checkpointed_version = None;
+    loop {
+        match store_gone.recv_timeout(CHECKPOINT_EVERY) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            // Every clone of the store is gone.
+            _ => return,
+        }
+        // `data_version` changes whenever another connection commits.
+        let version: Option<i64> = conn
+            .pragma_query_value(None, "data_version", |r| r.get(0))
+            .ok();
+        if version.is_some() && version == checkpointed_version {
+            continue;
+        }
+        // (busy, frames in the WAL, frames checkpointed): one that stopped
+        // short (a reader still needs old frames) is tried again next tick.
+        let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        });
+        match done {
+            Ok((0, frames, copied)) if copied >= frames => checkpointed_version = version,
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "store checkpoint failed; will retry"),
+        }
     }
 }
 

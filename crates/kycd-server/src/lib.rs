@@ -266,9 +266,10 @@ pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Run
     // The store is a projection of the log: after a power loss it may roll
     // back to an earlier commit, but its offset rolls back with it and the
     // projector derives the same rows again. So it never pays for an fsync
-    // per commit; the log alone carries durability.
+    // per commit; the log alone carries durability. Its checkpoints run on
+    // a thread of their own at the projector's lower priority.
     let store = Arc::new(
-        SqliteStore::open(&store_path, false)
+        SqliteStore::open_with(&store_path, false, lower_priority)
             .with_context(|| format!("open store {}", store_path.display()))?,
     );
     let outbox: Arc<dyn Outbox> = store.clone();
@@ -386,6 +387,9 @@ pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Run
             lower_priority();
             match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
+                // Named apart from the intake's workers, so per-thread CPU
+                // figures (`/proc/PID/task`) tell the two apart.
+                .thread_name("kycd-proj-store")
                 .on_thread_start(lower_priority)
                 .build()
             {
