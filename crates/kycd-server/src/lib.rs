@@ -235,12 +235,12 @@ pub fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
-/// Lower the calling thread's scheduling priority to `nice` 10 (on Linux
+/// Lower the calling thread's scheduling priority to `nice` 19, the lowest (on Linux
 /// priorities are per thread). Elsewhere a no-op.
 fn lower_priority() {
     // `None` is `who = 0`: on Linux, the calling thread.
     #[cfg(target_os = "linux")]
-    if let Err(e) = rustix::process::setpriority_process(None, 10) {
+    if let Err(e) = rustix::process::setpriority_process(None, 19) {
         tracing::debug!(error = %e, "could not lower the projector's priority");
     }
 }
