@@ -19,6 +19,7 @@
 pub mod access;
 pub mod audit;
 pub mod cases;
+mod checkpoint;
 pub mod log;
 pub mod outbox;
 pub mod sqlite_log;

@@ -513,19 +513,11 @@ fn checkpoint_loop(
         if now == checkpointed {
             continue;
         }
-        // (busy, frames in the WAL, frames checkpointed): a checkpoint that
-        // stopped short (a reader still needs old frames) is tried again on
-        // the next tick even without new commits.
-        let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, i64>(2)?,
-            ))
-        });
-        match done {
-            Ok((0, frames, copied)) if copied >= frames => checkpointed = now,
-            Ok(_) => {}
+        // One that stopped short is tried again on the next tick, even
+        // without new commits.
+        match crate::checkpoint::passive(&conn) {
+            Ok(true) => checkpointed = now,
+            Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "event log checkpoint failed; will retry"),
         }
     }

@@ -435,18 +435,10 @@ fn checkpoint_loop(conn: Connection, store_gone: std::sync::mpsc::Receiver<()>) 
         if version.is_some() && version == checkpointed_version {
             continue;
         }
-        // (busy, frames in the WAL, frames checkpointed): one that stopped
-        // short (a reader still needs old frames) is tried again next tick.
-        let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, i64>(2)?,
-            ))
-        });
-        match done {
-            Ok((0, frames, copied)) if copied >= frames => checkpointed_version = version,
-            Ok(_) => {}
+        // One that stopped short is tried again next tick.
+        match crate::checkpoint::passive(&conn) {
+            Ok(true) => checkpointed_version = version,
+            Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "store checkpoint failed; will retry"),
         }
     }
