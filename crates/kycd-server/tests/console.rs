@@ -7,19 +7,19 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use didit::canonical::Value as Canon;
-use didit::signature::{sign, Secret};
+use didit::signature::Secret;
 use kycd_core::FixedClock;
 use kycd_log::access::UserInfo;
 use kycd_server::{Running, Settings};
 use reqwest::header::{HeaderMap, COOKIE, LOCATION, SET_COOKIE};
 use serde_json::{json, Value};
 
+mod deliveries;
+
 const NOW: i64 = 1_774_970_000;
 const TOKEN: &str = "console-test-token";
 const SECRET: &str = "console-test-secret";
 const PASSWORD: &str = "a long enough password";
-const SHARED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/didit");
 
 /// Every case goes to a person, so every delivery makes a case.
 const REVIEW_ALL: &str = include_str!("fixtures/review-all.toml");
@@ -36,19 +36,6 @@ struct Console {
 struct Browser {
     cookie: String,
     csrf: String,
-}
-
-fn approved(session: &str, subject: &str) -> Value {
-    let v: Value =
-        serde_json::from_str(&std::fs::read_to_string(format!("{SHARED}/vectors.json")).unwrap())
-            .unwrap();
-    let mut p: Value = serde_json::from_str(v["cases"][0]["body"].as_str().unwrap()).unwrap();
-    p["session_id"] = json!(session);
-    p["event_id"] = json!(format!("ev-{session}"));
-    p["vendor_data"] = json!(subject);
-    p["decision"]["session_id"] = json!(session);
-    p["decision"]["vendor_data"] = json!(subject);
-    p
 }
 
 /// The value of the (first) input named `name` in the page.
@@ -143,19 +130,9 @@ impl Console {
 
     /// Deliver a signed approval for `session`; the policy sends it to review.
     async fn case(&self, session: &str, subject: &str) {
-        let text = approved(session, subject).to_string();
-        let signed = sign(
-            &Secret::new(SECRET),
-            &Canon::parse(text.as_bytes()).unwrap(),
-        );
-        let mut req = self
-            .http
-            .post(format!("{}/webhooks/didit", self.base))
-            .body(signed.body.clone());
-        for (k, v) in &signed.headers {
-            req = req.header(*k, v);
-        }
-        assert_eq!(req.send().await.unwrap().status(), 200);
+        let payload = deliveries::approved(session, subject, &format!("D-{session}"));
+        let resp = deliveries::deliver(&self.http, &self.base, SECRET, &payload).await;
+        assert_eq!(resp.status(), 200);
         let deadline = Instant::now() + Duration::from_secs(20);
         while self.outcome(session).await.as_deref() != Some("review") {
             assert!(Instant::now() < deadline, "{session} never reached review");

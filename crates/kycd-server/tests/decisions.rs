@@ -6,18 +6,19 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use didit::canonical::Value as Canon;
-use didit::signature::{sign, Secret};
+use didit::signature::Secret;
 use kycd_core::FixedClock;
 use kycd_engine::replay::{replay, Window};
 use kycd_log::store::{SqliteStore, Store};
 use kycd_server::{Running, Settings};
 use serde_json::{json, Value};
 
+mod deliveries;
+use deliveries::approved;
+
 const NOW: i64 = 1_774_970_000;
 const TOKEN: &str = "decisions-test-token";
 const SECRET: &str = "decisions-test-secret";
-const SHARED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/didit");
 
 struct App {
     running: Running,
@@ -47,37 +48,9 @@ async fn spawn_with(f: impl FnOnce(&mut Settings)) -> App {
     }
 }
 
-/// A full v3 approved delivery (the vectors' first case) for another
-/// session and subject.
-fn approved(session: &str, subject: &str, document: &str) -> Value {
-    let v: Value =
-        serde_json::from_str(&std::fs::read_to_string(format!("{SHARED}/vectors.json")).unwrap())
-            .unwrap();
-    let mut p: Value = serde_json::from_str(v["cases"][0]["body"].as_str().unwrap()).unwrap();
-    p["session_id"] = json!(session);
-    p["event_id"] = json!(format!("ev-{session}"));
-    p["vendor_data"] = json!(subject);
-    p["decision"]["session_id"] = json!(session);
-    p["decision"]["vendor_data"] = json!(subject);
-    p["decision"]["id_verifications"][0]["document_number"] = json!(document);
-    p
-}
-
 impl App {
     async fn deliver(&self, payload: &Value) -> Value {
-        let text = payload.to_string();
-        let signed = sign(
-            &Secret::new(SECRET),
-            &Canon::parse(text.as_bytes()).unwrap(),
-        );
-        let mut req = self
-            .http
-            .post(format!("{}/webhooks/didit", self.base))
-            .body(signed.body.clone());
-        for (k, v) in &signed.headers {
-            req = req.header(*k, v);
-        }
-        let resp = req.send().await.unwrap();
+        let resp = deliveries::deliver(&self.http, &self.base, SECRET, payload).await;
         assert_eq!(resp.status().as_u16(), 200);
         resp.json().await.unwrap()
     }
