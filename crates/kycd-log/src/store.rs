@@ -157,6 +157,16 @@ pub struct GraphContext {
     pub declined: HashMap<String, Vec<String>>,
 }
 
+/// An active decision and the shadow policy's on the same event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShadowPair {
+    pub decision_id: String,
+    pub session_id: String,
+    pub active: String,
+    pub shadow: String,
+    pub shadow_decision_id: String,
+}
+
 /// Filter and page for [`Store::list_decisions`].
 #[derive(Debug, Clone, Default)]
 pub struct DecisionQuery {
@@ -237,6 +247,11 @@ pub trait Store: Send + Sync + 'static {
         offset: u64,
         shadow: bool,
     ) -> Result<Option<DecisionRecord>, StoreError>;
+
+    /// The latest `limit` active decisions that a shadow policy also made,
+    /// newest first, each with the shadow's (latest) decision on the same
+    /// event: one query, for comparisons.
+    async fn shadow_pairs(&self, limit: usize) -> Result<Vec<ShadowPair>, StoreError>;
 
     async fn get_session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError>;
 
@@ -840,6 +855,32 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn shadow_pairs(&self, limit: usize) -> Result<Vec<ShadowPair>, StoreError> {
+        Self::with(&self.reader, move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT a.id, a.session_id, a.outcome, s.outcome, s.id
+                 FROM (SELECT id, session_id, outcome, event_offset FROM decisions
+                       WHERE shadow = 0 ORDER BY event_offset DESC LIMIT ?1) a
+                 JOIN decisions s ON s.rowid = (
+                     SELECT rowid FROM decisions
+                     WHERE event_offset = a.event_offset AND shadow = 1
+                     ORDER BY rowid DESC LIMIT 1)
+                 ORDER BY a.event_offset DESC",
+            )?;
+            let rows = stmt.query_map([limit as i64], |r| {
+                Ok(ShadowPair {
+                    decision_id: r.get(0)?,
+                    session_id: r.get(1)?,
+                    active: r.get(2)?,
+                    shadow: r.get(3)?,
+                    shadow_decision_id: r.get(4)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
     async fn decision_for_event(
         &self,
         offset: u64,
@@ -1215,6 +1256,49 @@ pub mod suite {
         a_stale_offset_writes_nothing(make().await).await;
         listing_pages_newest_first_with_filters(make().await).await;
         decisions_links_subjects_and_declines_commit_with_the_offset(make().await).await;
+        shadow_pairs_match_each_active_decision_with_the_latest_shadow(make().await).await;
+    }
+
+    async fn shadow_pairs_match_each_active_decision_with_the_latest_shadow(s: Arc<dyn Store>) {
+        let mut older_shadow = decision("dec_s2_old", 2, "approve", true);
+        older_shadow.policy_version = "v0".into();
+        let batch = ProjectionBatch {
+            decisions: vec![
+                decision("dec_1", 1, "approve", false),
+                decision("dec_s1", 1, "review", true),
+                decision("dec_2", 2, "decline", false),
+                older_shadow,
+                decision("dec_s2", 2, "decline", true),
+                // No shadow decision on this event: not compared.
+                decision("dec_3", 3, "approve", false),
+            ],
+            ..ProjectionBatch::default()
+        };
+        s.commit("p", 0, 3, batch).await.unwrap();
+        let pairs = s.shadow_pairs(10).await.unwrap();
+        let seen: Vec<(&str, &str, &str)> = pairs
+            .iter()
+            .map(|p| {
+                (
+                    p.decision_id.as_str(),
+                    p.active.as_str(),
+                    p.shadow_decision_id.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("dec_2", "decline", "dec_s2"),
+                ("dec_1", "approve", "dec_s1")
+            ],
+            "newest first, the latest shadow per event"
+        );
+        assert_eq!(pairs[1].shadow, "review");
+        // The limit counts the latest active decisions, compared or not.
+        let pairs = s.shadow_pairs(2).await.unwrap();
+        assert_eq!(pairs.len(), 1);
+        assert_eq!(pairs[0].decision_id, "dec_2");
     }
 
     fn decision(id: &str, offset: u64, outcome: &str, shadow: bool) -> DecisionRecord {

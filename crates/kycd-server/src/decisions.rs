@@ -153,41 +153,26 @@ pub async fn shadow_compare(
         .shadow
         .as_ref()
         .map(|s| json!({"name": s.name(), "version": s.version()}));
-    let rows = app
-        .store
-        .list_decisions(DecisionQuery {
-            limit,
-            ..DecisionQuery::default()
-        })
-        .await
-        .map_err(store_err)?;
+    let pairs = app.store.shadow_pairs(limit).await.map_err(store_err)?;
     let mut matrix: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
-    let (mut compared, mut agreed) = (0u64, 0u64);
+    let mut agreed = 0u64;
     let mut disagreements = Vec::new();
-    for d in &rows {
-        let Some(s) = app
-            .store
-            .decision_for_event(d.event_offset, true)
-            .await
-            .map_err(store_err)?
-        else {
-            continue;
-        };
-        compared += 1;
+    for p in &pairs {
         *matrix
-            .entry(d.outcome.clone())
+            .entry(p.active.clone())
             .or_default()
-            .entry(s.outcome.clone())
+            .entry(p.shadow.clone())
             .or_default() += 1;
-        if s.outcome == d.outcome {
+        if p.shadow == p.active {
             agreed += 1;
         } else if disagreements.len() < 20 {
             disagreements.push(json!({
-                "decision": d.id, "session_id": d.session_id,
-                "active": d.outcome, "shadow": s.outcome, "shadow_decision": s.id,
+                "decision": p.decision_id, "session_id": p.session_id,
+                "active": p.active, "shadow": p.shadow, "shadow_decision": p.shadow_decision_id,
             }));
         }
     }
+    let compared = pairs.len() as u64;
     Ok(Json(json!({
         "active": {"name": active.name(), "version": active.version()},
         "shadow": shadow,

@@ -13,7 +13,7 @@ use kycd_core::when::format_millis;
 use kycd_log::access::{Scope, UserInfo};
 use kycd_log::cases::{CaseQuery, CaseSort, QUEUE_OUTCOMES};
 use kycd_log::outbox::ActionQuery;
-use kycd_log::store::{DecisionQuery, StoreError};
+use kycd_log::store::StoreError;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -1142,35 +1142,19 @@ pub async fn policy(State(app): State<Arc<App>>, Extension(user): Extension<User
     let mut pairs: BTreeMap<(String, String), u64> = BTreeMap::new();
     let mut disagreements = Vec::new();
     if shadow.is_some() {
-        let rows = app
-            .store
-            .list_decisions(DecisionQuery {
-                limit: 500,
-                ..DecisionQuery::default()
-            })
-            .await
-            .map_err(unavailable)?;
-        for d in &rows {
-            let Some(s) = app
-                .store
-                .decision_for_event(d.event_offset, true)
-                .await
-                .map_err(unavailable)?
-            else {
-                continue;
-            };
+        for p in app.store.shadow_pairs(500).await.map_err(unavailable)? {
             compared += 1;
             *pairs
-                .entry((d.outcome.clone(), s.outcome.clone()))
+                .entry((p.active.clone(), p.shadow.clone()))
                 .or_default() += 1;
-            if s.outcome == d.outcome {
+            if p.shadow == p.active {
                 agreed += 1;
             } else if disagreements.len() < 20 {
                 disagreements.push(Disagreement {
-                    href: case_path(&d.session_id, ""),
-                    session_id: d.session_id.clone(),
-                    active: d.outcome.clone(),
-                    shadow: s.outcome.clone(),
+                    href: case_path(&p.session_id, ""),
+                    session_id: p.session_id,
+                    active: p.active,
+                    shadow: p.shadow,
                 });
             }
         }
