@@ -341,6 +341,13 @@ CREATE TABLE IF NOT EXISTS consumer_offsets (
 ) WITHOUT ROWID;
 ";
 
+/// A document's JSON text, compact, exactly as `Value`'s `Display` writes
+/// it but without a `Formatter` call per token (a fifth of the store
+/// thread's instructions in a profile of the projector's commits).
+fn json_text(v: &serde_json::Value) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| v.to_string())
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding the lock cannot leave SQLite inconsistent (an
     // open transaction rolls back when its guard drops), so keep going.
@@ -669,7 +676,7 @@ impl Store for SqliteStore {
                         s.workflow_id,
                         s.created_at_ms,
                         s.updated_at_ms,
-                        s.doc.to_string()
+                        json_text(&s.doc)
                     ])?;
                     crate::cases::upsert(&tx, s)?;
                 }
@@ -688,7 +695,7 @@ impl Store for SqliteStore {
                         d.outcome,
                         d.score,
                         d.decided_at_ms,
-                        d.doc.to_string()
+                        json_text(&d.doc)
                     ])?;
                 }
                 let mut link = tx.prepare_cached(
@@ -704,7 +711,7 @@ impl Store for SqliteStore {
                     "INSERT OR REPLACE INTO subjects (subject, event_offset, at_ms, attributes) VALUES (?1, ?2, ?3, ?4)",
                 )?;
                 for v in &batch.subjects {
-                    subj.execute(params![v.subject, v.offset as i64, v.at_ms, v.attributes.to_string()])?;
+                    subj.execute(params![v.subject, v.offset as i64, v.at_ms, json_text(&v.attributes)])?;
                 }
                 let mut decl = tx.prepare_cached(
                     "INSERT OR IGNORE INTO declines (subject, session_id, event_offset) VALUES (?1, ?2, ?3)",
@@ -1533,6 +1540,13 @@ pub mod suite {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_text_is_the_display_form_byte_for_byte() {
+        let v = serde_json::json!({"b": [1, 2.5, -0.0, 1e300], "a": "J\u{00fc}rgen \"q\" \n \u{2028}",
+            "c": {"z": null, "y": true}, "d": 18446744073709551615u64});
+        assert_eq!(json_text(&v), v.to_string());
+    }
 
     #[tokio::test]
     async fn sqlite_store_passes_the_conformance_suite() {
