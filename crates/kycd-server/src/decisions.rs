@@ -19,8 +19,9 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use didit::canonical::{Mode, Value as Canon};
 use kycd_core::when::format_millis;
-use kycd_log::store::{DecisionQuery, DecisionRecord};
+use kycd_log::store::{DecisionQuery, DecisionRecord, ShadowPair};
 use kycd_log::{Appended, EventSource, NewEvent};
+use kycd_policy::DIDIT_FEATURES;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -141,6 +142,40 @@ pub struct ShadowParams {
     limit: Option<String>,
 }
 
+/// How a shadow policy's decisions compare with the active ones.
+#[derive(Debug, Default)]
+pub struct ShadowComparison {
+    pub compared: u64,
+    pub agreed: u64,
+    /// Active outcome → shadow outcome → count.
+    pub matrix: BTreeMap<String, BTreeMap<String, u64>>,
+    /// The first few where they differ, newest first.
+    pub disagreements: Vec<ShadowPair>,
+}
+
+/// How many disagreements a comparison lists.
+const DISAGREEMENTS_SHOWN: usize = 20;
+
+impl ShadowComparison {
+    pub fn of(pairs: Vec<ShadowPair>) -> Self {
+        let mut c = Self::default();
+        for p in pairs {
+            c.compared += 1;
+            *c.matrix
+                .entry(p.active.clone())
+                .or_default()
+                .entry(p.shadow.clone())
+                .or_default() += 1;
+            if p.shadow == p.active {
+                c.agreed += 1;
+            } else if c.disagreements.len() < DISAGREEMENTS_SHOWN {
+                c.disagreements.push(p);
+            }
+        }
+        c
+    }
+}
+
 /// The shadow policy against the active one over the latest decisions.
 pub async fn shadow_compare(
     State(app): State<Arc<App>>,
@@ -154,31 +189,23 @@ pub async fn shadow_compare(
         .as_ref()
         .map(|s| json!({"name": s.name(), "version": s.version()}));
     let pairs = app.store.shadow_pairs(limit).await.map_err(store_err)?;
-    let mut matrix: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
-    let mut agreed = 0u64;
-    let mut disagreements = Vec::new();
-    for p in &pairs {
-        *matrix
-            .entry(p.active.clone())
-            .or_default()
-            .entry(p.shadow.clone())
-            .or_default() += 1;
-        if p.shadow == p.active {
-            agreed += 1;
-        } else if disagreements.len() < 20 {
-            disagreements.push(json!({
+    let c = ShadowComparison::of(pairs);
+    let disagreements: Vec<Value> = c
+        .disagreements
+        .iter()
+        .map(|p| {
+            json!({
                 "decision": p.decision_id, "session_id": p.session_id,
                 "active": p.active, "shadow": p.shadow, "shadow_decision": p.shadow_decision_id,
-            }));
-        }
-    }
-    let compared = pairs.len() as u64;
+            })
+        })
+        .collect();
     Ok(Json(json!({
         "active": {"name": active.name(), "version": active.version()},
         "shadow": shadow,
-        "compared": compared,
-        "agreed": agreed,
-        "matrix": matrix,
+        "compared": c.compared,
+        "agreed": c.agreed,
+        "matrix": c.matrix,
         "disagreements": disagreements,
     }))
     .into_response())
@@ -307,19 +334,6 @@ async fn applied_within(app: &App, offset: u64) -> bool {
 
 /// The outcomes a person may decide (a step-up is the policy's to ask).
 pub const REVIEW_OUTCOMES: [&str; 4] = ["approve", "decline", "resubmit", "block"];
-/// Steps a resubmission may name.
-pub const RESUBMIT_FEATURES: [&str; 10] = [
-    "ID_VERIFICATION",
-    "NFC",
-    "LIVENESS",
-    "FACE_MATCH",
-    "POA",
-    "PHONE",
-    "EMAIL",
-    "AML",
-    "IP_ANALYSIS",
-    "DATABASE_VALIDATION",
-];
 const MAX_COMMENT_CHARS: usize = 2000;
 
 /// A person's decision on a session, as asked.
@@ -333,6 +347,52 @@ pub struct ReviewRequest<'a> {
     /// or by another reviewer), the review is refused with 409 rather than
     /// overruling what they never saw.
     pub decision_id: Option<&'a str>,
+}
+
+/// The part of a [`ReviewRequest`] that is not acceptable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReviewField {
+    Outcome,
+    Comment,
+    /// A node that is not one of Didit's features.
+    UnknownNode,
+    /// Nodes without resubmit, or resubmit without nodes.
+    MisplacedNodes,
+}
+
+impl ReviewField {
+    pub fn message(self) -> String {
+        match self {
+            Self::Outcome => "outcome must be approve, decline, resubmit or block".into(),
+            Self::Comment => {
+                format!("a comment is required (1 to {MAX_COMMENT_CHARS} characters)")
+            }
+            Self::UnknownNode => "nodes must name Didit features such as LIVENESS".into(),
+            Self::MisplacedNodes => {
+                "nodes (the steps to redo) go with resubmit, and only with it".into()
+            }
+        }
+    }
+}
+
+impl ReviewRequest<'_> {
+    /// Check what a reviewer asked for before anything is read or written.
+    pub fn check(&self) -> Result<(), ReviewField> {
+        if !REVIEW_OUTCOMES.contains(&self.outcome) {
+            return Err(ReviewField::Outcome);
+        }
+        let comment = self.comment.trim();
+        if comment.is_empty() || comment.chars().count() > MAX_COMMENT_CHARS {
+            return Err(ReviewField::Comment);
+        }
+        if self.nodes.iter().any(|n| !DIDIT_FEATURES.contains(n)) {
+            return Err(ReviewField::UnknownNode);
+        }
+        if (self.outcome == "resubmit") == self.nodes.is_empty() {
+            return Err(ReviewField::MisplacedNodes);
+        }
+        Ok(())
+    }
 }
 
 /// What a recorded review answered.
@@ -355,31 +415,10 @@ pub async fn review(
     id: &str,
     r: &ReviewRequest<'_>,
 ) -> Result<Reviewed, ApiError> {
-    if !REVIEW_OUTCOMES.contains(&r.outcome) {
-        return Err(ApiError::new(
-            Code::BadRequest,
-            "outcome must be approve, decline, resubmit or block",
-        ));
+    if let Err(field) = r.check() {
+        return Err(ApiError::new(Code::BadRequest, field.message()));
     }
     let comment = r.comment.trim();
-    if comment.is_empty() || comment.chars().count() > MAX_COMMENT_CHARS {
-        return Err(ApiError::new(
-            Code::BadRequest,
-            format!("a comment is required (1 to {MAX_COMMENT_CHARS} characters)"),
-        ));
-    }
-    if r.nodes.iter().any(|n| !RESUBMIT_FEATURES.contains(n)) {
-        return Err(ApiError::new(
-            Code::BadRequest,
-            "nodes must name Didit features such as LIVENESS",
-        ));
-    }
-    if (r.outcome == "resubmit") == r.nodes.is_empty() {
-        return Err(ApiError::new(
-            Code::BadRequest,
-            "nodes (the steps to redo) go with resubmit, and only with it",
-        ));
-    }
     let Some(session) = app.store.get_session(id).await.map_err(store_err)? else {
         return Err(ApiError::new(Code::NotFound, "no such session"));
     };

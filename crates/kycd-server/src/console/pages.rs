@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 
 use super::charts;
 use super::{page_error, render, Posted, Role, User};
-use crate::decisions::{ReviewRequest, RESUBMIT_FEATURES};
+use crate::decisions::{ReviewField, ReviewRequest, ShadowComparison};
 use crate::App;
 
 type Page = Result<Response, Response>;
@@ -60,15 +60,17 @@ impl Nav {
 /// A console path with `id` as one percent-encoded segment: ids come from
 /// Didit's payloads and must not be able to name another route.
 pub fn case_path(id: &str, rest: &str) -> String {
+    format!("/console/cases/{}{rest}", segment(id))
+}
+
+/// `s` percent-encoded as one path segment (unreserved characters kept).
+fn segment(s: &str) -> percent_encoding::PercentEncode<'_> {
     const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
         .remove(b'-')
         .remove(b'_')
         .remove(b'.')
         .remove(b'~');
-    format!(
-        "/console/cases/{}{rest}",
-        percent_encoding::utf8_percent_encode(id, SEGMENT)
-    )
+    percent_encoding::utf8_percent_encode(s, SEGMENT)
 }
 
 /// "3 h 12 min": how long ago, for people.
@@ -782,7 +784,7 @@ pub async fn case(
         actions,
         can_decide: user.role >= Role::Reviewer,
         outcomes: crate::decisions::REVIEW_OUTCOMES.to_vec(),
-        resubmit_steps: RESUBMIT_FEATURES.to_vec(),
+        resubmit_steps: kycd_policy::DIDIT_FEATURES.to_vec(),
     }))
 }
 
@@ -809,6 +811,14 @@ pub async fn decide(
         },
         decision_id: posted.get("decision_id"),
     };
+    if let Err(field) = request.check() {
+        let code = match field {
+            ReviewField::Outcome => "outcome",
+            ReviewField::Comment => "comment",
+            ReviewField::UnknownNode | ReviewField::MisplacedNodes => "nodes",
+        };
+        return Ok(back_to_case(&session_id, code));
+    }
     match crate::decisions::review(&app, &posted.user.actor(), &session_id, &request).await {
         Ok(done) => {
             let key = if done.applied { "decided" } else { "recorded" };
@@ -823,16 +833,6 @@ pub async fn decide(
         )),
         Err(e) if e.code == crate::error::Code::Conflict => {
             Ok(back_to_case(&session_id, "changed"))
-        }
-        Err(e) if e.code == crate::error::Code::BadRequest => {
-            let code = if e.message.contains("comment") {
-                "comment"
-            } else if e.message.contains("nodes") {
-                "nodes"
-            } else {
-                "outcome"
-            };
-            Ok(back_to_case(&session_id, code))
         }
         Err(_) => Ok(back_to_case(&session_id, "unavailable")),
     }
@@ -1072,20 +1072,21 @@ pub struct ReplayView {
 }
 
 /// A from → to matrix of outcome counts as rows over sorted columns.
-fn matrix_rows(pairs: &BTreeMap<(String, String), u64>) -> (Vec<String>, Vec<MatrixRow>) {
-    let mut columns: Vec<String> = pairs.keys().map(|(_, to)| to.clone()).collect();
+fn matrix_rows(matrix: &BTreeMap<String, BTreeMap<String, u64>>) -> (Vec<String>, Vec<MatrixRow>) {
+    let mut columns: Vec<String> = matrix
+        .values()
+        .flat_map(|tos| tos.keys().cloned())
+        .collect();
     columns.sort();
     columns.dedup();
-    let mut froms: Vec<String> = pairs.keys().map(|(from, _)| from.clone()).collect();
-    froms.dedup();
-    let rows = froms
-        .into_iter()
-        .map(|from| MatrixRow {
+    let rows = matrix
+        .iter()
+        .map(|(from, tos)| MatrixRow {
             cells: columns
                 .iter()
-                .map(|to| pairs.get(&(from.clone(), to.clone())).copied().unwrap_or(0))
+                .map(|to| tos.get(to).copied().unwrap_or(0))
                 .collect(),
-            active: from,
+            active: from.clone(),
         })
         .collect();
     (columns, rows)
@@ -1107,13 +1108,9 @@ fn replay_view(app: &App) -> Option<ReplayView> {
                 .collect()
         })
         .unwrap_or_default();
-    let mut pairs = BTreeMap::new();
-    for (from, tos) in report["matrix"].as_object().into_iter().flatten() {
-        for (to, n) in tos.as_object().into_iter().flatten() {
-            pairs.insert((from.clone(), to.clone()), n.as_u64().unwrap_or(0));
-        }
-    }
-    let (columns, matrix) = matrix_rows(&pairs);
+    let stored: BTreeMap<String, BTreeMap<String, u64>> =
+        serde_json::from_value(report["matrix"].clone()).unwrap_or_default();
+    let (columns, matrix) = matrix_rows(&stored);
     Some(ReplayView {
         columns,
         matrix,
@@ -1137,35 +1134,27 @@ pub async fn policy(State(app): State<Arc<App>>, Extension(user): Extension<User
         .shadow
         .as_ref()
         .map(|s| view(s, app.settings.shadow_policy.as_ref()));
-    let mut compared = 0;
-    let mut agreed = 0;
-    let mut pairs: BTreeMap<(String, String), u64> = BTreeMap::new();
-    let mut disagreements = Vec::new();
-    if shadow.is_some() {
-        for p in app.store.shadow_pairs(500).await.map_err(unavailable)? {
-            compared += 1;
-            *pairs
-                .entry((p.active.clone(), p.shadow.clone()))
-                .or_default() += 1;
-            if p.shadow == p.active {
-                agreed += 1;
-            } else if disagreements.len() < 20 {
-                disagreements.push(Disagreement {
-                    href: case_path(&p.session_id, ""),
-                    session_id: p.session_id,
-                    active: p.active,
-                    shadow: p.shadow,
-                });
-            }
-        }
-    }
-    let (columns, matrix) = matrix_rows(&pairs);
+    let comparison = match shadow {
+        Some(_) => ShadowComparison::of(app.store.shadow_pairs(500).await.map_err(unavailable)?),
+        None => ShadowComparison::default(),
+    };
+    let (columns, matrix) = matrix_rows(&comparison.matrix);
+    let disagreements = comparison
+        .disagreements
+        .into_iter()
+        .map(|p| Disagreement {
+            href: case_path(&p.session_id, ""),
+            session_id: p.session_id,
+            active: p.active,
+            shadow: p.shadow,
+        })
+        .collect();
     Ok(render(&PolicyPage {
         nav: Nav::new(&user, "policy"),
         active: view(&active, app.settings.policy.as_ref()),
         shadow,
-        compared,
-        agreed,
+        compared: comparison.compared,
+        agreed: comparison.agreed,
         columns,
         matrix,
         disagreements,
