@@ -10,6 +10,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc rather than the system allocator: deciding a session builds and
+/// drops thousands of small JSON values, and glibc's malloc and free were
+/// over a third of the projector's instructions (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod access_cmd;
 mod audit_cmd;
 mod bench;
