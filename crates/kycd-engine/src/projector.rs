@@ -1098,14 +1098,15 @@ fn decide(
     session: &SessionRecord,
     facts: &Value,
 ) -> DecisionRecord {
-    let mut eval = serde_json::to_value(policy.evaluate(facts)).unwrap_or(Value::Null);
+    let eval = policy.evaluate(facts);
     let id = format!("dec_{}", kycd_core::id::ulid_body(event.received_at_ms));
-    let outcome = eval
-        .get("outcome")
-        .and_then(Value::as_str)
-        .unwrap_or("review")
-        .to_owned();
-    let score = eval.get("score").and_then(Value::as_f64).unwrap_or(0.0);
+    let outcome = eval.outcome.as_str().to_owned();
+    let score = f64::from(eval.score);
+    // Built part by part rather than by serialising the whole evaluation
+    // into a tree: the trace is stored compactly (a rule that did nothing
+    // is its id alone; `kycd_policy::expand_trace` restores the full form
+    // for readers), which was most of a decision's cost and size.
+    let part = |v: Result<Value, serde_json::Error>| v.unwrap_or(Value::Null);
     let mut doc = json!({
         "id": id,
         "session_id": session.session_id,
@@ -1115,15 +1116,16 @@ fn decide(
         "shadow": shadow,
         "outcome": outcome,
         "score": score,
+        "band": eval.band.as_str(),
         "policy": {"name": policy.name(), "version": policy.version()},
         "decided_at": format_millis(event.received_at_ms),
     });
-    // The large parts are moved (or, for the facts, cloned) in: `json!`
-    // would serialise each into a new tree, which cost a decision more than
-    // evaluating its policy.
-    for key in ["band", "reasons", "checks", "resubmit_nodes", "trace"] {
-        doc[key] = eval.get_mut(key).map(Value::take).unwrap_or(Value::Null);
-    }
+    // Trees are put in directly: inside `json!` each would be serialised
+    // into a copy of itself.
+    doc["reasons"] = part(serde_json::to_value(&eval.reasons));
+    doc["checks"] = part(serde_json::to_value(&eval.checks));
+    doc["resubmit_nodes"] = part(serde_json::to_value(&eval.resubmit_nodes));
+    doc["trace"] = eval.stored_trace();
     doc["facts"] = facts.clone();
     DecisionRecord {
         id,

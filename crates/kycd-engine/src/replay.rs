@@ -16,11 +16,16 @@ use serde_json::{json, Value};
 
 use crate::projector::{Policies, Projector, ProjectorError};
 
-/// A decision as compared: everything but its own id.
+/// A decision as compared: everything but its own id, with the trace in
+/// its full form, so that a decision stored before traces were
+/// compacted compares equal to the same decision made today.
 pub fn comparable(d: &DecisionRecord) -> Value {
     let mut doc = d.doc.clone();
     if let Some(o) = doc.as_object_mut() {
         o.remove("id");
+        if let Some(trace) = o.get_mut("trace") {
+            kycd_policy::expand_trace(trace);
+        }
     }
     doc
 }
@@ -115,4 +120,36 @@ pub async fn replay(
         }
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(id: &str, trace: Value) -> DecisionRecord {
+        DecisionRecord {
+            id: id.into(),
+            event_offset: 7,
+            session_id: "s-1".into(),
+            subject: None,
+            policy_version: "v".into(),
+            shadow: false,
+            outcome: "review".into(),
+            score: 40.0,
+            decided_at_ms: 0,
+            doc: json!({"id": id, "outcome": "review", "trace": trace}),
+        }
+    }
+
+    #[test]
+    fn a_decision_stored_with_its_full_trace_compares_equal_to_a_compact_one() {
+        let eval = kycd_policy::Policy::builtin_default().evaluate(&json!({}));
+        let full = stored("dec_a", serde_json::to_value(&eval.trace).unwrap());
+        let compact = stored("dec_b", eval.stored_trace());
+        assert_ne!(full.doc["trace"], compact.doc["trace"]);
+        assert_eq!(comparable(&full), comparable(&compact));
+        let mut other = eval.stored_trace();
+        other[0] = json!("another_rule");
+        assert_ne!(comparable(&full), comparable(&stored("dec_c", other)));
+    }
 }

@@ -85,6 +85,42 @@ fn every_outcome_of_the_default_policy_is_covered_and_carries_reasons() {
     }
 }
 
+/// A stored trace keeps a rule that did nothing as its id alone, and
+/// expands back to exactly the full trace, on every golden case (fired
+/// rules, table hits, every outcome) and on one with evaluation errors.
+#[test]
+fn a_stored_trace_expands_back_to_the_full_trace() {
+    let policy = Policy::builtin_default();
+    let report = run_cases(&policy, CASES, "default.toml").expect("cases parse");
+    let broken = load(&format!(
+        "{HEADER}[[rule]]\nid = \"not_a_boolean\"\nwhen = \"document.age\"\nscore = 10\nreason = \"x\"\n"
+    ))
+    .expect("loads")
+    .evaluate(&clean_facts());
+    assert!(broken.has_errors());
+    let mut bare = 0;
+    for e in report.results.iter().map(|r| &r.got).chain([&broken]) {
+        let mut stored = e.stored_trace();
+        let entries = stored.as_array().expect("an array");
+        assert_eq!(entries.len(), e.trace.len());
+        for (s, t) in entries.iter().zip(&e.trace) {
+            // Only a rule that did nothing is shortened.
+            let quiet =
+                t.kind == TraceKind::Rule && !t.fired && t.outcome.is_none() && t.error.is_none();
+            assert_eq!(s.is_string(), quiet, "{t:?}");
+            bare += usize::from(quiet);
+        }
+        kycd_policy::expand_trace(&mut stored);
+        assert_eq!(stored, serde_json::to_value(&e.trace).unwrap());
+    }
+    assert!(bare > 0);
+    // A trace stored in full (before compaction) is left as it is.
+    let full = serde_json::to_value(&broken.trace).unwrap();
+    let mut again = full.clone();
+    kycd_policy::expand_trace(&mut again);
+    assert_eq!(again, full);
+}
+
 #[test]
 fn the_file_on_disk_is_the_builtin_policy() {
     let from_disk = Policy::from_file(concat!(

@@ -117,6 +117,10 @@ pub async fn get_decision(State(app): State<Arc<App>>, Path(id): Path<String>) -
         return Err(ApiError::new(Code::NotFound, "no such decision"));
     };
     let mut doc = d.doc.clone();
+    // Stored compactly; the API shows one object per rule and table.
+    if let Some(trace) = doc.get_mut("trace") {
+        kycd_policy::expand_trace(trace);
+    }
     if !d.shadow {
         if let Some(s) = app
             .store

@@ -127,7 +127,15 @@ async fn a_clean_approval_is_approved_with_its_trace_and_facts() {
         .get(&format!("/api/v1/decisions/{}", d["id"].as_str().unwrap()))
         .await;
     assert_eq!(s, 200);
-    assert!(full["trace"].is_array() && !full["trace"].as_array().unwrap().is_empty());
+    // One object per rule and table of the policy, in its order, though
+    // the store keeps quiet rules as bare ids.
+    let policy = kycd_policy::Policy::builtin_default();
+    let trace = full["trace"].as_array().unwrap();
+    assert_eq!(trace.len(), policy.rules().len() + policy.tables().len());
+    assert_eq!(
+        full["trace"],
+        serde_json::to_value(policy.evaluate(&full["facts"]).trace).unwrap()
+    );
     assert_eq!(full["facts"]["document"]["age"], 37);
     assert_eq!(full["policy"]["version"], d["policy_version"]);
     let (_, list) = app.get("/api/v1/decisions?outcome=approve").await;

@@ -568,6 +568,8 @@ pub fn features(decision: &Value) -> Vec<Feature> {
 /// The policy's trace: the rules and tables that fired first, then the
 /// rest, as evaluated.
 fn trace_rows(trace: &Value) -> Vec<TraceRow> {
+    let mut trace = trace.clone();
+    kycd_policy::expand_trace(&mut trace);
     let Some(rows) = trace.as_array() else {
         return Vec::new();
     };
