@@ -198,7 +198,12 @@ impl Projector {
                     .await?;
                 continue;
             }
-            let Some(Parsed { env, keys }) = parsed else {
+            let Some(Parsed {
+                env,
+                keys,
+                decision_json,
+            }) = parsed
+            else {
                 continue;
             };
             let Some(session_id) = env.session_id.clone() else {
@@ -214,6 +219,7 @@ impl Projector {
                 envelope_only,
                 sandbox: flag("sandbox"),
                 envelope: &env,
+                decision_json,
             };
             let current = sessions.remove(&session_id);
             let before = current
@@ -224,7 +230,7 @@ impl Projector {
                 .and_then(|r| r.doc.get("didit_decision_ts"))
                 .and_then(Value::as_i64)
                 .unwrap_or(i64::MIN);
-            let Some(mut record) = apply(current, &delivery) else {
+            let Some(mut record) = apply(current, delivery) else {
                 continue;
             };
             let original = step_up_of(&env).map(str::to_owned);
@@ -313,14 +319,15 @@ impl Projector {
                         is_step_up_session: false,
                     };
                     let facts = facts::build(&input);
-                    let made = decide(&active, false, event, &record, &facts);
+                    let for_shadow = self.policies.shadow.as_ref().map(|_| facts.clone());
+                    let made = decide(&active, false, event, &record, facts);
                     self.act(&made, &mut record, flag("sandbox"), &mut batch);
                     record.doc["decision"] = summary(&made);
                     batch.decisions.push(made);
-                    if let Some(shadow) = &self.policies.shadow {
+                    if let (Some(shadow), Some(facts)) = (&self.policies.shadow, for_shadow) {
                         batch
                             .decisions
-                            .push(decide(shadow, true, event, &record, &facts));
+                            .push(decide(shadow, true, event, &record, facts));
                     }
                 }
                 for (kind, value) in keys {
@@ -586,7 +593,8 @@ impl Projector {
         };
         facts["now"] = json!(format_millis(event.received_at_ms));
         facts["step_up"] = facts::step_up_facts(original.doc.get("step_up"));
-        let made = decide(active, false, event, original, &facts);
+        let for_shadow = self.policies.shadow.as_ref().map(|_| facts.clone());
+        let made = decide(active, false, event, original, facts);
         let sandbox = original
             .doc
             .get("sandbox")
@@ -595,10 +603,10 @@ impl Projector {
         self.act(&made, original, sandbox, batch);
         original.doc["decision"] = summary(&made);
         batch.decisions.push(made);
-        if let Some(shadow) = &self.policies.shadow {
+        if let (Some(shadow), Some(facts)) = (&self.policies.shadow, for_shadow) {
             batch
                 .decisions
-                .push(decide(shadow, true, event, original, &facts));
+                .push(decide(shadow, true, event, original, facts));
         }
         Ok(())
     }
@@ -831,7 +839,7 @@ impl Projector {
         let mut subjects = BTreeSet::new();
         let mut oldest_ms = i64::MAX;
         for (event, parsed) in events.iter().zip(envelopes) {
-            let Some(Parsed { env, keys }) = parsed else {
+            let Some(Parsed { env, keys, .. }) = parsed else {
                 continue;
             };
             let Some(session_id) = &env.session_id else {
@@ -1059,6 +1067,8 @@ fn recognise_echo(record: &mut SessionRecord, env: &Envelope) -> bool {
 struct Parsed {
     env: Envelope,
     keys: Vec<(IdentityKind, String)>,
+    /// `decision` as parsed, for the session record ([`Delivery`]).
+    decision_json: Option<Value>,
 }
 
 /// Parse each session event's stored body once for the whole batch.
@@ -1069,14 +1079,30 @@ fn parse_envelopes(events: &[StoredEvent]) -> Vec<Option<Parsed>> {
             if event.source == EventSource::Subject || event.session_id.is_none() {
                 return None;
             }
-            match Envelope::from_slice(&event.body) {
-                Ok(env) => {
+            // Parsed once into a tree: the envelope takes it apart, so the
+            // decision's subtree is copied out first (cheaper than
+            // serialising the typed decision back).
+            let parsed = serde_json::from_slice::<Value>(&event.body)
+                .map_err(|e| e.to_string())
+                .and_then(|body| {
+                    let raw = body.get("decision").filter(|d| d.is_object()).cloned();
+                    Envelope::from_value(body)
+                        .map(|env| (env, raw))
+                        .map_err(|e| e.to_string())
+                });
+            match parsed {
+                Ok((env, raw)) => {
                     let keys = env
                         .decision
                         .as_ref()
                         .map(facts::identity_keys)
                         .unwrap_or_default();
-                    Some(Parsed { env, keys })
+                    let decision_json = raw.filter(|_| env.decision.is_some());
+                    Some(Parsed {
+                        env,
+                        keys,
+                        decision_json,
+                    })
                 }
                 Err(err) => {
                     // The intake only logs what parsed, so this means a bug
@@ -1096,9 +1122,9 @@ fn decide(
     shadow: bool,
     event: &StoredEvent,
     session: &SessionRecord,
-    facts: &Value,
+    facts: Value,
 ) -> DecisionRecord {
-    let eval = policy.evaluate(facts);
+    let eval = policy.evaluate(&facts);
     let id = format!("dec_{}", kycd_core::id::ulid_body(event.received_at_ms));
     let outcome = eval.outcome.as_str().to_owned();
     let score = f64::from(eval.score);
@@ -1126,7 +1152,7 @@ fn decide(
     doc["checks"] = part(serde_json::to_value(&eval.checks));
     doc["resubmit_nodes"] = part(serde_json::to_value(&eval.resubmit_nodes));
     doc["trace"] = eval.stored_trace();
-    doc["facts"] = facts.clone();
+    doc["facts"] = facts;
     DecisionRecord {
         id,
         event_offset: event.offset,
@@ -1232,6 +1258,18 @@ mod tests {
         policies.graph_count_cap = 3;
         let projector = Projector::new(log.clone(), store.clone(), policies);
         (log, store, projector)
+    }
+
+    #[tokio::test]
+    async fn the_session_keeps_didit_decision_as_it_was_received() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, store, projector) = capped_at_three(&dir);
+        append(&log, 0).await;
+        projector.catch_up().await.unwrap();
+        let sessions = store.load_sessions(&["s-0".to_owned()]).await.unwrap();
+        let body: Value = serde_json::from_slice(&approval(0, 0)).unwrap();
+        assert!(body["decision"].is_object());
+        assert_eq!(sessions["s-0"].doc["didit_decision"], body["decision"]);
     }
 
     #[tokio::test]
