@@ -39,7 +39,6 @@ use rusqlite::types::Type;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, Row, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::checkpoint::{CHECKPOINT_EVERY, WRITER_CHECKPOINT_PAGES};
 use crate::log::{
     Appended, EventLog, EventSource, LogError, NewEvent, NewQuarantine, Quarantined, StoredEvent,
     QUARANTINE_ID_PREFIX,
@@ -236,9 +235,8 @@ impl SqliteLog {
         // it: milliseconds of I/O that, run by the writer (SQLite's
         // default), would stall every append queued behind them. A separate
         // connection checkpoints instead, concurrently with the writer; the
-        // writer's own automatic checkpoint finishes the little left over,
-        // so that the WAL restarts (see WRITER_CHECKPOINT_PAGES).
-        conn.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)
+        // writer's own automatic checkpoint stays only as a backstop.
+        conn.pragma_update(None, "wal_autocheckpoint", BACKSTOP_CHECKPOINT_PAGES)
             .map_err(|e| sql_error("cannot configure the event log (wal_autocheckpoint)", e))?;
         let checkpointer = Connection::open(path)
             .map_err(|e| sql_error(&format!("cannot open {}", path.display()), e))?;
@@ -489,6 +487,13 @@ impl EventLog for SqliteLog {
 
 // ---------------------------------------------------------------------------
 // The checkpointer.
+
+/// The writer checkpoints by itself only if the WAL reaches this many pages
+/// (about 64 MB), which happens only if the checkpointer cannot keep up.
+const BACKSTOP_CHECKPOINT_PAGES: i64 = 16_384;
+
+/// How often the checkpointer looks for new commits.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Run passive checkpoints (they never block the writer or readers) while
 /// the log has new commits, until the writer stops.

@@ -15,7 +15,6 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
 use crate::audit;
-use crate::checkpoint::{CHECKPOINT_EVERY, WRITER_CHECKPOINT_PAGES};
 use crate::outbox::{self, NewAction, StepUpRecord};
 
 /// What went wrong in a store.
@@ -273,6 +272,13 @@ pub struct SqliteStore {
     _checkpointer: Arc<std::sync::mpsc::Sender<()>>,
 }
 
+/// The writer checkpoints by itself only if the WAL reaches this many pages
+/// (about 64 MB), which happens only if the checkpointer cannot keep up.
+const BACKSTOP_CHECKPOINT_PAGES: i64 = 16_384;
+
+/// How often the checkpointer looks for new commits.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS sessions (
     seq INTEGER PRIMARY KEY,
@@ -412,16 +418,14 @@ impl SqliteStore {
 /// the COMMIT that crosses the threshold, so one projector commit in every
 /// few hundred would copy the WAL into the database file and sync it while
 /// holding the writer. A connection of its own on its own thread does that
-/// instead, concurrently; the writer's automatic checkpoint finishes the
-/// little left over, so that the WAL restarts (see
-/// [`WRITER_CHECKPOINT_PAGES`]). Returns the sender whose drop stops the
-/// thread.
+/// instead, concurrently; the writer's automatic checkpoint stays only as a
+/// backstop. Returns the sender whose drop stops the thread.
 fn start_checkpointer(
     path: &Path,
     writer: &Connection,
     on_start: impl FnOnce() + Send + 'static,
 ) -> Result<std::sync::mpsc::Sender<()>, StoreError> {
-    writer.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)?;
+    writer.pragma_update(None, "wal_autocheckpoint", BACKSTOP_CHECKPOINT_PAGES)?;
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     let (alive, store_gone) = std::sync::mpsc::channel::<()>();

@@ -169,55 +169,6 @@ async fn concurrent_appends_are_group_committed() {
     assert_eq!(stats.failed_batches, 0);
 }
 
-/// Under sustained appends, with a reader always busy (as the projector
-/// is), the WAL must keep restarting from its beginning rather than grow:
-/// a growing WAL makes every commit extend the file. 3,000 deliveries of
-/// 4 KB write well over 24 MB of frames; the WAL stays at a few MB.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_wal_stays_small_under_sustained_appends() {
-    let dir = TempDir::new().unwrap();
-    let path = db_path(&dir);
-    let log = open(&path, Durability::Normal);
-    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let reader = {
-        let (log, done) = (Arc::clone(&log), Arc::clone(&done));
-        tokio::spawn(async move {
-            let mut after = 0;
-            while !done.load(std::sync::atomic::Ordering::Acquire) {
-                let page = log.read(after, 100).await.unwrap();
-                after = page.last().map_or(after, |e| e.offset);
-                tokio::task::yield_now().await;
-            }
-        })
-    };
-    let mut wal_peak = 0;
-    for round in 0..30u64 {
-        let mut tasks = JoinSet::new();
-        for i in 0..100 {
-            let log = Arc::clone(&log);
-            let n = round * 100 + i;
-            tasks.spawn(async move {
-                let key = format!("k{n}");
-                let mut event = sample_event(n, &[&key]);
-                event.body = format!("{{\"pad\":\"{}\",\"n\":{n}}}", "x".repeat(4096)).into_bytes();
-                log.append(event).await.unwrap()
-            });
-        }
-        while let Some(appended) = tasks.join_next().await {
-            appended.unwrap();
-        }
-        let wal = std::fs::metadata(path.with_extension("db-wal")).map_or(0, |m| m.len());
-        wal_peak = wal_peak.max(wal);
-    }
-    done.store(true, std::sync::atomic::Ordering::Release);
-    reader.await.unwrap();
-    assert_eq!(log.head().await.unwrap(), 3000);
-    assert!(
-        wal_peak < 8 << 20,
-        "the WAL grew to {wal_peak} bytes instead of restarting"
-    );
-}
-
 #[tokio::test]
 async fn a_full_database_answers_unavailable_and_leaves_nothing_partial() {
     let dir = TempDir::new().unwrap();
