@@ -198,12 +198,7 @@ impl Projector {
                     .await?;
                 continue;
             }
-            let Some(Parsed {
-                env,
-                keys,
-                decision_json,
-            }) = parsed
-            else {
+            let Some(Parsed { env, keys }) = parsed else {
                 continue;
             };
             let Some(session_id) = env.session_id.clone() else {
@@ -219,7 +214,6 @@ impl Projector {
                 envelope_only,
                 sandbox: flag("sandbox"),
                 envelope: &env,
-                decision_json,
             };
             let current = sessions.remove(&session_id);
             let before = current
@@ -230,7 +224,7 @@ impl Projector {
                 .and_then(|r| r.doc.get("didit_decision_ts"))
                 .and_then(Value::as_i64)
                 .unwrap_or(i64::MIN);
-            let Some(mut record) = apply(current, delivery) else {
+            let Some(mut record) = apply(current, &delivery) else {
                 continue;
             };
             let original = step_up_of(&env).map(str::to_owned);
@@ -839,7 +833,7 @@ impl Projector {
         let mut subjects = BTreeSet::new();
         let mut oldest_ms = i64::MAX;
         for (event, parsed) in events.iter().zip(envelopes) {
-            let Some(Parsed { env, keys, .. }) = parsed else {
+            let Some(Parsed { env, keys }) = parsed else {
                 continue;
             };
             let Some(session_id) = &env.session_id else {
@@ -1067,8 +1061,6 @@ fn recognise_echo(record: &mut SessionRecord, env: &Envelope) -> bool {
 struct Parsed {
     env: Envelope,
     keys: Vec<(IdentityKind, String)>,
-    /// `decision` as parsed, for the session record ([`Delivery`]).
-    decision_json: Option<Value>,
 }
 
 /// Parse each session event's stored body once for the whole batch.
@@ -1079,30 +1071,14 @@ fn parse_envelopes(events: &[StoredEvent]) -> Vec<Option<Parsed>> {
             if event.source == EventSource::Subject || event.session_id.is_none() {
                 return None;
             }
-            // Parsed once into a tree: the envelope takes it apart, so the
-            // decision's subtree is copied out first (cheaper than
-            // serialising the typed decision back).
-            let parsed = serde_json::from_slice::<Value>(&event.body)
-                .map_err(|e| e.to_string())
-                .and_then(|body| {
-                    let raw = body.get("decision").filter(|d| d.is_object()).cloned();
-                    Envelope::from_value(body)
-                        .map(|env| (env, raw))
-                        .map_err(|e| e.to_string())
-                });
-            match parsed {
-                Ok((env, raw)) => {
+            match Envelope::from_slice(&event.body) {
+                Ok(env) => {
                     let keys = env
                         .decision
                         .as_ref()
                         .map(facts::identity_keys)
                         .unwrap_or_default();
-                    let decision_json = raw.filter(|_| env.decision.is_some());
-                    Some(Parsed {
-                        env,
-                        keys,
-                        decision_json,
-                    })
+                    Some(Parsed { env, keys })
                 }
                 Err(err) => {
                     // The intake only logs what parsed, so this means a bug
@@ -1260,16 +1236,53 @@ mod tests {
         (log, store, projector)
     }
 
+    /// Didit's older payloads (v1 `kyc`, v2 singular objects) are kept in
+    /// the session in the v3 shape the console and the actions read.
     #[tokio::test]
-    async fn the_session_keeps_didit_decision_as_it_was_received() {
+    async fn the_session_keeps_older_decisions_in_the_v3_shape() {
         let dir = tempfile::tempdir().unwrap();
         let (log, store, projector) = capped_at_three(&dir);
-        append(&log, 0).await;
+        let v: Value = serde_json::from_str(
+            &std::fs::read_to_string(format!("{SHARED}/vectors.json")).unwrap(),
+        )
+        .unwrap();
+        for (n, name) in ["v1_legacy_decision", "v2_singular_decision"]
+            .iter()
+            .enumerate()
+        {
+            let case = v["cases"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["name"] == *name)
+                .unwrap();
+            let mut body: Value = serde_json::from_str(case["body"].as_str().unwrap()).unwrap();
+            body["session_id"] = json!(format!("old-{n}"));
+            body["decision"]["session_id"] = json!(format!("old-{n}"));
+            log.append(NewEvent {
+                received_at_ms: 1_774_970_000_000 + n as i64,
+                source: EventSource::Webhook,
+                kind: "status.updated".into(),
+                session_id: Some(format!("old-{n}")),
+                didit_event_id: None,
+                dedupe_keys: vec![format!("old:{n}")],
+                body: serde_json::to_vec(&body).unwrap(),
+                meta: json!({}),
+            })
+            .await
+            .unwrap();
+        }
         projector.catch_up().await.unwrap();
-        let sessions = store.load_sessions(&["s-0".to_owned()]).await.unwrap();
-        let body: Value = serde_json::from_slice(&approval(0, 0)).unwrap();
-        assert!(body["decision"].is_object());
-        assert_eq!(sessions["s-0"].doc["didit_decision"], body["decision"]);
+        let ids = ["old-0".to_owned(), "old-1".to_owned()];
+        let sessions = store.load_sessions(&ids).await.unwrap();
+        for id in ids {
+            let d = &sessions[&id].doc["didit_decision"];
+            assert!(d["id_verifications"].is_array(), "{id}: {d}");
+            assert!(
+                d.get("kyc").is_none() && d.get("id_verification").is_none(),
+                "{id}: {d}"
+            );
+        }
     }
 
     #[tokio::test]

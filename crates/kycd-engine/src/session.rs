@@ -47,10 +47,6 @@ pub struct Delivery<'a> {
     pub envelope_only: bool,
     pub sandbox: bool,
     pub envelope: &'a Envelope,
-    /// The envelope's `decision` exactly as it was parsed, when the caller
-    /// has it: the session keeps it as is rather than serialising the
-    /// typed decision again (which cost more than parsing the whole body).
-    pub decision_json: Option<Value>,
 }
 
 /// Why a delivery was recorded without moving the session.
@@ -124,7 +120,7 @@ fn doc_i64(doc: &Value, key: &str) -> i64 {
 
 /// Apply one session delivery to the session's record (or create it).
 /// Returns `None` if the delivery is not about a session.
-pub fn apply(current: Option<SessionRecord>, d: Delivery<'_>) -> Option<SessionRecord> {
+pub fn apply(current: Option<SessionRecord>, d: &Delivery<'_>) -> Option<SessionRecord> {
     let env = d.envelope;
     let session_id = env.session_id.clone()?;
     let status = env.status.clone()?;
@@ -172,10 +168,7 @@ pub fn apply(current: Option<SessionRecord>, d: Delivery<'_>) -> Option<SessionR
         if d.envelope_only {
             doc["decision_needs_fetch"] = json!(true);
         } else if ts >= doc_i64(&doc, "didit_decision_ts") {
-            doc["didit_decision"] = match d.decision_json {
-                Some(raw) => raw,
-                None => serde_json::to_value(decision).unwrap_or(Value::Null),
-            };
+            doc["didit_decision"] = serde_json::to_value(decision).unwrap_or(Value::Null);
             doc["didit_decision_ts"] = json!(ts);
             doc["decision_needs_fetch"] = json!(false);
         }
@@ -306,9 +299,8 @@ mod tests {
                 envelope_only: false,
                 sandbox: false,
                 envelope: e,
-                decision_json: None,
             };
-            rec = apply(rec, d);
+            rec = apply(rec, &d);
         }
         rec.unwrap()
     }
@@ -406,9 +398,8 @@ mod tests {
             envelope_only: true,
             sandbox: true,
             envelope: &e,
-            decision_json: None,
         };
-        let r = apply(None, d).unwrap();
+        let r = apply(None, &d).unwrap();
         assert_eq!(r.status, "Approved");
         assert!(r.doc.get("didit_decision").is_none());
         assert_eq!(r.doc["decision_needs_fetch"], json!(true));
