@@ -159,18 +159,7 @@ impl<'a> Value<'a> {
                 }
                 out.push(b']');
             }
-            Value::Object(members) => {
-                out.push(b'{');
-                for (i, (k, v)) in members.iter().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    write_string(k, mode, out);
-                    out.push(b':');
-                    v.write(mode, out);
-                }
-                out.push(b'}');
-            }
+            Value::Object(members) => write_members(members.iter(), mode, out),
         }
     }
 
@@ -181,17 +170,7 @@ impl<'a> Value<'a> {
         let Value::Object(members) = self else {
             return self.write(mode, out);
         };
-        out.push(b'{');
-        let kept = members.iter().filter(|(k, _)| k != key);
-        for (i, (k, v)) in kept.enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            write_string(k, mode, out);
-            out.push(b':');
-            v.write(mode, out);
-        }
-        out.push(b'}');
+        write_members(members.iter().filter(|(k, _)| k != key), mode, out);
     }
 
     /// This value's canonical bytes.
@@ -762,6 +741,24 @@ fn push_u_escape(unit: u32, out: &mut Vec<u8>) {
     for shift in [12, 8, 4, 0] {
         out.push(HEX[((unit >> shift) & 0xF) as usize]);
     }
+}
+
+/// An object's members, already in canonical order, as `{"k":v,...}`.
+fn write_members<'v, 'a: 'v>(
+    members: impl Iterator<Item = &'v (Cow<'a, str>, Value<'a>)>,
+    mode: Mode,
+    out: &mut Vec<u8>,
+) {
+    out.push(b'{');
+    for (i, (k, v)) in members.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_string(k, mode, out);
+        out.push(b':');
+        v.write(mode, out);
+    }
+    out.push(b'}');
 }
 
 fn write_string(s: &str, mode: Mode, out: &mut Vec<u8>) {
