@@ -85,14 +85,23 @@ pub struct TraceEntry {
 }
 
 impl TraceEntry {
-    /// A rule that did nothing: not fired, no contribution, no error.
+    /// The entry of a rule that did nothing: not fired, no contribution,
+    /// no error. The one definition the evaluator, the compact stored
+    /// trace and its expansion share.
+    fn quiet_rule(id: Arc<str>) -> Self {
+        TraceEntry {
+            id,
+            kind: TraceKind::Rule,
+            fired: false,
+            score: 0,
+            outcome: None,
+            hits: None,
+            error: None,
+        }
+    }
+
     fn is_quiet_rule(&self) -> bool {
-        self.kind == TraceKind::Rule
-            && !self.fired
-            && self.score == 0
-            && self.outcome.is_none()
-            && self.hits.is_none()
-            && self.error.is_none()
+        *self == TraceEntry::quiet_rule(self.id.clone())
     }
 }
 
@@ -245,15 +254,7 @@ impl Policy {
                         error: None,
                     }
                 }
-                Ok(false) => TraceEntry {
-                    id: rule.id.clone(),
-                    kind: TraceKind::Rule,
-                    fired: false,
-                    score: 0,
-                    outcome: None,
-                    hits: None,
-                    error: None,
-                },
+                Ok(false) => TraceEntry::quiet_rule(rule.id.clone()),
                 Err(error) => {
                     tally.error(&rule.id);
                     TraceEntry {
@@ -357,13 +358,8 @@ pub fn expand_trace(trace: &mut serde_json::Value) {
     };
     for entry in entries {
         if let serde_json::Value::String(id) = entry {
-            *entry = serde_json::json!({
-                "id": std::mem::take(id),
-                "kind": TraceKind::Rule,
-                "fired": false,
-                "score": 0,
-                "outcome": null,
-            });
+            let quiet = TraceEntry::quiet_rule(id.as_str().into());
+            *entry = serde_json::to_value(quiet).unwrap_or(serde_json::Value::Null);
         }
     }
 }
