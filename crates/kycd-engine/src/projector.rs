@@ -313,16 +313,14 @@ impl Projector {
                         is_step_up_session: false,
                     };
                     let facts = facts::build(&input);
-                    let for_shadow = self.policies.shadow.as_ref().map(|_| facts.clone());
-                    let made = decide(&active, false, event, &record, facts);
-                    self.act(&made, &mut record, flag("sandbox"), &mut batch);
-                    record.doc["decision"] = summary(&made);
-                    batch.decisions.push(made);
-                    if let (Some(shadow), Some(facts)) = (&self.policies.shadow, for_shadow) {
-                        batch
-                            .decisions
-                            .push(decide(shadow, true, event, &record, facts));
-                    }
+                    self.decide_and_act(
+                        event,
+                        &active,
+                        &mut record,
+                        facts,
+                        flag("sandbox"),
+                        &mut batch,
+                    );
                 }
                 for (kind, value) in keys {
                     pending
@@ -587,22 +585,37 @@ impl Projector {
         };
         facts["now"] = json!(format_millis(event.received_at_ms));
         facts["step_up"] = facts::step_up_facts(original.doc.get("step_up"));
-        let for_shadow = self.policies.shadow.as_ref().map(|_| facts.clone());
-        let made = decide(active, false, event, original, facts);
         let sandbox = original
             .doc
             .get("sandbox")
             .and_then(Value::as_bool)
             .unwrap_or(false);
-        self.act(&made, original, sandbox, batch);
-        original.doc["decision"] = summary(&made);
+        self.decide_and_act(event, active, original, facts, sandbox, batch);
+        Ok(())
+    }
+
+    /// Decide `record` on `facts` with the active policy and act on it,
+    /// then with the shadow policy, if any, on the same facts (stored
+    /// apart, never acted on). The facts are copied only for a shadow.
+    fn decide_and_act(
+        &self,
+        event: &StoredEvent,
+        active: &Policy,
+        record: &mut SessionRecord,
+        facts: Value,
+        sandbox: bool,
+        batch: &mut ProjectionBatch,
+    ) {
+        let for_shadow = self.policies.shadow.as_ref().map(|_| facts.clone());
+        let made = decide(active, false, event, record, facts);
+        self.act(&made, record, sandbox, batch);
+        record.doc["decision"] = summary(&made);
         batch.decisions.push(made);
         if let (Some(shadow), Some(facts)) = (&self.policies.shadow, for_shadow) {
             batch
                 .decisions
-                .push(decide(shadow, true, event, original, facts));
+                .push(decide(shadow, true, event, record, facts));
         }
-        Ok(())
     }
 
     /// kycd's own events: a step-up session created, or a step-up that ran
