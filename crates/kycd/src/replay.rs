@@ -60,7 +60,7 @@ pub async fn replay(
         SqliteStore::open(&data_dir.join("store.db"), false).context("open the live store")?;
     let scratch_dir = tempdir()?;
     let scratch: Arc<dyn Store> =
-        Arc::new(SqliteStore::open(&scratch_dir.join("store.db"), false)?);
+        Arc::new(SqliteStore::open_scratch(&scratch_dir.join("store.db"))?);
     let report = kycd_engine::replay::replay(log, &live, scratch, candidate, w).await;
     let _ = std::fs::remove_dir_all(&scratch_dir);
     report.context("replay the log")
