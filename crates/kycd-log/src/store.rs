@@ -423,6 +423,16 @@ impl SqliteStore {
         writer.execute_batch(audit::SCHEMA)?;
         writer.execute_batch(crate::access::SCHEMA)?;
         writer.execute_batch(crate::cases::SCHEMA)?;
+        let kept: i64 = writer.pragma_query_value(None, "page_size", |r| r.get(0))?;
+        if kept != page_size {
+            tracing::warn!(
+                path = %path.display(),
+                page_size = kept,
+                preferred = page_size,
+                "the store keeps the page size it was made with; it works, but \
+                 ARCHITECTURE.md (\"The store is a projection\") tells how to convert it"
+            );
+        }
         crate::cases::backfill(&mut writer)?;
         migrate_identity_links(&writer)?;
         let reader = Connection::open_with_flags(
