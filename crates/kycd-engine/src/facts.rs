@@ -54,6 +54,7 @@ pub fn step_up_facts(held: Option<&Value>) -> Value {
         "status": get("status").unwrap_or_else(|| json!("none")),
         "checks": get("checks").unwrap_or_else(|| json!([])),
         "didit_status": get("didit_status").unwrap_or(Value::Null),
+        "outcome": get("outcome").unwrap_or(Value::Null),
         "approved": get("approved").unwrap_or(json!(false)),
         "session_id": get("session_id").unwrap_or(Value::Null),
     })

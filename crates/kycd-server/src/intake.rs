@@ -255,6 +255,11 @@ fn build_event(
     received_at_ms: i64,
 ) -> Result<NewEvent, &'static str> {
     let body = &v.body;
+    // What the projector cannot read is refused here, before the 200:
+    // an acknowledged delivery must always be projected.
+    if !body.numbers_fit_f64() {
+        return Err("number beyond the range of a double");
+    }
     let session_id = str_field(body, "session_id");
     let status = str_field(body, "status");
     // v1 deliveries (early 2025) predate `webhook_type`; a session delivery
