@@ -1,4 +1,4 @@
-//! Canonical JSON exactly as Didit writes it (PROTOCOL.md 1.1 and 1.2).
+//! Canonical JSON exactly as Didit writes it (docs/didit-protocol.md 1.1 and 1.2).
 //!
 //! Didit computes its body, and the `X-Signature-V2` message, as Python's
 //! `json.dumps(payload, sort_keys=True, separators=(",", ":"))` after turning

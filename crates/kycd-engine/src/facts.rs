@@ -435,14 +435,10 @@ mod tests {
     use super::*;
     use didit::payload::Envelope;
 
-    const SHARED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/didit");
     const NOW_MS: i64 = 1_774_970_000_000;
 
     fn vector(name: &str) -> Envelope {
-        let v: Value = serde_json::from_str(
-            &std::fs::read_to_string(format!("{SHARED}/vectors.json")).unwrap(),
-        )
-        .unwrap();
+        let v: Value = didit::testdata::vectors();
         let case = v["cases"]
             .as_array()
             .unwrap()

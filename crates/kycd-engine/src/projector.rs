@@ -1270,15 +1270,10 @@ mod tests {
     use kycd_log::store::{DecisionQuery, SqliteStore};
     use kycd_log::NewEvent;
 
-    const SHARED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/didit");
-
     /// The approved vector as a different customer with their own document,
     /// all behind the same IP address.
     fn approval(n: usize, subject: usize) -> Vec<u8> {
-        let v: Value = serde_json::from_str(
-            &std::fs::read_to_string(format!("{SHARED}/vectors.json")).unwrap(),
-        )
-        .unwrap();
+        let v: Value = didit::testdata::vectors();
         let case = v["cases"]
             .as_array()
             .unwrap()
@@ -1349,10 +1344,7 @@ mod tests {
     async fn the_session_keeps_older_decisions_in_the_v3_shape() {
         let dir = tempfile::tempdir().unwrap();
         let (log, store, projector) = capped_at_three(&dir);
-        let v: Value = serde_json::from_str(
-            &std::fs::read_to_string(format!("{SHARED}/vectors.json")).unwrap(),
-        )
-        .unwrap();
+        let v: Value = didit::testdata::vectors();
         for (n, name) in ["v1_legacy_decision", "v2_singular_decision"]
             .iter()
             .enumerate()

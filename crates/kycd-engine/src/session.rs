@@ -2,7 +2,7 @@
 //! Didit session. Pure: no I/O, no clock; the projector feeds it events in
 //! log order and stores what it returns.
 //!
-//! Didit may deliver twice and out of order (PROTOCOL.md 1.3), so every
+//! Didit may deliver twice and out of order (docs/didit-protocol.md 1.3), so every
 //! delivery is **recorded** in the session's history, but only some
 //! **move** it. The rules, in order:
 //!
@@ -98,7 +98,7 @@ pub fn status_transition(
 /// attempt, and its retries come up to about five minutes later.
 pub const REORDER_WINDOW_SECS: i64 = 300;
 
-/// Didit's usual transitions (PROTOCOL.md section 2), including manual and
+/// Didit's usual transitions (docs/didit-protocol.md section 2), including manual and
 /// API updates, as far as they order two statuses.
 pub fn usual_transition(from: &SessionStatus, to: &SessionStatus) -> bool {
     use SessionStatus as S;

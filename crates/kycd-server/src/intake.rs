@@ -1,7 +1,7 @@
 //! `POST /webhooks/didit`: durable, idempotent intake of Didit deliveries.
 //!
 //! Didit waits 5 s, retries a failed delivery only twice, and may deliver
-//! twice or out of order (PROTOCOL.md 1.3). So, in order:
+//! twice or out of order (docs/didit-protocol.md 1.3). So, in order:
 //!
 //! 1. the body is read up to the cap (1 MiB); a larger one is drained up to
 //!    [`DRAIN_LIMIT`] so an ordinary client reads the 413 rather than a

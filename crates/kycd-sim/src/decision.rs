@@ -1,4 +1,4 @@
-//! Building Didit's v3 decision (PROTOCOL.md section 3) for a session: one
+//! Building Didit's v3 decision (docs/didit-protocol.md section 3) for a session: one
 //! entry per feature the workflow runs, each with its `node_id`, `status`
 //! and `warnings`, scores in Didit's ranges, and the overall status derived
 //! the way Didit derives it (any `error` warning declines, any `warning`

@@ -488,7 +488,7 @@ pub(crate) fn decide(
     Some(status)
 }
 
-/// The v3 decision (PROTOCOL.md 3) of a session as it stands.
+/// The v3 decision (docs/didit-protocol.md 3) of a session as it stands.
 pub(crate) fn decision_json(inner: &Inner, s: &Session) -> Value {
     let mut d = Map::new();
     d.insert("session_id".into(), json!(s.id));
@@ -650,7 +650,7 @@ pub(crate) enum Actor {
     },
 }
 
-/// What `update-status` would do, by Didit's rules (PROTOCOL.md 4).
+/// What `update-status` would do, by Didit's rules (docs/didit-protocol.md 4).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Transition {
     Change(SessionStatus),

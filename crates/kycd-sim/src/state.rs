@@ -24,7 +24,7 @@ pub(crate) const KYC_FEATURES: &[Feat] = &[
     Feat::Email,
 ];
 
-/// Event types a destination may subscribe to (PROTOCOL.md 1.4). The
+/// Event types a destination may subscribe to (docs/didit-protocol.md 1.4). The
 /// simulator produces `status.updated` and `data.updated`.
 pub(crate) const EVENT_TYPES: &[&str] = &[
     "status.updated",
