@@ -273,8 +273,6 @@ pub struct SqliteStore {
     /// Dropped with the last clone of the store, which stops the
     /// checkpointer thread.
     _checkpointer: Arc<std::sync::mpsc::Sender<()>>,
-    /// The audit trail's key, head and status (`audit`).
-    pub(crate) chain: Arc<audit::ChainState>,
 }
 
 /// The page size of a new store: 1 KiB rather than SQLite's 4 KiB.
@@ -426,7 +424,6 @@ impl SqliteStore {
         writer.execute_batch(SCHEMA)?;
         writer.execute_batch(outbox::SCHEMA)?;
         writer.execute_batch(audit::SCHEMA)?;
-        audit::migrate(&writer)?;
         writer.execute_batch(crate::access::SCHEMA)?;
         writer.execute_batch(crate::cases::SCHEMA)?;
         let kept: i64 = writer.pragma_query_value(None, "page_size", |r| r.get(0))?;
@@ -453,13 +450,11 @@ impl SqliteStore {
         )?;
         graph_reader.busy_timeout(std::time::Duration::from_secs(5))?;
         let checkpointer = start_checkpointer(path, &writer, on_checkpointer_start)?;
-        let chain = audit::ChainState::open(&writer)?;
         Ok(Self {
             writer: Arc::new(Mutex::new(writer)),
             reader: Arc::new(Mutex::new(reader)),
             graph_reader: Arc::new(Mutex::new(graph_reader)),
             _checkpointer: Arc::new(checkpointer),
-            chain,
         })
     }
 
@@ -740,7 +735,6 @@ impl Store for SqliteStore {
     ) -> Result<(), StoreError> {
         let consumer = consumer.to_owned();
         let sessions = batch.sessions;
-        let chain = self.chain.clone();
         Self::with(&self.writer, move |c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let current = offset_of(&tx, &consumer)?;
@@ -751,7 +745,6 @@ impl Store for SqliteStore {
                     expected: from_offset,
                 });
             }
-            let appended;
             {
                 let mut up = tx.prepare_cached(
                     "INSERT INTO sessions (seq, session_id, vendor_data, status, workflow_id, created_at_ms, updated_at_ms, doc)
@@ -814,7 +807,7 @@ impl Store for SqliteStore {
                 }
                 outbox::insert_actions(&tx, &batch.actions)?;
                 outbox::upsert_step_ups(&tx, &batch.step_ups)?;
-                appended = audit::append(&tx, &batch.audit, &chain)?;
+                audit::append(&tx, &batch.audit)?;
                 tx.execute(
                     "INSERT INTO consumer_offsets (consumer, offset) VALUES (?1, ?2)
                      ON CONFLICT(consumer) DO UPDATE SET offset = excluded.offset",
@@ -822,7 +815,6 @@ impl Store for SqliteStore {
                 )?;
             }
             tx.commit()?;
-            chain.committed(appended);
             Ok(())
         })
         .await
@@ -1036,9 +1028,8 @@ impl outbox::Outbox for SqliteStore {
         now_ms: i64,
     ) -> Result<bool, StoreError> {
         let id = id.to_owned();
-        let chain = self.chain.clone();
         Self::with(&self.writer, move |c| {
-            outbox::finish(c, &id, attempt, &finish, now_ms, &chain)
+            outbox::finish(c, &id, attempt, &finish, now_ms)
         })
         .await
     }
@@ -1121,12 +1112,10 @@ impl outbox::Outbox for SqliteStore {
 #[async_trait::async_trait]
 impl audit::Audit for SqliteStore {
     async fn audit(&self, records: Vec<audit::NewAudit>) -> Result<(), StoreError> {
-        let chain = self.chain.clone();
         Self::with(&self.writer, move |c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let appended = audit::append(&tx, &records, &chain)?;
+            audit::append(&tx, &records)?;
             tx.commit()?;
-            chain.committed(appended);
             Ok(())
         })
         .await
@@ -1145,12 +1134,7 @@ impl audit::Audit for SqliteStore {
     }
 
     async fn verify_audit(&self) -> Result<audit::Verification, StoreError> {
-        let key = self.audit_key().cloned();
-        Self::with(&self.reader, move |c| audit::verify(c, key.as_ref())).await
-    }
-
-    fn audit_chain_broken(&self) -> bool {
-        self.chain.is_broken()
+        Self::with(&self.reader, |c| audit::verify(c)).await
     }
 }
 
