@@ -273,6 +273,8 @@ pub struct SqliteStore {
     /// Dropped with the last clone of the store, which stops the
     /// checkpointer thread.
     _checkpointer: Arc<std::sync::mpsc::Sender<()>>,
+    /// The audit trail's key, head and status (`audit`).
+    pub(crate) chain: Arc<audit::ChainState>,
 }
 
 /// The page size of a new store: 1 KiB rather than SQLite's 4 KiB.
@@ -424,6 +426,7 @@ impl SqliteStore {
         writer.execute_batch(SCHEMA)?;
         writer.execute_batch(outbox::SCHEMA)?;
         writer.execute_batch(audit::SCHEMA)?;
+        audit::migrate(&writer)?;
         writer.execute_batch(crate::access::SCHEMA)?;
         writer.execute_batch(crate::cases::SCHEMA)?;
         let kept: i64 = writer.pragma_query_value(None, "page_size", |r| r.get(0))?;
@@ -450,11 +453,13 @@ impl SqliteStore {
         )?;
         graph_reader.busy_timeout(std::time::Duration::from_secs(5))?;
         let checkpointer = start_checkpointer(path, &writer, on_checkpointer_start)?;
+        let chain = audit::ChainState::open(&writer)?;
         Ok(Self {
             writer: Arc::new(Mutex::new(writer)),
             reader: Arc::new(Mutex::new(reader)),
             graph_reader: Arc::new(Mutex::new(graph_reader)),
             _checkpointer: Arc::new(checkpointer),
+            chain,
         })
     }
 
@@ -735,6 +740,7 @@ impl Store for SqliteStore {
     ) -> Result<(), StoreError> {
         let consumer = consumer.to_owned();
         let sessions = batch.sessions;
+        let chain = self.chain.clone();
         Self::with(&self.writer, move |c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let current = offset_of(&tx, &consumer)?;
@@ -745,6 +751,7 @@ impl Store for SqliteStore {
                     expected: from_offset,
                 });
             }
+            let appended;
             {
                 let mut up = tx.prepare_cached(
                     "INSERT INTO sessions (seq, session_id, vendor_data, status, workflow_id, created_at_ms, updated_at_ms, doc)
@@ -807,7 +814,7 @@ impl Store for SqliteStore {
                 }
                 outbox::insert_actions(&tx, &batch.actions)?;
                 outbox::upsert_step_ups(&tx, &batch.step_ups)?;
-                audit::append(&tx, &batch.audit)?;
+                appended = audit::append(&tx, &batch.audit, &chain)?;
                 tx.execute(
                     "INSERT INTO consumer_offsets (consumer, offset) VALUES (?1, ?2)
                      ON CONFLICT(consumer) DO UPDATE SET offset = excluded.offset",
@@ -815,6 +822,7 @@ impl Store for SqliteStore {
                 )?;
             }
             tx.commit()?;
+            chain.committed(appended);
             Ok(())
         })
         .await
@@ -1028,8 +1036,9 @@ impl outbox::Outbox for SqliteStore {
         now_ms: i64,
     ) -> Result<bool, StoreError> {
         let id = id.to_owned();
+        let chain = self.chain.clone();
         Self::with(&self.writer, move |c| {
-            outbox::finish(c, &id, attempt, &finish, now_ms)
+            outbox::finish(c, &id, attempt, &finish, now_ms, &chain)
         })
         .await
     }
@@ -1112,10 +1121,12 @@ impl outbox::Outbox for SqliteStore {
 #[async_trait::async_trait]
 impl audit::Audit for SqliteStore {
     async fn audit(&self, records: Vec<audit::NewAudit>) -> Result<(), StoreError> {
+        let chain = self.chain.clone();
         Self::with(&self.writer, move |c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            audit::append(&tx, &records)?;
+            let appended = audit::append(&tx, &records, &chain)?;
             tx.commit()?;
+            chain.committed(appended);
             Ok(())
         })
         .await
@@ -1134,7 +1145,12 @@ impl audit::Audit for SqliteStore {
     }
 
     async fn verify_audit(&self) -> Result<audit::Verification, StoreError> {
-        Self::with(&self.reader, |c| audit::verify(c)).await
+        let key = self.audit_key().cloned();
+        Self::with(&self.reader, move |c| audit::verify(c, key.as_ref())).await
+    }
+
+    fn audit_chain_broken(&self) -> bool {
+        self.chain.is_broken()
     }
 }
 

@@ -66,7 +66,10 @@ fn open(serve: &ServeArgs) -> anyhow::Result<SqliteStore> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("create data directory {}", dir.display()))?;
     let path = dir.join("store.db");
-    SqliteStore::open(&path, false).with_context(|| format!("open store {}", path.display()))
+    let store = SqliteStore::open(&path, false)
+        .with_context(|| format!("open store {}", path.display()))?;
+    crate::audit_cmd::key_store(&store, &loaded.settings)?;
+    Ok(store)
 }
 
 fn block_on<T>(f: impl std::future::Future<Output = T>) -> anyhow::Result<T> {
