@@ -783,6 +783,13 @@ fn ip_analysis(ctx: &Ctx<'_>, rng: &mut SimRng) -> Value {
             false,
         ),
         IpTrait::Vpn(i) | IpTrait::DataCentre(i) => {
+            // Abroad, as the scenarios say: a host in the person's own
+            // country gives way to the next one in the list.
+            let i = if HOSTING[i].country_a2 == c.a2 {
+                (i + 1) % HOSTING.len()
+            } else {
+                i
+            };
             let h = &HOSTING[i];
             let ip = format!(
                 "{}.{}.{}.{}",

@@ -352,7 +352,7 @@ pub async fn start(config: SimConfig) -> anyhow::Result<Sim> {
         next_customer: 0,
         runs: 0,
         api_rng: rng_for(config.seed, "api", ""),
-        ring: None,
+        rings: Vec::new(),
     };
     let clock = clock::SimClock::new(config.time_scale);
     let inner = Arc::new(Inner {
@@ -497,6 +497,26 @@ impl Sim {
                 plans.push(plan);
             }
             st.next_customer += users;
+            // A ring that never got a second member is no ring: its one
+            // customer presented their own documents and face, nothing
+            // links them to anyone, and the ground truth says what they
+            // are, a clean customer.
+            let lone: Vec<usize> = st
+                .rings
+                .iter()
+                .filter(|r| r.members == 1)
+                .map(|r| r.leader_customer)
+                .collect();
+            st.rings.retain(|r| r.members > 1 && r.members < r.size);
+            for plan in plans
+                .iter_mut()
+                .filter(|p| lone.contains(&p.presenter.customer))
+            {
+                plan.scenario = Scenario::CleanApproval;
+                plan.presenter.scenario = Scenario::CleanApproval;
+                plan.presenter.label = Scenario::CleanApproval.label();
+                plan.presenter.traits = scenario::Traits::default();
+            }
         }
         let vendor_data = plans.iter().map(|p| p.vendor_data.clone()).collect();
         for plan in plans {
@@ -524,7 +544,7 @@ impl Sim {
         let mut persona =
             Persona::generate(&mut rng_for(inner.seed, "persona", &vendor_data), today);
         if matches!(scenario, Scenario::DocumentRing | Scenario::MultiAccount) {
-            persona = session::ring_member(st, scenario, persona, &mut rng);
+            persona = session::ring_member(st, scenario, persona, &mut rng, customer);
         }
         session::apply_scenario(&mut persona, scenario, &mut rng, today);
         st.people.insert(vendor_data.clone(), persona.clone());

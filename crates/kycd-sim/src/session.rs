@@ -1051,23 +1051,26 @@ pub(crate) fn ring_member(
     scenario: Scenario,
     own: Persona,
     rng: &mut SimRng,
+    customer: usize,
 ) -> Persona {
+    // One open ring per kind: a document ring drawn in between does not
+    // cut a multi-account ring short.
     let open = st
-        .ring
-        .as_ref()
-        .is_some_and(|r| r.kind == scenario && r.members < r.size);
-    if !open {
-        st.ring = Some(crate::state::Ring {
+        .rings
+        .iter()
+        .position(|r| r.kind == scenario && r.members < r.size);
+    let Some(at) = open else {
+        st.rings.retain(|r| r.kind != scenario);
+        st.rings.push(crate::state::Ring {
             kind: scenario,
             size: rng.gen_range(3..=4),
             members: 1,
             leader: own.clone(),
+            leader_customer: customer,
         });
         return own;
-    }
-    let Some(ring) = st.ring.as_mut() else {
-        return own;
     };
+    let ring = &mut st.rings[at];
     ring.members += 1;
     let leader = &ring.leader;
     let mut p = match scenario {

@@ -245,6 +245,8 @@ pub(crate) struct Ring {
     pub size: usize,
     pub members: usize,
     pub leader: Persona,
+    /// The customer number of the ring's first member.
+    pub leader_customer: usize,
 }
 
 pub(crate) struct State {
@@ -264,7 +266,8 @@ pub(crate) struct State {
     pub runs: u64,
     /// Ids of things created through the API, in call order.
     pub api_rng: SimRng,
-    pub ring: Option<Ring>,
+    /// The rings being filled, at most one open ring of each kind.
+    pub rings: Vec<Ring>,
 }
 
 impl State {
