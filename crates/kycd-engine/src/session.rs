@@ -36,6 +36,7 @@
 
 use didit::payload::{Envelope, SessionStatus, WebhookType};
 use kycd_log::store::SessionRecord;
+use kycd_log::EventSource;
 use serde_json::{json, Map, Value};
 
 /// What the projector knows about one delivery besides its payload.
@@ -75,13 +76,38 @@ pub fn status_transition(
     new: &SessionStatus,
     new_ts: i64,
 ) -> Result<(), Skip> {
+    transition(current, current_ts, new, new_ts, false)
+}
+
+/// [`status_transition`] for a status kycd read from Didit's API (a
+/// poll): the API answers with the session's status now, stamped with the
+/// time kycd asked, so it is never a late retry of an earlier status and
+/// the reorder window does not apply. Older than the current status
+/// (stale) or backwards in the lifecycle is still refused.
+pub fn polled_transition(
+    current: &SessionStatus,
+    current_ts: i64,
+    new: &SessionStatus,
+    new_ts: i64,
+) -> Result<(), Skip> {
+    transition(current, current_ts, new, new_ts, true)
+}
+
+fn transition(
+    current: &SessionStatus,
+    current_ts: i64,
+    new: &SessionStatus,
+    new_ts: i64,
+    polled: bool,
+) -> Result<(), Skip> {
     if new_ts < current_ts {
         return Err(Skip::Stale);
     }
     if new.is_backwards_from(current) {
         return Err(Skip::Backwards);
     }
-    if new_ts - current_ts <= REORDER_WINDOW_SECS
+    if !polled
+        && new_ts - current_ts <= REORDER_WINDOW_SECS
         && usual_transition(new, current)
         && !usual_transition(current, new)
     {
@@ -161,7 +187,12 @@ pub fn apply(current: Option<SessionRecord>, d: &Delivery<'_>) -> Option<Applied
     let verdict = if first {
         Ok(())
     } else {
-        status_transition(&current_status, doc_i64(&doc, "status_ts"), &status, ts)
+        let check = if d.source == EventSource::Polled.as_str() {
+            polled_transition
+        } else {
+            status_transition
+        };
+        check(&current_status, doc_i64(&doc, "status_ts"), &status, ts)
     };
     let moved = verdict.is_ok() && (first || status != current_status);
     if verdict.is_ok() {
@@ -305,9 +336,18 @@ mod tests {
     }
 
     fn run(events: &[(&str, i64, &str, bool)]) -> SessionRecord {
+        let sourced: Vec<_> = events
+            .iter()
+            .map(|&(s, t, w, d)| (s, t, w, d, "webhook"))
+            .collect();
+        run_from(&sourced)
+    }
+
+    /// [`run`] with each delivery's source (`webhook` or `polled`).
+    fn run_from(events: &[(&str, i64, &str, bool, &str)]) -> SessionRecord {
         let envs: Vec<Envelope> = events
             .iter()
-            .map(|(s, t, w, d)| env(s, *t, w, *d))
+            .map(|(s, t, w, d, _)| env(s, *t, w, *d))
             .collect();
         let mut rec = None;
         for (i, e) in envs.iter().enumerate() {
@@ -315,7 +355,7 @@ mod tests {
                 offset: i as u64 + 1,
                 event_id: "evt_x",
                 received_at_ms: 1000 + i as i64,
-                source: "webhook",
+                source: events[i].4,
                 envelope_only: false,
                 sandbox: false,
                 envelope: e,
@@ -473,6 +513,29 @@ mod tests {
         ]);
         assert_eq!(r.status, "Declined");
         assert_eq!(applied(&r), vec![true, true, true]);
+    }
+
+    #[test]
+    fn a_poll_reports_the_status_now_and_is_not_held_back_as_a_late_retry() {
+        // Within the reorder window a delivered In Review after Approved is
+        // taken for a late retry; Didit's API saying In Review now is not.
+        let delivered = run(&[
+            ("Approved", 100, "status.updated", true),
+            ("In Review", 160, "status.updated", true),
+        ]);
+        assert_eq!(delivered.status, "Approved");
+        let polled = run_from(&[
+            ("Approved", 100, "status.updated", true, "webhook"),
+            ("In Review", 160, "status.updated", true, "polled"),
+        ]);
+        assert_eq!(polled.status, "In Review");
+        assert_eq!(applied(&polled), vec![true, true]);
+        // Older than what kycd holds, a poll is still stale.
+        let stale = run_from(&[
+            ("Approved", 100, "status.updated", true, "webhook"),
+            ("In Review", 90, "status.updated", true, "polled"),
+        ]);
+        assert_eq!(stale.status, "Approved");
     }
 
     #[test]
