@@ -53,6 +53,7 @@ fn facts_of(env: &Envelope) -> Value {
         },
         step_up: None,
         is_step_up_session: false,
+        later_links: None,
     })
 }
 

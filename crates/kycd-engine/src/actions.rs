@@ -376,6 +376,25 @@ fn resubmit_nodes(d: &DecisionRecord, didit_decision: Option<&Value>) -> Vec<Val
         .collect()
 }
 
+/// Whether the session's workflow has the step `feature` (as
+/// [`kycd_policy::DIDIT_FEATURES`] names it), from Didit's decision on it:
+/// only a step it has can be resubmitted.
+pub fn workflow_has_step(didit_decision: Option<&Value>, feature: &str) -> bool {
+    didit_decision.is_some_and(|d| node_of(d, feature).is_some())
+}
+
+/// The features among `nodes` (`[{"feature": ...}]`, the one node format
+/// of policy files, the API and the console) that the workflow lacks.
+pub fn missing_steps(didit_decision: Option<&Value>, nodes: &[Value]) -> Vec<String> {
+    nodes
+        .iter()
+        .filter(|n| n.get("node_id").and_then(Value::as_str).is_none())
+        .filter_map(|n| n.get("feature").and_then(Value::as_str))
+        .filter(|f| !workflow_has_step(didit_decision, f))
+        .map(str::to_owned)
+        .collect()
+}
+
 fn node_of(decision: &Value, feature: &str) -> Option<String> {
     let list = match feature {
         "ID_VERIFICATION" => "id_verifications",

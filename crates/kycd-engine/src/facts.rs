@@ -44,6 +44,27 @@ pub struct FactsInput<'a> {
     pub step_up: Option<&'a Value>,
     /// This session is itself a step-up kycd created.
     pub is_step_up_session: bool,
+    /// Links that later sessions of other customers revealed
+    /// (`[{kind, session_id, subject, at}]`, as the projector keeps them in
+    /// the session); `None` when there are none.
+    pub later_links: Option<&'a Value>,
+}
+
+/// The `graph.later_links` and `graph.later_link_kinds` facts: what later
+/// sessions of other customers share with this one (kinds sorted, unique).
+pub fn later_link_facts(held: Option<&Value>) -> (Value, Value) {
+    let links = held
+        .filter(|v| v.is_array())
+        .cloned()
+        .unwrap_or_else(|| json!([]));
+    let kinds: std::collections::BTreeSet<&str> = links
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l.get("kind").and_then(Value::as_str))
+        .collect();
+    let kinds = json!(kinds);
+    (links, kinds)
 }
 
 /// The `step_up` facts: what became of the extra check a `step_up` outcome
@@ -370,12 +391,13 @@ pub fn build(input: &FactsInput<'_>) -> Value {
     });
     let email = json!({
         "present": !d.email_verifications.is_empty(),
-        "disposable": any_true(d.email_verifications.iter().map(|e| e.is_disposable)),
+        "disposable": any_true(d.email_verifications.iter().map(|e| e.is_disposable)) || has("DISPOSABLE_EMAIL_DETECTED"),
         "breached": any_true(d.email_verifications.iter().map(|e| e.is_breached)) || has("BREACHED_EMAIL_DETECTED"),
         "undeliverable": any_true(d.email_verifications.iter().map(|e| e.is_undeliverable)),
     });
 
     let g = input.graph;
+    let (later_links, later_link_kinds) = later_link_facts(input.later_links);
     let graph = json!({
         "document_subjects": g.document_subjects,
         "device_subjects": g.device_subjects,
@@ -385,6 +407,8 @@ pub fn build(input: &FactsInput<'_>) -> Value {
         "prior_declines": g.prior_declines,
         "duplicate_face": has("DUPLICATED_FACE") || d.liveness_checks.iter().any(|l| !l.matches.is_empty()),
         "duplicate_user": has("POSSIBLE_DUPLICATED_USER"),
+        "later_links": later_links,
+        "later_link_kinds": later_link_kinds,
     });
 
     let attributes = input
@@ -462,6 +486,7 @@ mod tests {
             graph,
             step_up: None,
             is_step_up_session: false,
+            later_links: None,
         })
     }
 

@@ -29,7 +29,7 @@ use kycd_log::audit::NewAudit;
 use kycd_log::outbox::StepUpRecord;
 use kycd_log::store::{
     DecisionQuery, DecisionRecord, GraphContext, GraphQuery, IdentityLink, ProjectionBatch,
-    SessionRecord, Store, StoreError, SubjectVersion,
+    SessionQuery, SessionRecord, Store, StoreError, SubjectVersion,
 };
 use kycd_log::{EventLog, EventSource, LogError, StoredEvent};
 use kycd_policy::{Outcome, Policy};
@@ -190,7 +190,8 @@ impl Projector {
 
         for (event, parsed) in events.iter().zip(envelopes) {
             if event.source == EventSource::Subject {
-                self.apply_subject(event, &mut pending, &mut batch);
+                self.apply_subject(event, &active, &mut pending, &mut sessions, &mut batch)
+                    .await?;
                 continue;
             }
             if event.source == EventSource::Internal {
@@ -303,6 +304,7 @@ impl Projector {
                             record.doc.get("step_up").filter(|v| v.is_object())
                         },
                         is_step_up_session: original.is_some(),
+                        later_links: record.doc.get(LATER_LINKS),
                     };
                     let facts = facts::build(&input);
                     record.doc[DECIDED_STATUS] = json!(record.status);
@@ -312,8 +314,32 @@ impl Projector {
                         &mut record,
                         facts,
                         flag("sandbox"),
+                        json!({"kind": "delivery"}),
                         &mut batch,
                     );
+                    if original.is_none() {
+                        // Later evidence re-decides earlier approvals: the
+                        // customers this session links to, if approved.
+                        let links = self.later_links_of(
+                            &history,
+                            &pending,
+                            &subject,
+                            &session_id,
+                            &keys,
+                            decision,
+                            event.received_at_ms,
+                        );
+                        self.retroactive(
+                            event,
+                            &active,
+                            &subject,
+                            &session_id,
+                            links,
+                            &mut sessions,
+                            &mut batch,
+                        )
+                        .await?;
+                    }
                     if let Some(original) = &original {
                         // A step-up session is decided by the policy like
                         // any other; its decision (not only Didit's status)
@@ -570,7 +596,14 @@ impl Projector {
                     event.received_at_ms,
                 ));
                 self.announce_step_up(event, &original, "step_up.completed", batch);
-                self.redecide(event, active, &mut original, batch).await?;
+                self.redecide(
+                    event,
+                    active,
+                    &mut original,
+                    json!({"kind": "step_up_completed", "step_up_session_id": step_up.session_id}),
+                    batch,
+                )
+                .await?;
             }
         }
         sessions.insert(original.session_id.clone(), original);
@@ -605,7 +638,14 @@ impl Projector {
             }
         }
         self.announce_step_up(event, original, "step_up.completed", batch);
-        self.redecide(event, active, original, batch).await
+        self.redecide(
+            event,
+            active,
+            original,
+            json!({"kind": "step_up_expired", "reason": reason}),
+            batch,
+        )
+        .await
     }
     fn announce_step_up(
         &self,
@@ -630,53 +670,270 @@ impl Projector {
         ));
     }
 
+    /// The facts of the session's latest policy decision (a person's
+    /// decision has none): this batch's first, then the store's.
+    async fn latest_facts(
+        &self,
+        session_id: &str,
+        batch: &ProjectionBatch,
+    ) -> Result<Option<Value>, ProjectorError> {
+        let in_batch = batch
+            .decisions
+            .iter()
+            .rev()
+            .filter(|d| !d.shadow && d.session_id == session_id)
+            .find_map(|d| d.doc.get("facts").cloned());
+        if in_batch.is_some() {
+            return Ok(in_batch);
+        }
+        Ok(self
+            .store
+            .list_decisions(DecisionQuery {
+                session_id: Some(session_id.to_owned()),
+                limit: 20,
+                ..DecisionQuery::default()
+            })
+            .await?
+            .into_iter()
+            .find_map(|d| d.doc.get("facts").cloned()))
+    }
+
     /// Decide `original` again on the facts of its latest decision, with
-    /// the step-up's result and the time of `event`.
+    /// its step-up, its later links and its subject as they stand now, at
+    /// the time of `event`; `trigger` says why.
     async fn redecide(
         &self,
         event: &StoredEvent,
         active: &Policy,
         original: &mut SessionRecord,
+        trigger: Value,
         batch: &mut ProjectionBatch,
     ) -> Result<(), ProjectorError> {
-        let in_batch = batch
-            .decisions
-            .iter()
-            .rev()
-            .find(|d| !d.shadow && d.session_id == original.session_id)
-            .and_then(|d| d.doc.get("facts").cloned());
-        let facts = match in_batch {
-            Some(f) => Some(f),
-            None => self
-                .store
-                .list_decisions(DecisionQuery {
-                    session_id: Some(original.session_id.clone()),
-                    limit: 1,
-                    ..DecisionQuery::default()
-                })
-                .await?
-                .into_iter()
-                .next()
-                .and_then(|d| d.doc.get("facts").cloned()),
-        };
-        let Some(mut facts) = facts else {
-            tracing::warn!(session = %original.session_id, "step-up finished on a session without a decision; not decided again");
+        self.redecide_with(event, active, original, trigger, batch, |_| {})
+            .await
+    }
+
+    /// [`Projector::redecide`], with `edit` applied to the facts last.
+    async fn redecide_with(
+        &self,
+        event: &StoredEvent,
+        active: &Policy,
+        original: &mut SessionRecord,
+        trigger: Value,
+        batch: &mut ProjectionBatch,
+        edit: impl FnOnce(&mut Value) + Send,
+    ) -> Result<(), ProjectorError> {
+        let Some(mut facts) = self.latest_facts(&original.session_id, batch).await? else {
+            tracing::warn!(session = %original.session_id, "a session without a policy decision was to be decided again; not decided");
             return Ok(());
         };
         facts["now"] = json!(format_millis(event.received_at_ms));
         facts["step_up"] = facts::step_up_facts(original.doc.get("step_up"));
+        let (links, kinds) = facts::later_link_facts(original.doc.get(LATER_LINKS));
+        if facts["graph"].is_object() {
+            facts["graph"]["later_links"] = links;
+            facts["graph"]["later_link_kinds"] = kinds;
+        }
+        edit(&mut facts);
         let sandbox = original
             .doc
             .get("sandbox")
             .and_then(Value::as_bool)
             .unwrap_or(false);
-        self.decide_and_act(event, active, original, facts, sandbox, batch);
+        self.decide_and_act(event, active, original, facts, sandbox, trigger, batch);
         Ok(())
+    }
+
+    /// Other customers this session links to, by document, device, phone
+    /// or email (values shared by at most [`LATER_LINK_MAX_SUBJECTS`]
+    /// others, so the set is exact whichever batch the event fell into) or
+    /// by face (Didit's liveness matches name the other sessions). Subject
+    /// -> kinds; face matches are keyed `session:<id>` of the matched
+    /// session and resolved by session.
+    #[allow(clippy::too_many_arguments)]
+    fn later_links_of(
+        &self,
+        history: &GraphContext,
+        pending: &Pending,
+        subject: &str,
+        session_id: &str,
+        keys: &[(IdentityKind, String)],
+        decision: &Decision,
+        now_ms: i64,
+    ) -> LinkTargets {
+        let from_ms = now_ms.saturating_sub(self.policies.graph_window_ms);
+        let mut targets = LinkTargets::default();
+        for (kind, value) in keys {
+            if *kind == IdentityKind::Ip {
+                continue;
+            }
+            let mut others: BTreeSet<&str> = BTreeSet::new();
+            let key = (kind.as_str().to_owned(), value.clone());
+            for (s, at) in history.linked.get(&key).into_iter().flatten() {
+                if *at >= from_ms {
+                    others.insert(s);
+                }
+            }
+            for (s, at) in pending
+                .links
+                .get(&(*kind, value.clone()))
+                .into_iter()
+                .flatten()
+            {
+                if *at >= from_ms {
+                    others.insert(s);
+                }
+            }
+            others.remove(subject);
+            if others.len() > LATER_LINK_MAX_SUBJECTS {
+                continue;
+            }
+            for other in others {
+                targets
+                    .subjects
+                    .entry(other.to_owned())
+                    .or_default()
+                    .insert(kind.as_str());
+            }
+        }
+        for m in decision
+            .liveness_checks
+            .iter()
+            .flat_map(|l| l.matches.iter())
+        {
+            if let Some(id) = m.session_id.as_deref().filter(|id| *id != session_id) {
+                targets.sessions.insert(id.to_owned());
+            }
+        }
+        targets
+    }
+
+    /// Decide again, with the link in their facts, the currently approved
+    /// sessions of the customers `targets` names (not step-up sessions, not
+    /// this customer's own). Each gets `later_links` in its record, kept
+    /// for every later decision, and a decision triggered `retroactive`.
+    #[allow(clippy::too_many_arguments)]
+    async fn retroactive(
+        &self,
+        event: &StoredEvent,
+        active: &Policy,
+        subject: &str,
+        session_id: &str,
+        targets: LinkTargets,
+        sessions: &mut HashMap<String, SessionRecord>,
+        batch: &mut ProjectionBatch,
+    ) -> Result<(), ProjectorError> {
+        if targets.subjects.is_empty() && targets.sessions.is_empty() {
+            return Ok(());
+        }
+        // Candidate sessions -> the kinds that link them.
+        let mut found: std::collections::BTreeMap<String, BTreeSet<&str>> = Default::default();
+        for (other, kinds) in &targets.subjects {
+            for id in self.sessions_of(other, sessions).await? {
+                found.entry(id).or_default().extend(kinds.iter().copied());
+            }
+        }
+        for id in &targets.sessions {
+            found.entry(id.clone()).or_default().insert("face");
+        }
+        let missing: Vec<String> = found
+            .keys()
+            .filter(|id| !sessions.contains_key(*id))
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            sessions.extend(self.store.load_sessions(&missing).await?);
+        }
+        for (id, kinds) in found {
+            if id == session_id {
+                continue;
+            }
+            let Some(mut target) = sessions.remove(&id) else {
+                continue;
+            };
+            let other_subject = subject_key(target.vendor_data.as_deref(), &id);
+            let approved = target
+                .doc
+                .pointer("/decision/outcome")
+                .and_then(Value::as_str)
+                == Some("approve");
+            if other_subject == subject || !approved || target.doc.get("step_up_of").is_some() {
+                sessions.insert(id, target);
+                continue;
+            }
+            let mut links: Vec<Value> = target
+                .doc
+                .get(LATER_LINKS)
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let mut added = Vec::new();
+            for kind in &kinds {
+                let link = json!({
+                    "kind": kind,
+                    "session_id": session_id,
+                    "subject": subject,
+                    "at": format_millis(event.received_at_ms),
+                });
+                let known = links.iter().any(|l| {
+                    l.get("kind") == link.get("kind")
+                        && l.get("session_id") == link.get("session_id")
+                });
+                if !known && links.len() < LATER_LINK_MAX_KEPT {
+                    links.push(link);
+                    added.push(*kind);
+                }
+            }
+            if added.is_empty() {
+                sessions.insert(id, target);
+                continue;
+            }
+            target.doc[LATER_LINKS] = json!(links);
+            self.redecide(
+                event,
+                active,
+                &mut target,
+                json!({"kind": "retroactive", "links": added, "session_id": session_id}),
+                batch,
+            )
+            .await?;
+            sessions.insert(id, target);
+        }
+        Ok(())
+    }
+
+    /// The sessions of `subject` as of now: committed ones and this batch's.
+    async fn sessions_of(
+        &self,
+        subject: &str,
+        sessions: &HashMap<String, SessionRecord>,
+    ) -> Result<BTreeSet<String>, ProjectorError> {
+        let mut ids = BTreeSet::new();
+        if let Some(id) = subject.strip_prefix("session:") {
+            ids.insert(id.to_owned());
+            return Ok(ids);
+        }
+        for (id, r) in sessions {
+            if r.vendor_data.as_deref() == Some(subject) {
+                ids.insert(id.clone());
+            }
+        }
+        let stored = self
+            .store
+            .list_sessions(SessionQuery {
+                vendor_data: Some(subject.to_owned()),
+                limit: LATER_LINK_MAX_KEPT * 4,
+                ..SessionQuery::default()
+            })
+            .await?;
+        ids.extend(stored.into_iter().map(|r| r.session_id));
+        Ok(ids)
     }
 
     /// Decide `record` on `facts` with the active policy and act on it,
     /// then with the shadow policy, if any, on the same facts (stored
     /// apart, never acted on). The facts are copied only for a shadow.
+    #[allow(clippy::too_many_arguments)]
     fn decide_and_act(
         &self,
         event: &StoredEvent,
@@ -684,17 +941,18 @@ impl Projector {
         record: &mut SessionRecord,
         facts: Value,
         sandbox: bool,
+        trigger: Value,
         batch: &mut ProjectionBatch,
     ) {
         let for_shadow = self.policies.shadow.as_ref().map(|_| facts.clone());
-        let made = decide(active, false, event, record, facts);
+        let made = decide(active, false, event, record, facts, trigger.clone());
         self.act(&made, record, sandbox, batch);
         record.doc["decision"] = summary(&made);
         batch.decisions.push(made);
         if let (Some(shadow), Some(facts)) = (&self.policies.shadow, for_shadow) {
             batch
                 .decisions
-                .push(decide(shadow, true, event, record, facts));
+                .push(decide(shadow, true, event, record, facts, trigger));
         }
     }
 
@@ -798,13 +1056,18 @@ impl Projector {
         };
         let id = format!("dec_{}", kycd_core::id::ulid_body(event.received_at_ms));
         let comment = str_of("comment").unwrap_or("");
+        // `{"feature": ...}` objects; reviews logged before kycd used one
+        // node format everywhere hold bare feature names.
         let nodes: Vec<Value> = body
             .get("nodes")
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
-            .filter_map(Value::as_str)
-            .map(|f| json!({"feature": f}))
+            .filter_map(|n| match n {
+                Value::String(f) => Some(json!({"feature": f})),
+                Value::Object(_) => Some(n.clone()),
+                _ => None,
+            })
             .collect();
         let score = record
             .doc
@@ -827,6 +1090,7 @@ impl Projector {
             "comment": comment,
             "policy": {"name": "reviewer", "version": "reviewer"},
             "decided_at": format_millis(event.received_at_ms),
+            "trigger": {"kind": "review"},
         });
         let made = DecisionRecord {
             id,
@@ -852,7 +1116,73 @@ impl Projector {
     }
 
     /// An operator's subject write: `{"vendor_data": ..., "attributes": {...}}`.
-    fn apply_subject(
+    /// Blocklisting a customer decides their approved sessions again.
+    async fn apply_subject(
+        &self,
+        event: &StoredEvent,
+        active: &Policy,
+        pending: &mut Pending,
+        sessions: &mut HashMap<String, SessionRecord>,
+        batch: &mut ProjectionBatch,
+    ) -> Result<(), ProjectorError> {
+        self.record_subject(event, pending, batch);
+        let Ok(body) = serde_json::from_slice::<Value>(&event.body) else {
+            return Ok(());
+        };
+        let (Some(subject), Some(attributes)) = (
+            body.get("vendor_data").and_then(Value::as_str),
+            body.get("attributes"),
+        ) else {
+            return Ok(());
+        };
+        if attributes.get("blocklisted").and_then(Value::as_bool) != Some(true) {
+            return Ok(());
+        }
+        let ids: Vec<String> = self
+            .sessions_of(subject, sessions)
+            .await?
+            .into_iter()
+            .collect();
+        let missing: Vec<String> = ids
+            .iter()
+            .filter(|id| !sessions.contains_key(*id))
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            sessions.extend(self.store.load_sessions(&missing).await?);
+        }
+        for id in ids {
+            let Some(mut target) = sessions.remove(&id) else {
+                continue;
+            };
+            let approved = target
+                .doc
+                .pointer("/decision/outcome")
+                .and_then(Value::as_str)
+                == Some("approve");
+            if approved && target.doc.get("step_up_of").is_none() {
+                let subject_facts = json!({
+                    "id": subject,
+                    "attributes": attributes,
+                    "blocklisted": true,
+                });
+                self.redecide_with(
+                    event,
+                    active,
+                    &mut target,
+                    json!({"kind": "subject", "change": "blocklisted"}),
+                    batch,
+                    move |facts| facts["subject"] = subject_facts,
+                )
+                .await?;
+            }
+            sessions.insert(id, target);
+        }
+        Ok(())
+    }
+
+    /// Keep an operator's subject write as the subject's latest attributes.
+    fn record_subject(
         &self,
         event: &StoredEvent,
         pending: &mut Pending,
@@ -1066,6 +1396,30 @@ pub const STEP_UP_META: &str = "kycd_step_up_of";
 /// The metadata key naming the check a step-up session is for.
 pub const STEP_UP_CHECK_META: &str = "kycd_step_up_check";
 
+/// The reason a decision carries when the policy asked to resubmit a step
+/// the session's workflow does not have and kycd sent it to review.
+pub const RESUBMIT_IMPOSSIBLE: &str = "resubmit_impossible";
+
+/// The session document's key for the links later sessions revealed.
+const LATER_LINKS: &str = "later_links";
+
+/// A value shared by more other customers than this is too common to
+/// re-decide them all on (a family's tablet, a carrier's number pool);
+/// the new session's own graph counts still see it.
+pub const LATER_LINK_MAX_SUBJECTS: usize = 10;
+
+/// At most this many later links are kept on one session.
+const LATER_LINK_MAX_KEPT: usize = 25;
+
+/// Whom a new session links to, for [`Projector::retroactive`].
+#[derive(Debug, Default)]
+struct LinkTargets {
+    /// Other subjects -> the kinds of value shared with them.
+    subjects: std::collections::BTreeMap<String, BTreeSet<&'static str>>,
+    /// Sessions Didit's liveness matched this face with.
+    sessions: BTreeSet<String>,
+}
+
 /// The session document's key for the status the policy last decided on,
 /// so that a repeat of that state decides nothing.
 const DECIDED_STATUS: &str = "decided_status";
@@ -1206,6 +1560,7 @@ fn decide(
     event: &StoredEvent,
     session: &SessionRecord,
     facts: Value,
+    trigger: Value,
 ) -> DecisionRecord {
     let eval = policy.evaluate(&facts);
     let id = format!("dec_{}", kycd_core::id::ulid_body(event.received_at_ms));
@@ -1228,6 +1583,7 @@ fn decide(
         "band": eval.band.as_str(),
         "policy": {"name": policy.name(), "version": policy.version()},
         "decided_at": format_millis(event.received_at_ms),
+        "trigger": trigger,
     });
     // Trees are put in directly: inside `json!` each would be serialised
     // into a copy of itself.
@@ -1236,6 +1592,30 @@ fn decide(
     doc["resubmit_nodes"] = part(serde_json::to_value(&eval.resubmit_nodes));
     doc["trace"] = eval.stored_trace();
     doc["facts"] = facts;
+    let mut outcome = outcome;
+    if outcome == "resubmit" {
+        // A resubmission of a step the workflow does not have would do
+        // nothing at Didit: a person decides instead, told why.
+        let nodes = doc["resubmit_nodes"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let missing = actions::missing_steps(session.doc.get("didit_decision"), &nodes);
+        if !missing.is_empty() {
+            outcome = "review".to_owned();
+            doc["outcome"] = json!(outcome);
+            doc["resubmit_nodes"] = json!([]);
+            if let Some(reasons) = doc["reasons"].as_array_mut() {
+                reasons.push(json!({
+                    "rule": RESUBMIT_IMPOSSIBLE,
+                    "text": format!(
+                        "The policy asked the customer to redo {}, which this session's workflow does not have: a person decides",
+                        missing.join(", ")
+                    ),
+                }));
+            }
+        }
+    }
     DecisionRecord {
         id,
         event_offset: event.offset,

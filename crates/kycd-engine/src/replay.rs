@@ -30,10 +30,81 @@ pub fn comparable(d: &DecisionRecord) -> Value {
     doc
 }
 
+/// What became of one stored decision in a replay: every decision in the
+/// window is in exactly one category, so the categories add up to
+/// [`Report::total`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Category {
+    /// Decided again with the same bytes, apart from its id.
+    Reproduced,
+    /// Decided again with another outcome.
+    ChangedOutcome,
+    /// Decided again with the same outcome and other reasons, score,
+    /// trace or facts.
+    ChangedReasons,
+    /// A person's decision: kept as it was, whatever the policy.
+    Person,
+    /// Not decided again: the replayed history went another way before
+    /// it (an earlier decision that changed, say, never asked for the
+    /// step-up whose result this decision was on).
+    NotDecidedAgain,
+}
+
+impl Category {
+    pub const ALL: [Category; 5] = [
+        Category::Reproduced,
+        Category::ChangedOutcome,
+        Category::ChangedReasons,
+        Category::Person,
+        Category::NotDecidedAgain,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Category::Reproduced => "reproduced",
+            Category::ChangedOutcome => "changed_outcome",
+            Category::ChangedReasons => "changed_reasons",
+            Category::Person => "person",
+            Category::NotDecidedAgain => "not_decided_again",
+        }
+    }
+
+    /// How the report prints it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Category::Reproduced => "reproduced byte for byte",
+            Category::ChangedOutcome => "would change outcome",
+            Category::ChangedReasons => "would change reasons only",
+            Category::Person => "decided by a person and kept",
+            Category::NotDecidedAgain => "not decided again",
+        }
+    }
+}
+
+/// Why a decision was made (`trigger.kind` in the decision): a Didit
+/// delivery or poll, a step-up's completion or expiry, a later session's
+/// link (retroactive), an operator's subject change, a person. Decisions
+/// stored before kycd recorded triggers count as `delivery`, or `review`
+/// for a person's.
+pub fn trigger_of(d: &DecisionRecord) -> String {
+    match d.doc.pointer("/trigger/kind").and_then(Value::as_str) {
+        Some(kind) => kind.to_owned(),
+        None if d.policy_version == "reviewer" => "review".to_owned(),
+        None => "delivery".to_owned(),
+    }
+}
+
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Report {
     pub candidate_version: String,
-    /// Stored decisions in the window that the replay decided again.
+    /// Stored active decisions in the window: the sum of `categories`.
+    pub total: u64,
+    /// Category (see [`Category`]) -> count, every category present.
+    pub categories: BTreeMap<String, u64>,
+    /// Trigger ([`trigger_of`]) -> category -> count.
+    pub by_trigger: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Stored policy decisions in the window that the replay decided again.
     pub compared: u64,
     /// Of those, how many changed outcome.
     pub changed: u64,
@@ -64,6 +135,10 @@ pub async fn replay(
 ) -> Result<Report, ProjectorError> {
     let mut report = Report {
         candidate_version: candidate.version().to_owned(),
+        categories: Category::ALL
+            .iter()
+            .map(|c| (c.as_str().to_owned(), 0))
+            .collect(),
         ..Report::default()
     };
     let mut policies = Policies::new(candidate, None);
@@ -88,12 +163,35 @@ pub async fn replay(
             if w.since_ms.is_some_and(|s| t < s) || w.until_ms.is_some_and(|u| t >= u) {
                 continue;
             }
+            report.total += 1;
+            let trigger = trigger_of(stored);
+            let mut count = |c: Category| {
+                *report.categories.entry(c.as_str().to_owned()).or_default() += 1;
+                *report
+                    .by_trigger
+                    .entry(trigger.clone())
+                    .or_default()
+                    .entry(c.as_str().to_owned())
+                    .or_default() += 1;
+            };
+            if stored.policy_version == "reviewer" {
+                count(Category::Person);
+                continue;
+            }
             let Some(again) = scratch
                 .decision_for_event(stored.event_offset, &stored.session_id, false)
                 .await?
             else {
+                count(Category::NotDecidedAgain);
                 continue;
             };
+            count(if comparable(stored) == comparable(&again) {
+                Category::Reproduced
+            } else if stored.outcome != again.outcome {
+                Category::ChangedOutcome
+            } else {
+                Category::ChangedReasons
+            });
             report.compared += 1;
             *report
                 .matrix
@@ -109,6 +207,7 @@ pub async fn replay(
                 if report.examples.len() < w.max_examples {
                     report.examples.push(json!({
                         "session_id": stored.session_id,
+                        "trigger": trigger,
                         "event_offset": stored.event_offset,
                         "from": stored.outcome,
                         "to": again.outcome,

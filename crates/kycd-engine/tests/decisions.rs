@@ -127,12 +127,16 @@ impl Delivery {
 
 impl Harness {
     fn new() -> Self {
+        Self::with_policy(Policy::builtin_default())
+    }
+
+    fn with_policy(policy: Policy) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let log = Arc::new(
             SqliteLog::open(&dir.path().join("events.db"), SqliteLogOptions::default()).unwrap(),
         );
         let store = Arc::new(SqliteStore::open(&dir.path().join("store.db"), false).unwrap());
-        let mut policies = Policies::new(Policy::builtin_default(), None);
+        let mut policies = Policies::new(policy, None);
         policies.actions = Arc::new(ActionSettings {
             didit: true,
             operator_webhooks: true,
@@ -572,4 +576,287 @@ async fn didits_ongoing_monitoring_re_decides_an_approved_session() {
             .any(|a| a == "operator.webhook:decision.changed"),
         "{actions:?}"
     );
+}
+
+/// Later evidence: a second customer verifies with the first one's
+/// document. The second goes to review, and the first, approved until
+/// then, is decided again with the link (kind and session) in its facts;
+/// the link stays with it for every later decision.
+#[tokio::test]
+async fn a_later_session_with_the_same_document_re_decides_an_approved_customer() {
+    let mut h = Harness::new();
+    h.deliver(&Delivery::new("s1", "Approved", 0)).await;
+    assert_eq!(h.outcomes("s1").await, ["approve"]);
+    let second = Delivery {
+        vendor: "user-2",
+        ..Delivery::new("s2", "Approved", 3600)
+    };
+    h.deliver(&second).await;
+    assert_eq!(h.outcomes("s2").await, ["review"]);
+    let s1 = h.decisions("s1").await;
+    assert_eq!(
+        s1.iter().map(|d| d.outcome.as_str()).collect::<Vec<_>>(),
+        ["approve", "review"]
+    );
+    let again = &s1[1];
+    assert_eq!(reasons(again), ["later_identity_link"]);
+    assert_eq!(again.doc["trigger"]["kind"], "retroactive");
+    assert_eq!(again.doc["trigger"]["session_id"], "s2");
+    assert_eq!(
+        again.doc["facts"]["graph"]["later_links"][0]["session_id"],
+        "s2"
+    );
+    assert_eq!(
+        again.doc["facts"]["graph"]["later_link_kinds"],
+        json!(["document"])
+    );
+    let actions = h.actions("s1").await;
+    assert!(
+        actions
+            .iter()
+            .any(|a| a == "operator.webhook:decision.changed"),
+        "the operator hears of it: {actions:?}"
+    );
+    // A later correction of the first session's data keeps the link.
+    let corrected = Delivery {
+        webhook_type: "data.updated",
+        ..Delivery::new("s1", "Approved", 7200)
+    };
+    h.deliver(&corrected).await;
+    let last = h.decisions("s1").await.pop().unwrap();
+    assert_eq!(last.outcome, "review", "{:?}", reasons(&last));
+    assert!(reasons(&last).contains(&"later_identity_link".to_owned()));
+}
+
+/// The same history, projected one event at a time and all in one batch,
+/// gives the same retroactive decisions (a replay splits batches anew).
+#[tokio::test]
+async fn retroactive_decisions_do_not_depend_on_batch_boundaries() {
+    let deliveries = [
+        Delivery::new("s1", "Approved", 0),
+        Delivery {
+            vendor: "user-2",
+            ..Delivery::new("s2", "Approved", 3600)
+        },
+        Delivery {
+            vendor: "user-3",
+            ..Delivery::new("s3", "Approved", 7200)
+        },
+    ];
+    let mut one_by_one = Harness::new();
+    for d in &deliveries {
+        one_by_one.deliver(d).await;
+    }
+    let batched = Harness::new();
+    for (n, d) in deliveries.iter().enumerate() {
+        batched
+            .log
+            .append(NewEvent {
+                received_at_ms: (T0 + d.at) * 1000 + n as i64 + 1,
+                source: EventSource::Webhook,
+                kind: d.webhook_type.to_owned(),
+                session_id: Some(d.session.to_owned()),
+                didit_event_id: None,
+                dedupe_keys: vec![format!("test:{}", n + 1)],
+                body: serde_json::to_vec(&d.body()).unwrap(),
+                meta: json!({}),
+            })
+            .await
+            .unwrap();
+    }
+    batched.projector.catch_up().await.unwrap();
+    for s in ["s1", "s2", "s3"] {
+        let a: Vec<Value> = one_by_one
+            .decisions(s)
+            .await
+            .iter()
+            .map(without_event_id)
+            .collect();
+        let b: Vec<Value> = batched
+            .decisions(s)
+            .await
+            .iter()
+            .map(without_event_id)
+            .collect();
+        assert_eq!(a, b, "{s}");
+    }
+    // s1 was decided again for s2 and then for s3; s2 for s3.
+    assert_eq!(one_by_one.outcomes("s1").await, ["approve", "review"]);
+    assert_eq!(one_by_one.outcomes("s2").await, ["review"]);
+}
+
+/// A decision as compared across two logs, whose event ids differ.
+fn without_event_id(d: &DecisionRecord) -> Value {
+    let mut v = kycd_engine::replay::comparable(d);
+    if let Some(o) = v.as_object_mut() {
+        o.remove("event_id");
+    }
+    v
+}
+
+/// Didit's liveness names the earlier session the face was seen in.
+#[tokio::test]
+async fn a_face_seen_again_re_decides_the_earlier_approved_session() {
+    let mut h = Harness::new();
+    h.deliver(&Delivery::new("s1", "Approved", 0)).await;
+    let second = Delivery {
+        vendor: "user-2",
+        document: "Y7654321",
+        ..Delivery::new("s2", "In Review", 3600)
+    };
+    let mut body = second.body();
+    body["decision"]["liveness_checks"][0]["matches"] = json!([{"session_id": "s1", "session_number": 1, "vendor_data": "user-1", "similarity_percentage": 98.1}]);
+    h.append(
+        EventSource::Webhook,
+        "status.updated",
+        Some("s2"),
+        3600,
+        body,
+    )
+    .await;
+    assert_eq!(h.outcomes("s2").await, ["review"]);
+    let s1 = h.decisions("s1").await;
+    assert_eq!(s1.len(), 2);
+    assert_eq!(s1[1].outcome, "review");
+    assert_eq!(
+        s1[1].doc["facts"]["graph"]["later_link_kinds"],
+        json!(["face"])
+    );
+}
+
+/// An operator blocklisting a customer decides their approved sessions
+/// again, and only those.
+#[tokio::test]
+async fn blocklisting_a_customer_re_decides_their_approved_sessions() {
+    let mut h = Harness::new();
+    h.deliver(&Delivery::new("s1", "Approved", 0)).await;
+    let declined = Delivery {
+        warnings: vec![("PRINTED_COPY_DETECTED", "error")],
+        document: "Z1111111",
+        ..Delivery::new("s2", "Declined", 60)
+    };
+    h.deliver(&declined).await;
+    let before = h.outcomes("s2").await;
+    let body = json!({"vendor_data": "user-1", "attributes": {"blocklisted": true}});
+    h.append(EventSource::Subject, "subject.updated", None, 120, body)
+        .await;
+    let s1 = h.decisions("s1").await;
+    assert_eq!(
+        s1.iter().map(|d| d.outcome.as_str()).collect::<Vec<_>>(),
+        ["approve", "block"]
+    );
+    assert_eq!(reasons(&s1[1]), ["blocklisted_subject"]);
+    assert_eq!(s1[1].doc["trigger"]["kind"], "subject");
+    assert_eq!(s1[1].doc["facts"]["subject"]["blocklisted"], true);
+    assert_eq!(
+        h.outcomes("s2").await,
+        before,
+        "a declined session is not decided again"
+    );
+    assert!(h
+        .actions("s1")
+        .await
+        .iter()
+        .any(|a| a.starts_with("didit.blocklist")));
+}
+
+/// Adaptive verification: Didit sent the session to review only for a
+/// disposable phone, so kycd asks for a phone check instead of a person,
+/// and the passed check approves the session.
+#[tokio::test]
+async fn didit_in_review_for_a_disposable_phone_alone_is_stepped_up_and_approved_after() {
+    let mut h = Harness::new();
+    let d = Delivery {
+        warnings: vec![("DISPOSABLE_NUMBER_DETECTED", "warning")],
+        ..Delivery::new("s1", "In Review", 0)
+    };
+    h.deliver(&d).await;
+    let first = h.decisions("s1").await;
+    assert_eq!(first[0].outcome, "step_up", "{:?}", reasons(&first[0]));
+    assert_eq!(first[0].doc["checks"], json!(["PHONE"]));
+    let passed = Delivery {
+        step_up_of: Some(("s1", "PHONE")),
+        ..Delivery::new("p1", "Approved", 300)
+    };
+    h.deliver(&passed).await;
+    assert_eq!(h.outcomes("p1").await, ["approve"]);
+    let s1 = h.decisions("s1").await;
+    let last = s1.last().unwrap();
+    assert_eq!(last.outcome, "approve", "{:?}", reasons(last));
+    assert_eq!(last.doc["trigger"]["kind"], "step_up_completed");
+}
+
+/// The policy asks to redo the chip read of a session whose workflow has
+/// no NFC step: nothing Didit could do, so a person decides, told why.
+#[tokio::test]
+async fn a_resubmission_of_a_step_the_workflow_lacks_goes_to_review() {
+    let policy = Policy::from_source(
+        "redo-nfc.toml",
+        r#"
+name = "redo-nfc"
+[bands]
+approve = 29
+review = 69
+decline = 100
+[[rule]]
+id = "redo_nfc"
+when = "document.present == true"
+outcome = "resubmit"
+nodes = [{ feature = "NFC" }]
+reason = "Read the chip again"
+[[rule]]
+id = "redo_selfie"
+when = "liveness.present == true"
+outcome = "resubmit"
+nodes = [{ feature = "LIVENESS" }]
+reason = "Take the selfie again"
+"#,
+        &[],
+    )
+    .unwrap();
+    let mut h = Harness::with_policy(policy);
+    h.deliver(&Delivery::new("s1", "Approved", 0)).await;
+    let made = h.decisions("s1").await;
+    assert_eq!(made[0].outcome, "review", "{:?}", reasons(&made[0]));
+    assert_eq!(
+        reasons(&made[0]),
+        ["redo_nfc", "redo_selfie", "resubmit_impossible"]
+    );
+    let text = made[0].doc["reasons"][2]["text"].as_str().unwrap();
+    assert!(text.contains("NFC") && !text.contains("LIVENESS"), "{text}");
+    assert_eq!(made[0].doc["resubmit_nodes"], json!([]));
+    assert!(
+        !h.actions("s1")
+            .await
+            .iter()
+            .any(|a| a.contains("Resubmitted")),
+        "nothing is asked of Didit"
+    );
+    // A step the workflow has is resubmitted as asked.
+    let only_selfie = Policy::from_source(
+        "redo-selfie.toml",
+        r#"
+name = "redo-selfie"
+[bands]
+approve = 29
+review = 69
+decline = 100
+[[rule]]
+id = "redo_selfie"
+when = "liveness.present == true"
+outcome = "resubmit"
+nodes = [{ feature = "LIVENESS" }]
+reason = "Take the selfie again"
+"#,
+        &[],
+    )
+    .unwrap();
+    let mut h = Harness::with_policy(only_selfie);
+    h.deliver(&Delivery::new("s1", "Approved", 0)).await;
+    assert_eq!(h.outcomes("s1").await, ["resubmit"]);
+    assert!(h
+        .actions("s1")
+        .await
+        .iter()
+        .any(|a| a == "didit.update_status:Resubmitted"));
 }

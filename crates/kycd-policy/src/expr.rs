@@ -103,6 +103,8 @@ const FACTS: &[(&str, &[&str])] = &[
             "prior_declines",
             "duplicate_face",
             "duplicate_user",
+            "later_links",
+            "later_link_kinds",
         ],
     ),
 ];

@@ -371,7 +371,10 @@ impl ReviewField {
             Self::Comment => {
                 format!("a comment is required (1 to {MAX_COMMENT_CHARS} characters)")
             }
-            Self::UnknownNode => "nodes must name Didit features such as LIVENESS".into(),
+            Self::UnknownNode => {
+                "nodes must name Didit features, as {\"feature\": \"LIVENESS\"} or \"LIVENESS\""
+                    .into()
+            }
             Self::MisplacedNodes => {
                 "nodes (the steps to redo) go with resubmit, and only with it".into()
             }
@@ -426,6 +429,16 @@ pub async fn review(
     let Some(session) = app.store.get_session(id).await.map_err(store_err)? else {
         return Err(ApiError::new(Code::NotFound, "no such session"));
     };
+    // The one node format: `{"feature": ...}`, as in policy files.
+    let nodes: Vec<Value> = r.nodes.iter().map(|f| json!({"feature": f})).collect();
+    let missing = kycd_engine::actions::missing_steps(session.doc.get("didit_decision"), &nodes);
+    if let Some(step) = missing.first() {
+        // Feature names come from a fixed list: nothing personal.
+        return Err(ApiError::new(
+            Code::Unprocessable,
+            format!("this session's workflow has no {step} step to redo"),
+        ));
+    }
     if let Some(seen) = r.decision_id {
         let current = session.doc["decision"]["id"].as_str().unwrap_or_default();
         if current != seen {
@@ -449,7 +462,7 @@ pub async fn review(
                 "session_id": id,
                 "outcome": r.outcome,
                 "comment": comment,
-                "nodes": r.nodes,
+                "nodes": nodes,
                 "reviewer": reviewer,
             })
             .to_string()
@@ -494,11 +507,20 @@ pub async fn post_review(
     let request = ReviewRequest {
         outcome: v.get("outcome").and_then(Value::as_str).unwrap_or_default(),
         comment: v.get("comment").and_then(Value::as_str).unwrap_or_default(),
-        nodes: v
-            .get("nodes")
-            .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default(),
+        // `{"feature": "LIVENESS"}` (the node format of policy files) or,
+        // as before, the bare feature name; anything else is refused.
+        nodes: match v.get("nodes") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|n| {
+                    n.as_str()
+                        .or_else(|| n.get("feature").and_then(Value::as_str))
+                        .unwrap_or("")
+                })
+                .collect(),
+            Some(_) => vec![""],
+        },
         decision_id: v.get("decision_id").and_then(Value::as_str),
     };
     let done = review(&app, &who.0, &id, &request).await?;

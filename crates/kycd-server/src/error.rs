@@ -17,6 +17,8 @@ pub enum Code {
     NotFound,
     BadRequest,
     Conflict,
+    /// Well formed, but asks for what cannot be done (422).
+    Unprocessable,
     Unavailable,
     Internal,
 }
@@ -33,6 +35,7 @@ impl Code {
             Code::NotFound => "not_found",
             Code::BadRequest => "bad_request",
             Code::Conflict => "conflict",
+            Code::Unprocessable => "unprocessable",
             Code::Unavailable => "unavailable",
             Code::Internal => "internal",
         }
@@ -47,6 +50,7 @@ impl Code {
             Code::NotFound => StatusCode::NOT_FOUND,
             Code::Forbidden => StatusCode::FORBIDDEN,
             Code::Conflict => StatusCode::CONFLICT,
+            Code::Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
             Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -28,7 +28,7 @@ use didit::client::{
 };
 use kycd_core::clock::SharedClock;
 use kycd_engine::actions::{self, OPERATOR_WEBHOOK};
-use kycd_engine::projector::{STEP_UP_CHECK_META, STEP_UP_CREATED, STEP_UP_META};
+use kycd_engine::projector::{STEP_UP_CHECK_META, STEP_UP_CREATED, STEP_UP_EXPIRED, STEP_UP_META};
 use kycd_log::outbox::{ActionRecord, Finish, NewAction, Outbox};
 use kycd_log::{EventLog, EventSource, NewEvent};
 use rand::Rng;
@@ -363,13 +363,17 @@ impl Worker {
             .map(String::as_str)
             .or_else(|| str_of("workflow_id"))
         else {
-            return Outcome::Finish(Finish::Dead(format!(
+            let why = format!(
                 "no workflow configured for step-up check {check} (KYCD_STEP_UP_WORKFLOW_{check})"
-            )));
+            );
+            return self.step_up_impossible(a, original, check, why).await;
         };
         let portrait = if check == "BIOMETRIC_AUTH" {
             match self.portrait(original).await {
                 Ok(p) => Some(p),
+                Err(Outcome::Finish(Finish::Dead(why))) => {
+                    return self.step_up_impossible(a, original, check, why).await;
+                }
                 Err(o) => return o,
             }
         } else {
@@ -438,6 +442,45 @@ impl Worker {
             "step_up_session_id": created.session_id,
             "url": created.url,
         })))
+    }
+
+    /// A step-up that can never be created (no workflow for its check, no
+    /// portrait to re-authenticate against): the action dies, and the
+    /// step-up ends at once as expired with the reason, so the original is
+    /// decided again (`step_up_expired`: a person) instead of waiting for
+    /// a step-up that will not come.
+    async fn step_up_impossible(
+        &self,
+        a: &ActionRecord,
+        original: &str,
+        check: &str,
+        why: String,
+    ) -> Outcome {
+        tracing::warn!(session = %original, check, reason = %why, "step-up not created; the session goes to a person");
+        let event = NewEvent {
+            received_at_ms: self.clock.now_millis(),
+            source: EventSource::Internal,
+            kind: STEP_UP_EXPIRED.to_owned(),
+            session_id: Some(original.to_owned()),
+            didit_event_id: None,
+            dedupe_keys: vec![format!("step_up_impossible:{}", a.idempotency_key)],
+            body: json!({
+                "original_session_id": original,
+                "check": check,
+                "reason": format!("could not be created: {why}"),
+                "action_id": a.id,
+            })
+            .to_string()
+            .into_bytes(),
+            meta: json!({"action": a.id}),
+        };
+        match self.log.append(event).await {
+            // Dead, so the operator sees the gap and can redrive the
+            // action once it is configured; the session is not left
+            // waiting meanwhile.
+            Ok(_) => Outcome::Finish(Finish::Dead(why)),
+            Err(e) => Outcome::Failed(format!("step-up not created and not logged: {e}")),
+        }
     }
 
     /// The original session's document portrait, fetched now (Didit's media

@@ -145,7 +145,7 @@ impl Default for Options {
 
 async fn stack(seed: u64, o: Options) -> Stack {
     let sim = support::simulator(SECRET, seed, o.time_scale, o.faults).await;
-    let nfc_id = support::nfc_workflow(&sim).await;
+    let workflows = support::step_up_workflows(&sim).await;
 
     let dir = tempfile::tempdir().unwrap();
     let policy = o.policy.map(|text| {
@@ -160,7 +160,7 @@ async fn stack(seed: u64, o: Options) -> Stack {
         operator_webhook_secrets: vec![Secret::new(OPERATOR_SECRET)],
         operator_webhook_allow_private: true,
         step_up_workflows: if o.step_up_workflows {
-            [("NFC".to_owned(), nfc_id)].into()
+            workflows
         } else {
             Default::default()
         },
@@ -970,6 +970,8 @@ async fn a_reviewers_decision_acts_through_the_outbox_and_is_audited() {
         serde_json::json!({"outcome": "resubmit", "comment": "x"}),
         serde_json::json!({"outcome": "resubmit", "comment": "x", "nodes": ["SELFIE"]}),
         serde_json::json!({"outcome": "approve", "comment": "x", "nodes": ["LIVENESS"]}),
+        serde_json::json!({"outcome": "resubmit", "comment": "x", "nodes": [{"feature": "SELFIE"}]}),
+        serde_json::json!({"outcome": "resubmit", "comment": "x", "nodes": "LIVENESS"}),
     ] {
         let (status, e) = s
             .api(
@@ -980,6 +982,23 @@ async fn a_reviewers_decision_acts_through_the_outbox_and_is_audited() {
             )
             .await;
         assert_eq!(status, 400, "{body} -> {e}");
+    }
+    // A step the session's workflow does not have (the simulated KYC
+    // workflow reads no chip): refused where it is asked for, naming it.
+    for nodes in [
+        serde_json::json!(["NFC"]),
+        serde_json::json!([{"feature": "NFC"}]),
+    ] {
+        let (status, e) = s
+            .api(
+                reqwest::Method::POST,
+                &path,
+                Some(TOKEN),
+                Some(serde_json::json!({"outcome": "resubmit", "comment": "x", "nodes": nodes})),
+            )
+            .await;
+        assert_eq!(status, 422, "{e}");
+        assert!(e.to_string().contains("NFC"), "{e}");
     }
     let (status, _) = s
         .api(

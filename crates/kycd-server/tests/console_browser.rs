@@ -45,10 +45,10 @@ const STEP: Duration = Duration::from_secs(30);
 /// workflow, as in `closing_loop.rs`, so the built-in policy behaves alike).
 async fn stack(seed: u64) -> Stack {
     let sim = support::simulator(SECRET, seed, 1000.0, Faults::none()).await;
-    let nfc_id = support::nfc_workflow(&sim).await;
+    let workflows = support::step_up_workflows(&sim).await;
     let dir = tempfile::tempdir().unwrap();
     let settings = Settings {
-        step_up_workflows: [("NFC".to_owned(), nfc_id)].into(),
+        step_up_workflows: workflows,
         retry_time_scale: 20.0,
         ..support::settings(&sim, SECRET, dir.path().join("data"))
     };

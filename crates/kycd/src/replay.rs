@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use kycd_engine::replay::{Report, Window};
+use kycd_engine::replay::{Category, Report, Window};
 use kycd_log::sqlite_log::{SqliteLog, SqliteLogOptions};
 use kycd_log::store::{SqliteStore, Store};
 use kycd_log::EventLog;
@@ -126,10 +126,34 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!("replayed with policy version {}", r.candidate_version);
+    let parts: Vec<String> = Category::ALL
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {}",
+                r.categories.get(c.as_str()).copied().unwrap_or(0),
+                c.label()
+            )
+        })
+        .collect();
     println!(
-        "{} decisions compared: {} would change outcome, {} reproduced byte for byte",
-        r.compared, r.changed, r.identical
+        "{} decisions stored in the window: {}",
+        r.total,
+        parts.join(", ")
     );
+    println!(
+        "\nby trigger     {}",
+        Category::ALL
+            .map(|c| format!("{:>18}", c.as_str()))
+            .join("")
+    );
+    for (trigger, row) in &r.by_trigger {
+        let cells: String = Category::ALL
+            .iter()
+            .map(|c| format!("{:>18}", row.get(c.as_str()).copied().unwrap_or(0)))
+            .collect();
+        println!("{trigger:<14} {cells}");
+    }
     let outcomes = [
         "approve", "review", "step_up", "resubmit", "decline", "block",
     ];

@@ -92,6 +92,36 @@ async fn a_crash_in_the_middle_of_the_outbox_repeats_nothing_at_didit() {
         ("KYCD_RETRY_TIME_SCALE", "50".to_owned()),
         ("KYCD_RECONCILE_INTERVAL_SECS", "0".to_owned()),
     ];
+    // The default policy steps up (adaptive verification): give every
+    // check a workflow at the simulator, as an operator would.
+    let mut envs = envs;
+    let client = didit::client::DiditClient::new({
+        let mut c = didit::client::ClientConfig::new(sim.api_key().to_owned());
+        c.base_url = sim.base_url();
+        c
+    })
+    .unwrap();
+    for (check, nfc) in [("NFC", true), ("PHONE", false)] {
+        let mut req = didit::client::CreateWorkflowRequest::new(
+            format!("step-up {check}"),
+            didit::client::WorkflowType::Kyc,
+        );
+        req.is_nfc_enabled = Some(nfc);
+        req.is_phone_verification_enabled = Some(!nfc);
+        let wf = client.create_workflow(&req).await.unwrap();
+        envs.push((
+            if nfc {
+                "KYCD_STEP_UP_WORKFLOW_NFC"
+            } else {
+                "KYCD_STEP_UP_WORKFLOW_PHONE"
+            },
+            wf.id().unwrap().to_owned(),
+        ));
+    }
+    envs.push((
+        "KYCD_STEP_UP_WORKFLOW_BIOMETRIC_AUTH",
+        sim.biometric_workflow_id().to_owned(),
+    ));
     let mut first = Server::start(&data, &root.path().join("run1.log"), &envs);
     let base = first.base.clone();
     sim.add_destination(&format!("{base}/webhooks/didit"), WebhookVersion::V3)

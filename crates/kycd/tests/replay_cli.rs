@@ -60,7 +60,7 @@ async fn replay_reports_and_leaves_its_report_in_the_data_directory() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("1 decisions compared: 0 would change outcome, 1 reproduced byte for byte"),
+        stdout.contains("1 decisions stored in the window: 1 reproduced byte for byte, 0 would change outcome, 0 would change reasons only, 0 decided by a person and kept, 0 not decided again"),
         "{stdout}"
     );
     let saved: Value =
@@ -69,6 +69,9 @@ async fn replay_reports_and_leaves_its_report_in_the_data_directory() {
     assert_eq!(saved["candidate"], "builtin");
     assert_eq!(saved["report"]["compared"], 1);
     assert_eq!(saved["report"]["identical"], 1);
+    assert_eq!(saved["report"]["total"], 1);
+    assert_eq!(saved["report"]["categories"]["reproduced"], 1);
+    assert_eq!(saved["report"]["by_trigger"]["delivery"]["reproduced"], 1);
     assert_eq!(
         saved["report"]["matrix"],
         json!({"approve": {"approve": 1}})

@@ -836,6 +836,11 @@ pub async fn decide(
         Err(e) if e.code == crate::error::Code::Conflict => {
             Ok(back_to_case(&session_id, "changed"))
         }
+        Err(e) if e.code == crate::error::Code::Unprocessable => Err(page_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            // Names a step from a fixed list, nothing from the session.
+            &format!("Nothing was recorded: {}.", e.message),
+        )),
         Err(_) => Ok(back_to_case(&session_id, "unavailable")),
     }
 }

@@ -28,17 +28,34 @@ pub async fn simulator(secret: &str, seed: u64, time_scale: f64, faults: Faults)
 
 /// Create an NFC step-up workflow at the simulator; its id.
 pub async fn nfc_workflow(sim: &Sim) -> String {
+    step_up_workflows(sim).await.remove("NFC").unwrap()
+}
+
+/// A workflow at the simulator for each step-up check the default policy
+/// asks for (NFC, PHONE, BIOMETRIC_AUTH), as an operator configures them.
+pub async fn step_up_workflows(sim: &Sim) -> std::collections::BTreeMap<String, String> {
     let client = didit::client::DiditClient::new({
         let mut c = didit::client::ClientConfig::new(sim.api_key().to_owned());
         c.base_url = sim.base_url();
         c
     })
     .unwrap();
-    let mut nfc =
-        didit::client::CreateWorkflowRequest::new("NFC step-up", didit::client::WorkflowType::Kyc);
-    nfc.is_nfc_enabled = Some(true);
-    let nfc = client.create_workflow(&nfc).await.unwrap();
-    nfc.id().unwrap().to_owned()
+    let mut out = std::collections::BTreeMap::new();
+    for (check, nfc) in [("NFC", true), ("PHONE", false)] {
+        let mut req = didit::client::CreateWorkflowRequest::new(
+            format!("{check} step-up"),
+            didit::client::WorkflowType::Kyc,
+        );
+        req.is_nfc_enabled = Some(nfc);
+        req.is_phone_verification_enabled = Some(!nfc);
+        let wf = client.create_workflow(&req).await.unwrap();
+        out.insert(check.to_owned(), wf.id().unwrap().to_owned());
+    }
+    out.insert(
+        "BIOMETRIC_AUTH".to_owned(),
+        sim.biometric_workflow_id().to_owned(),
+    );
+    out
 }
 
 /// kycd's settings for acting on the simulator, accepting its deliveries
