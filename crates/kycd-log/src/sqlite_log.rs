@@ -171,6 +171,14 @@ const INSERT_EVENT: &str = "INSERT INTO events \
 const INSERT_DEDUPE: &str = "INSERT OR IGNORE INTO dedupe (key, event_offset) VALUES (?1, ?2)";
 const INSERT_QUARANTINE: &str =
     "INSERT INTO quarantine (id, received_at_ms, reason, body, meta) VALUES (?1, ?2, ?3, ?4, ?5)";
+/// [`EventLog::probe_write`]: one row rewritten in a table of its own, so
+/// the commit writes a page to the log's file like an append does. Created
+/// on first use rather than by a migration: it holds nothing anyone reads,
+/// and a log written by a version without it stays the same schema version.
+const PROBE_WRITE: &str = "CREATE TABLE IF NOT EXISTS write_probe \
+     (id INTEGER PRIMARY KEY, probes INTEGER NOT NULL) STRICT; \
+     INSERT INTO write_probe (id, probes) VALUES (1, 1) \
+     ON CONFLICT (id) DO UPDATE SET probes = probes + 1";
 
 /// The SQLite-backed [`EventLog`]. See the module documentation.
 ///
@@ -456,6 +464,10 @@ impl EventLog for SqliteLog {
         .await
     }
 
+    async fn probe_write(&self) -> Result<(), LogError> {
+        self.submit(Request::Probe).await
+    }
+
     async fn count_quarantine(&self) -> Result<u64, LogError> {
         self.with_reader(|conn| {
             let n: i64 = conn
@@ -572,6 +584,7 @@ struct EncodedQuarantine {
 enum Request {
     Append(EncodedEvent, oneshot::Sender<Result<Appended, LogError>>),
     Quarantine(EncodedQuarantine, oneshot::Sender<Result<String, LogError>>),
+    Probe(oneshot::Sender<Result<(), LogError>>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -579,6 +592,7 @@ enum Request {
 enum Outcome {
     Appended(Appended),
     Quarantined(String),
+    Probed,
 }
 
 #[derive(Default)]
@@ -676,6 +690,9 @@ impl Writer {
                         (Request::Quarantine(_, reply), Outcome::Quarantined(id)) => {
                             let _ = reply.send(Ok(id));
                         }
+                        (Request::Probe(reply), Outcome::Probed) => {
+                            let _ = reply.send(Ok(()));
+                        }
                         // write_batch yields one outcome of the matching kind
                         // per request, in order, and batches hold no
                         // shutdown markers; this arm is unreachable, and
@@ -735,6 +752,9 @@ fn fail(request: Request, error: LogError) {
             let _ = reply.send(Err(error));
         }
         Request::Quarantine(_, reply) => {
+            let _ = reply.send(Err(error));
+        }
+        Request::Probe(reply) => {
             let _ = reply.send(Err(error));
         }
         Request::Shutdown(_) => {}
@@ -816,6 +836,10 @@ fn write_batch(
                         &q.meta,
                     ))?;
                     outcomes.push(Outcome::Quarantined(q.id.clone()));
+                }
+                Request::Probe(_) => {
+                    tx.execute_batch(PROBE_WRITE)?;
+                    outcomes.push(Outcome::Probed);
                 }
                 // run() splits shutdown markers off before committing.
                 Request::Shutdown(_) => {}
