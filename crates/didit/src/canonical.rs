@@ -1,4 +1,4 @@
-//! Canonical JSON exactly as Didit writes it (PROTOCOL.md 1.1 and 1.2).
+//! Canonical JSON exactly as Didit writes it (docs/didit-protocol.md 1.1 and 1.2).
 //!
 //! Didit computes its body, and the `X-Signature-V2` message, as Python's
 //! `json.dumps(payload, sort_keys=True, separators=(",", ":"))` after turning
@@ -171,6 +171,27 @@ impl<'a> Value<'a> {
             return self.write(mode, out);
         };
         write_members(members.iter().filter(|(k, _)| k != key), mode, out);
+    }
+
+    /// Whether every number in the document has a finite value as a
+    /// double. Integers are kept digit for digit here, of any size, so the
+    /// signature of a body carrying a 309-digit integer verifies; but every
+    /// reader of the decoded body (serde_json, hence the projector, and
+    /// most of the operator's tools) reads a number as a double at most,
+    /// and refuses one beyond `f64::MAX`. The intake treats such a body as
+    /// authentic but unusable, so that it is refused before it is
+    /// acknowledged rather than acknowledged and never projected.
+    pub fn numbers_fit_f64(&self) -> bool {
+        match self {
+            Value::Number(text) => {
+                // Anything with at most 20 characters fits an i64, a u64 or
+                // a double; only longer literals need the parse.
+                text.len() <= 20 || text.parse::<f64>().is_ok_and(f64::is_finite)
+            }
+            Value::Array(items) => items.iter().all(Value::numbers_fit_f64),
+            Value::Object(members) => members.iter().all(|(_, v)| v.numbers_fit_f64()),
+            Value::Null | Value::Bool(_) | Value::String(_) => true,
+        }
     }
 
     /// This value's canonical bytes.

@@ -1,4 +1,4 @@
-//! The Didit REST API client: every call of PROTOCOL.md section 4, typed.
+//! The Didit REST API client: every call of docs/didit-protocol.md section 4, typed.
 //!
 //! [`DiditClient`] sends `x-api-key` and a `kycd/<version>` user agent on every
 //! call, bounds each attempt with a timeout, turns error bodies
@@ -231,7 +231,7 @@ impl DiditClient {
         self.execute(call).await?.json()
     }
 
-    /// `GET /v3/session/{id}/decision/`: the decision of PROTOCOL.md section 3,
+    /// `GET /v3/session/{id}/decision/`: the decision of docs/didit-protocol.md section 3,
     /// as Didit sent it; `payload` gives it types.
     pub async fn get_decision(&self, session_id: &str) -> Result<Value, ApiError> {
         let path = session_path(session_id, "decision")?;

@@ -1,4 +1,4 @@
-//! The Didit protocol, as `../shared/didit/PROTOCOL.md` describes it:
+//! The Didit protocol, as `docs/didit-protocol.md` describes it:
 //!
 //! - [`canonical`]: byte-exact canonical JSON, the form Didit's bodies and
 //!   `X-Signature-V2` are computed over;
@@ -12,3 +12,5 @@ pub mod canonical;
 pub mod client;
 pub mod payload;
 pub mod signature;
+#[cfg(feature = "testdata")]
+pub mod testdata;

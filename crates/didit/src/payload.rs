@@ -1,4 +1,4 @@
-//! Typed webhook envelopes and decisions (PROTOCOL.md 1.5, 2 and 3).
+//! Typed webhook envelopes and decisions (docs/didit-protocol.md 1.5, 2 and 3).
 //!
 //! [`Envelope`] is one delivery; its [`Decision`] is always in the v3 shape,
 //! whichever of the three wire shapes it arrived in (see [`decision`] for
@@ -92,7 +92,7 @@ impl PayloadError {
     }
 }
 
-/// One webhook delivery (PROTOCOL.md 1.5).
+/// One webhook delivery (docs/didit-protocol.md 1.5).
 ///
 /// Which fields are present depends on the event: session events carry
 /// `session_id` and `status`, and a `decision` when the status is decided;

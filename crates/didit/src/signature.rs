@@ -1,4 +1,4 @@
-//! Signing and verifying Didit's three webhook signatures (PROTOCOL.md 1.2).
+//! Signing and verifying Didit's three webhook signatures (docs/didit-protocol.md 1.2).
 //!
 //! - `X-Signature`: HMAC-SHA256 over the body bytes exactly as received;
 //! - `X-Signature-V2`: HMAC-SHA256 over the canonical UTF-8 re-encoding of
@@ -24,7 +24,7 @@ use crate::canonical::{CanonicalError, Mode, Value};
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// Default freshness window, either direction (PROTOCOL.md 1.3).
+/// Default freshness window, either direction (docs/didit-protocol.md 1.3).
 pub const DEFAULT_TOLERANCE_SECS: i64 = 300;
 
 /// A webhook signing secret. Its `Debug` never shows the value.

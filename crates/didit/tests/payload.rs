@@ -1,5 +1,5 @@
-//! The payload model against every delivery in `shared/didit/vectors.json`
-//! and `shared/didit/official-fixtures.json`.
+//! The payload model against every delivery in `testdata/vectors.json`
+//! and `testdata/official-fixtures.json`.
 
 use std::collections::BTreeMap;
 
@@ -9,31 +9,17 @@ use didit::payload::{
 };
 use serde_json::{json, Value};
 
-const VECTORS: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/didit/vectors.json"
-);
-const FIXTURES: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/didit/official-fixtures.json"
-);
-
-fn read_json(path: &str) -> Value {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {path}: {e}"));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("parse {path}: {e}"))
-}
-
 /// Every delivery body, by case name (fixture names are prefixed
 /// `official/`).
 fn bodies() -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
-    let vectors = read_json(VECTORS);
+    let vectors = didit::testdata::vectors();
     for case in vectors["cases"].as_array().expect("cases") {
         let name = case["name"].as_str().expect("name").to_owned();
         let body = case["body"].as_str().expect("body").to_owned();
         out.insert(name, body);
     }
-    let fixtures = read_json(FIXTURES);
+    let fixtures = didit::testdata::official_fixtures();
     for (name, case) in fixtures.as_object().expect("fixtures") {
         let body = case["body"].as_str().expect("body").to_owned();
         out.insert(format!("official/{name}"), body);

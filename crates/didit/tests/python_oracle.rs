@@ -1,5 +1,5 @@
 //! Differential test of canonical JSON against python3's own `json` module,
-//! which is how Didit writes its bodies (PROTOCOL.md 1.1): thousands of
+//! which is how Didit writes its bodies (docs/didit-protocol.md 1.1): thousands of
 //! random JSON texts go through both, and the bytes must be identical in
 //! ASCII mode (the wire body) and UTF-8 mode (`X-Signature-V2`).
 //!

@@ -1,5 +1,5 @@
-//! Every signed delivery in `shared/didit/vectors.json` and Didit's own
-//! published fixtures in `official-fixtures.json` must verify, must be
+//! Every signed delivery in `testdata/vectors.json` and Didit's own
+//! published fixtures in `testdata/official-fixtures.json` must verify, must be
 //! reproduced exactly by our signer, and must fail once any byte changes.
 
 use didit::canonical::{canonicalize, Mode, Value};
@@ -7,14 +7,6 @@ use didit::signature::{
     sign, simple_message, Scheme, Secret, SignatureHeaders, Verifier, VerifyError,
 };
 use serde_json::Value as Json;
-
-const SHARED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/didit");
-
-fn load(name: &str) -> Json {
-    let path = format!("{SHARED}/{name}");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
-    serde_json::from_str(&text).unwrap()
-}
 
 fn s<'a>(v: &'a Json, k: &str) -> &'a str {
     v[k].as_str().unwrap_or_else(|| panic!("field {k}"))
@@ -28,7 +20,7 @@ struct Case {
 }
 
 fn vector_cases() -> (Vec<Case>, Json) {
-    let v = load("vectors.json");
+    let v = didit::testdata::vectors();
     let secret = s(&v, "secret").to_owned();
     let cases = v["cases"]
         .as_array()
@@ -51,7 +43,7 @@ fn vector_cases() -> (Vec<Case>, Json) {
 }
 
 fn official_cases() -> Vec<Case> {
-    let v = load("official-fixtures.json");
+    let v = didit::testdata::official_fixtures();
     v.as_object()
         .unwrap()
         .iter()

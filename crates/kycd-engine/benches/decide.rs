@@ -12,16 +12,12 @@ use kycd_engine::facts::{build, FactsInput, GraphSignals};
 use kycd_policy::Policy;
 use serde_json::Value;
 
-const SHARED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/didit");
 const NOW_MS: i64 = 1_774_970_000_000;
 
 /// The vectors that carry a decision: a full v3 approval, a v2 and a v1
 /// decision, a declined liveness attack, a biometric re-authentication.
 fn bodies() -> Vec<Vec<u8>> {
-    let v: Value = serde_json::from_str(
-        &std::fs::read_to_string(format!("{SHARED}/vectors.json")).expect("vectors"),
-    )
-    .expect("vectors parse");
+    let v: Value = didit::testdata::vectors();
     v["cases"]
         .as_array()
         .expect("cases")

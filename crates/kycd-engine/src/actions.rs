@@ -2,7 +2,7 @@
 //!
 //! Pure: the projector calls [`plan`] for each active decision and commits
 //! the returned actions in the same transaction as the decision; workers in
-//! the server execute them. The mapping (PROTOCOL.md section 4 for what
+//! the server execute them. The mapping (docs/didit-protocol.md section 4 for what
 //! Didit allows):
 //!
 //! | outcome | at Didit | to the operator |

@@ -54,6 +54,7 @@ pub fn step_up_facts(held: Option<&Value>) -> Value {
         "status": get("status").unwrap_or_else(|| json!("none")),
         "checks": get("checks").unwrap_or_else(|| json!([])),
         "didit_status": get("didit_status").unwrap_or(Value::Null),
+        "outcome": get("outcome").unwrap_or(Value::Null),
         "approved": get("approved").unwrap_or(json!(false)),
         "session_id": get("session_id").unwrap_or(Value::Null),
     })
@@ -434,14 +435,10 @@ mod tests {
     use super::*;
     use didit::payload::Envelope;
 
-    const SHARED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/didit");
     const NOW_MS: i64 = 1_774_970_000_000;
 
     fn vector(name: &str) -> Envelope {
-        let v: Value = serde_json::from_str(
-            &std::fs::read_to_string(format!("{SHARED}/vectors.json")).unwrap(),
-        )
-        .unwrap();
+        let v: Value = didit::testdata::vectors();
         let case = v["cases"]
             .as_array()
             .unwrap()

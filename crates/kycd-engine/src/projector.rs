@@ -32,7 +32,7 @@ use kycd_log::store::{
     SessionRecord, Store, StoreError, SubjectVersion,
 };
 use kycd_log::{EventLog, EventSource, LogError, StoredEvent};
-use kycd_policy::Policy;
+use kycd_policy::{Outcome, Policy};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
@@ -215,18 +215,19 @@ impl Projector {
                 sandbox: flag("sandbox"),
                 envelope: &env,
             };
+            // Only session events make sessions: entity, transaction and
+            // unknown event types are kept in the log, never projected.
+            if !env.webhook_type.is_session_event() {
+                continue;
+            }
             let current = sessions.remove(&session_id);
             let before = current
                 .as_ref()
                 .map(|r| SessionStatus::from(r.status.as_str()));
-            let held_ts = current
-                .as_ref()
-                .and_then(|r| r.doc.get("didit_decision_ts"))
-                .and_then(Value::as_i64)
-                .unwrap_or(i64::MIN);
-            let Some(mut record) = apply(current, &delivery) else {
+            let Some(applied) = apply(current, &delivery) else {
                 continue;
             };
+            let mut record = applied.record;
             let original = step_up_of(&env).map(str::to_owned);
             if let Some(o) = &original {
                 record.doc["step_up_of"] = json!(o);
@@ -238,53 +239,40 @@ impl Projector {
                     record.doc["step_up_check"] = check.clone();
                 }
             }
-            let echo = recognise_echo(&mut record, &env);
+            let echo = recognise_echo(&mut record, &env, event.source, applied.moved);
             if before.as_ref().map(SessionStatus::as_str) != Some(record.status.as_str()) {
                 self.announce_status(event, &record, before.as_ref(), &mut batch);
             }
 
-            // A trusted decision that became the session's latest is decided on.
-            let trusted = env
-                .decision
-                .as_ref()
-                .filter(|_| !envelope_only && env.timestamp >= held_ts);
-            let status = env
-                .status
-                .clone()
-                .unwrap_or(SessionStatus::Other(String::new()));
+            let status = SessionStatus::from(record.status.as_str());
             // A session that expired unfinished carries no results, yet the
             // operator needs a decision on it: the delivery that moved it
             // into Expired (the state machine never lets Expired replace a
             // result) is decided on empty results, with no identity values.
             // Its status is authentic even from an envelope-only signature.
             let no_results = Decision::default();
-            let expired = record.status == SessionStatus::Expired.as_str()
-                && before != Some(SessionStatus::Expired);
-            let trusted = trusted
+            let expired = applied.moved && status == SessionStatus::Expired;
+            let trusted = env
+                .decision
+                .as_ref()
+                .filter(|_| applied.adopted)
                 .map(|d| (d, keys))
                 .or_else(|| expired.then(|| (&no_results, Vec::new())));
+            // Only new facts decide: a move to another status, a reviewer's
+            // correction (`data.updated`), or the first trusted results for
+            // the status the policy last decided on (an envelope-only
+            // delivery followed by its fetch). A delivery the state machine
+            // refused, a repeat of a state already decided (a poll, a
+            // retried delivery) and Didit's echo of kycd's own write-back
+            // are recorded and decide nothing.
+            let new_facts = applied.moved
+                || env.webhook_type == WebhookType::DataUpdated
+                || record.doc.get(DECIDED_STATUS).and_then(Value::as_str)
+                    != Some(record.status.as_str());
             let subject = subject_key(record.vendor_data.as_deref(), &session_id);
             if let Some((decision, keys)) = trusted {
-                let decides = (status.is_decided()
-                    || expired
-                    || env.webhook_type == WebhookType::DataUpdated
-                    || event.source == EventSource::Polled)
-                    && !echo;
-                if decides && original.is_some() && status.is_decided() {
-                    // A step-up session is not decided on its own: its
-                    // result completes the step-up and the original is
-                    // decided again.
-                    let original = original.clone().unwrap_or_default();
-                    self.complete_step_up(
-                        event,
-                        &active,
-                        &original,
-                        &record,
-                        &mut sessions,
-                        &mut batch,
-                    )
-                    .await?;
-                } else if decides && original.is_none() {
+                let decides = (status.is_decided() || expired) && new_facts && !echo;
+                if decides {
                     let graph = self.graph(
                         &history,
                         &pending,
@@ -309,10 +297,15 @@ impl Projector {
                         subject: record.vendor_data.as_deref(),
                         attributes: attributes.as_ref(),
                         graph,
-                        step_up: record.doc.get("step_up").filter(|v| v.is_object()),
-                        is_step_up_session: false,
+                        step_up: if original.is_some() {
+                            None
+                        } else {
+                            record.doc.get("step_up").filter(|v| v.is_object())
+                        },
+                        is_step_up_session: original.is_some(),
                     };
                     let facts = facts::build(&input);
+                    record.doc[DECIDED_STATUS] = json!(record.status);
                     self.decide_and_act(
                         event,
                         &active,
@@ -321,23 +314,53 @@ impl Projector {
                         flag("sandbox"),
                         &mut batch,
                     );
+                    if let Some(original) = &original {
+                        // A step-up session is decided by the policy like
+                        // any other; its decision (not only Didit's status)
+                        // completes the step-up, and the original is
+                        // decided again.
+                        let result = if status == SessionStatus::Expired {
+                            StepUpResult::Expired
+                        } else {
+                            StepUpResult::Decided(
+                                record
+                                    .doc
+                                    .pointer("/decision/outcome")
+                                    .and_then(Value::as_str)
+                                    .unwrap_or("review")
+                                    .to_owned(),
+                            )
+                        };
+                        self.complete_step_up(
+                            event,
+                            &active,
+                            original,
+                            &record,
+                            result,
+                            &mut sessions,
+                            &mut batch,
+                        )
+                        .await?;
+                    }
                 }
-                for (kind, value) in keys {
-                    pending
-                        .links
-                        .entry((kind, value.clone()))
-                        .or_default()
-                        .push((subject.clone(), event.received_at_ms));
-                    batch.links.push(IdentityLink {
-                        kind: kind.as_str().to_owned(),
-                        value,
-                        subject: subject.clone(),
-                        offset: event.offset,
-                        at_ms: event.received_at_ms,
-                    });
+                if new_facts {
+                    for (kind, value) in keys {
+                        pending
+                            .links
+                            .entry((kind, value.clone()))
+                            .or_default()
+                            .push((subject.clone(), event.received_at_ms));
+                        batch.links.push(IdentityLink {
+                            kind: kind.as_str().to_owned(),
+                            value,
+                            subject: subject.clone(),
+                            offset: event.offset,
+                            at_ms: event.received_at_ms,
+                        });
+                    }
                 }
             }
-            if status == SessionStatus::Declined {
+            if applied.moved && status == SessionStatus::Declined {
                 pending
                     .declines
                     .entry(subject.clone())
@@ -458,14 +481,19 @@ impl Projector {
         ));
     }
 
-    /// A step-up session reached a result: record it on the original and,
-    /// once every requested check has a result, decide the original again.
+    /// A step-up session was decided (or expired at Didit): record its
+    /// result on the original and, once every requested check has one,
+    /// decide the original again. Expiry is strict: a result that arrives
+    /// after the step-up's `expires_at_ms` is recorded as completed after
+    /// expiry and the step-up counts as expired.
+    #[allow(clippy::too_many_arguments)]
     async fn complete_step_up(
         &self,
         event: &StoredEvent,
         active: &Policy,
         original_id: &str,
         step_up: &SessionRecord,
+        result: StepUpResult,
         sessions: &mut HashMap<String, SessionRecord>,
         batch: &mut ProjectionBatch,
     ) -> Result<(), ProjectorError> {
@@ -473,19 +501,48 @@ impl Projector {
             tracing::warn!(session = %step_up.session_id, "step-up session of an unknown original; not linked");
             return Ok(());
         };
-        let open = step_up_open(&original.doc);
         // From the metadata kycd gave the session, so it is known even when
         // the delivery comes before kycd logged the creation.
         let check = step_up
             .doc
             .get("step_up_check")
             .and_then(Value::as_str)
-            .map(str::to_owned);
-        if open {
+            .unwrap_or("UNKNOWN")
+            .to_owned();
+        let open = step_up_open(&original.doc);
+        let late = original
+            .doc
+            .pointer("/step_up/expires_at_ms")
+            .and_then(Value::as_i64)
+            .is_some_and(|at| event.received_at_ms > at);
+        if original.doc.get("step_up").is_some_and(Value::is_object) {
+            let entry = &mut original.doc["step_up"]["sessions"][&check];
+            entry["session_id"] = json!(step_up.session_id);
+            entry["didit_status"] = json!(step_up.status);
+            entry["decision_id"] = step_up
+                .doc
+                .pointer("/decision/id")
+                .cloned()
+                .unwrap_or(Value::Null);
+            entry["outcome"] = match &result {
+                StepUpResult::Decided(o) => json!(o),
+                StepUpResult::Expired => Value::Null,
+            };
+            if late || !open {
+                entry["completed_after_expiry"] = json!(late);
+                entry["late"] = json!(true);
+            }
+        }
+        if open && (late || result == StepUpResult::Expired) {
+            let reason = if late {
+                "completed after expiry"
+            } else {
+                "step-up session expired at Didit"
+            };
+            self.expire_step_up(event, active, &mut original, reason, batch)
+                .await?;
+        } else if open {
             let st = &mut original.doc["step_up"];
-            let check = check.unwrap_or_else(|| "UNKNOWN".to_owned());
-            st["sessions"][&check]["session_id"] = json!(step_up.session_id);
-            st["sessions"][&check]["didit_status"] = json!(step_up.status);
             let requested: Vec<String> = st["checks"]
                 .as_array()
                 .into_iter()
@@ -493,24 +550,17 @@ impl Projector {
                 .filter_map(Value::as_str)
                 .map(str::to_owned)
                 .collect();
-            let results: Vec<&str> = requested
+            let outcomes: Vec<Outcome> = requested
                 .iter()
-                .filter_map(|c| st["sessions"][c]["didit_status"].as_str())
+                .filter_map(|c| st["sessions"][c]["outcome"].as_str())
+                .map(|o| Outcome::parse(o).unwrap_or(Outcome::Review))
                 .collect();
-            if results.len() == requested.len() {
-                let worst = results
-                    .iter()
-                    .copied()
-                    .max_by_key(|s| match *s {
-                        "Approved" => 0,
-                        "In Review" => 1,
-                        _ => 2,
-                    })
-                    .unwrap_or("Declined")
-                    .to_owned();
+            if outcomes.len() == requested.len() {
+                let worst = outcomes.into_iter().fold(Outcome::Approve, |a, b| a.max(b));
                 st["status"] = json!("completed");
-                st["didit_status"] = json!(worst);
-                st["approved"] = json!(worst == "Approved");
+                st["outcome"] = json!(worst.as_str());
+                st["didit_status"] = json!(step_up.status);
+                st["approved"] = json!(worst == Outcome::Approve);
                 st["session_id"] = json!(step_up.session_id);
                 batch.step_ups.push(finished_step_up(
                     &step_up.session_id,
@@ -527,6 +577,36 @@ impl Projector {
         Ok(())
     }
 
+    /// End an open step-up as expired (`reason` says how), close its rows,
+    /// tell the operator and decide the original again.
+    async fn expire_step_up(
+        &self,
+        event: &StoredEvent,
+        active: &Policy,
+        original: &mut SessionRecord,
+        reason: &str,
+        batch: &mut ProjectionBatch,
+    ) -> Result<(), ProjectorError> {
+        original.doc["step_up"]["status"] = json!("expired");
+        original.doc["step_up"]["expiry_reason"] = json!(reason);
+        for (check, s) in original.doc["step_up"]["sessions"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default()
+        {
+            if let Some(id) = s.get("session_id").and_then(Value::as_str) {
+                batch.step_ups.push(finished_step_up(
+                    id,
+                    &original.session_id,
+                    vec![check],
+                    "expired",
+                    event.received_at_ms,
+                ));
+            }
+        }
+        self.announce_step_up(event, original, "step_up.completed", batch);
+        self.redecide(event, active, original, batch).await
+    }
     fn announce_step_up(
         &self,
         event: &StoredEvent,
@@ -672,26 +752,9 @@ impl Projector {
                 });
             }
             STEP_UP_EXPIRED if open => {
-                original.doc["step_up"]["status"] = json!("expired");
-                original.doc["step_up"]["expiry_reason"] =
-                    body.get("reason").cloned().unwrap_or(json!("expired"));
-                for (check, s) in original.doc["step_up"]["sessions"]
-                    .as_object()
-                    .cloned()
-                    .unwrap_or_default()
-                {
-                    if let Some(id) = s.get("session_id").and_then(Value::as_str) {
-                        batch.step_ups.push(finished_step_up(
-                            id,
-                            original_id,
-                            vec![check],
-                            "expired",
-                            event.received_at_ms,
-                        ));
-                    }
-                }
-                self.announce_step_up(event, &original, "step_up.completed", batch);
-                self.redecide(event, active, &mut original, batch).await?;
+                let reason = str_of("reason").unwrap_or_else(|| "expired".to_owned());
+                self.expire_step_up(event, active, &mut original, &reason, batch)
+                    .await?;
             }
             STEP_UP_EXPIRED => {
                 // Already finished: only close the row, so the expiry is
@@ -1003,6 +1066,19 @@ pub const STEP_UP_META: &str = "kycd_step_up_of";
 /// The metadata key naming the check a step-up session is for.
 pub const STEP_UP_CHECK_META: &str = "kycd_step_up_check";
 
+/// The session document's key for the status the policy last decided on,
+/// so that a repeat of that state decides nothing.
+const DECIDED_STATUS: &str = "decided_status";
+
+/// How a step-up session ended, for [`Projector::complete_step_up`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum StepUpResult {
+    /// The policy decided the step-up session with this outcome.
+    Decided(String),
+    /// The step-up session expired at Didit unfinished.
+    Expired,
+}
+
 /// Whether the session's step-up was requested and has no result yet.
 fn step_up_open(doc: &Value) -> bool {
     doc.pointer("/step_up/status").and_then(Value::as_str) == Some("requested")
@@ -1039,32 +1115,50 @@ fn step_up_of(env: &Envelope) -> Option<&str> {
         .filter(|s| !s.is_empty())
 }
 
-/// Whether this delivery is Didit telling kycd about kycd's own write-back:
-/// the status kycd set, arriving after kycd set it. It is recorded (the
-/// history entry says so) but not decided on again, so there is no loop.
-fn recognise_echo(record: &mut SessionRecord, env: &Envelope) -> bool {
-    let Some(wb) = record.doc.get("writeback").cloned() else {
+/// Whether this delivery is Didit telling kycd about kycd's own write-back,
+/// recognised by content: a status update (by webhook or by poll) carrying
+/// the status kycd wrote, for the decision that wrote it. The marker stays
+/// until Didit reports a status of its own or kycd writes again, so every
+/// copy of the echo is recognised, however many arrive and in any order,
+/// and a person's decision is never overturned on the strength of an event
+/// it caused. The history entry names the decision.
+fn recognise_echo(
+    record: &mut SessionRecord,
+    env: &Envelope,
+    source: EventSource,
+    moved: bool,
+) -> bool {
+    let Some(written) = record
+        .doc
+        .pointer("/writeback/status")
+        .and_then(Value::as_str)
+    else {
         return false;
     };
-    let ours = env.webhook_type == WebhookType::StatusUpdated
-        && env.status.as_ref().map(SessionStatus::as_str)
-            == wb.get("status").and_then(Value::as_str);
+    let carrier = env.webhook_type == WebhookType::StatusUpdated || source == EventSource::Polled;
+    let ours = carrier && env.status.as_ref().map(SessionStatus::as_str) == Some(written);
     if !ours {
+        if moved {
+            // Didit moved the session to a status of its own: what kycd
+            // wrote is history, and a later copy of it is stale anyway.
+            if let Value::Object(doc) = &mut record.doc {
+                doc.remove("writeback");
+            }
+        }
         return false;
     }
+    let by = record
+        .doc
+        .pointer("/writeback/decision_id")
+        .cloned()
+        .unwrap_or(Value::Null);
     if let Some(Value::Object(last)) = record
         .doc
         .get_mut("history")
         .and_then(Value::as_array_mut)
         .and_then(|h| h.last_mut())
     {
-        last.insert(
-            "by_kycd".into(),
-            wb.get("decision_id").cloned().unwrap_or(Value::Null),
-        );
-    }
-    if let Value::Object(doc) = &mut record.doc {
-        doc.remove("writeback");
+        last.insert("by_kycd".into(), by);
     }
     true
 }
@@ -1176,15 +1270,10 @@ mod tests {
     use kycd_log::store::{DecisionQuery, SqliteStore};
     use kycd_log::NewEvent;
 
-    const SHARED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/didit");
-
     /// The approved vector as a different customer with their own document,
     /// all behind the same IP address.
     fn approval(n: usize, subject: usize) -> Vec<u8> {
-        let v: Value = serde_json::from_str(
-            &std::fs::read_to_string(format!("{SHARED}/vectors.json")).unwrap(),
-        )
-        .unwrap();
+        let v: Value = didit::testdata::vectors();
         let case = v["cases"]
             .as_array()
             .unwrap()
@@ -1255,10 +1344,7 @@ mod tests {
     async fn the_session_keeps_older_decisions_in_the_v3_shape() {
         let dir = tempfile::tempdir().unwrap();
         let (log, store, projector) = capped_at_three(&dir);
-        let v: Value = serde_json::from_str(
-            &std::fs::read_to_string(format!("{SHARED}/vectors.json")).unwrap(),
-        )
-        .unwrap();
+        let v: Value = didit::testdata::vectors();
         for (n, name) in ["v1_legacy_decision", "v2_singular_decision"]
             .iter()
             .enumerate()

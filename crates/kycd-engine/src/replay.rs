@@ -89,7 +89,7 @@ pub async fn replay(
                 continue;
             }
             let Some(again) = scratch
-                .decision_for_event(stored.event_offset, false)
+                .decision_for_event(stored.event_offset, &stored.session_id, false)
                 .await?
             else {
                 continue;

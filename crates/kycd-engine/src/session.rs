@@ -2,7 +2,7 @@
 //! Didit session. Pure: no I/O, no clock; the projector feeds it events in
 //! log order and stores what it returns.
 //!
-//! Didit may deliver twice and out of order (PROTOCOL.md 1.3), so every
+//! Didit may deliver twice and out of order (docs/didit-protocol.md 1.3), so every
 //! delivery is **recorded** in the session's history, but only some
 //! **move** it. The rules, in order:
 //!
@@ -24,10 +24,12 @@
 //!    for a given log.
 //! 5. Otherwise the status is applied.
 //!
-//! Independently of the status, Didit's **decision** payload is the latest
-//! by timestamp among deliveries that carry one and were authenticated
-//! beyond their envelope (a Simple-signed body's `decision` is never
-//! trusted; the session is flagged for an API fetch instead). `data.updated`
+//! Didit's **decision** payload is the latest by timestamp among
+//! deliveries that carry one, were authenticated beyond their envelope (a
+//! Simple-signed body's `decision` is never trusted; the session is flagged
+//! for an API fetch instead) and were applied: a delivery refused as stale
+//! or backwards carries the results of a state the session has left, so its
+//! decision is recorded in the history only, never adopted. `data.updated`
 //! is a reviewer's correction: it is recorded as a correction and its
 //! decision replaces the held one under the same timestamp rule.
 //! `vendor_data` and `workflow_id` take the latest non-empty value.
@@ -96,7 +98,7 @@ pub fn status_transition(
 /// attempt, and its retries come up to about five minutes later.
 pub const REORDER_WINDOW_SECS: i64 = 300;
 
-/// Didit's usual transitions (PROTOCOL.md section 2), including manual and
+/// Didit's usual transitions (docs/didit-protocol.md section 2), including manual and
 /// API updates, as far as they order two statuses.
 pub fn usual_transition(from: &SessionStatus, to: &SessionStatus) -> bool {
     use SessionStatus as S;
@@ -118,9 +120,20 @@ fn doc_i64(doc: &Value, key: &str) -> i64 {
     doc.get(key).and_then(Value::as_i64).unwrap_or(i64::MIN)
 }
 
+/// What one delivery did to its session.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub record: SessionRecord,
+    /// The delivery moved the session to a status it did not have (or
+    /// created it): a new fact about the session.
+    pub moved: bool,
+    /// The delivery's decision payload became the session's latest.
+    pub adopted: bool,
+}
+
 /// Apply one session delivery to the session's record (or create it).
 /// Returns `None` if the delivery is not about a session.
-pub fn apply(current: Option<SessionRecord>, d: &Delivery<'_>) -> Option<SessionRecord> {
+pub fn apply(current: Option<SessionRecord>, d: &Delivery<'_>) -> Option<Applied> {
     let env = d.envelope;
     let session_id = env.session_id.clone()?;
     let status = env.status.clone()?;
@@ -150,6 +163,7 @@ pub fn apply(current: Option<SessionRecord>, d: &Delivery<'_>) -> Option<Session
     } else {
         status_transition(&current_status, doc_i64(&doc, "status_ts"), &status, ts)
     };
+    let moved = verdict.is_ok() && (first || status != current_status);
     if verdict.is_ok() {
         rec.status = status.as_str().to_owned();
         doc["status_ts"] = json!(ts);
@@ -164,10 +178,12 @@ pub fn apply(current: Option<SessionRecord>, d: &Delivery<'_>) -> Option<Session
 
     // Didit's decision: latest by timestamp, and only from a body that was
     // authenticated as a whole.
+    let mut adopted = false;
     if let Some(decision) = &env.decision {
         if d.envelope_only {
             doc["decision_needs_fetch"] = json!(true);
-        } else if ts >= doc_i64(&doc, "didit_decision_ts") {
+        } else if verdict.is_ok() && ts >= doc_i64(&doc, "didit_decision_ts") {
+            adopted = true;
             doc["didit_decision"] = serde_json::to_value(decision).unwrap_or(Value::Null);
             doc["didit_decision_ts"] = json!(ts);
             doc["decision_needs_fetch"] = json!(false);
@@ -212,7 +228,11 @@ pub fn apply(current: Option<SessionRecord>, d: &Delivery<'_>) -> Option<Session
 
     rec.updated_at_ms = rec.updated_at_ms.max(d.received_at_ms);
     rec.doc = doc;
-    Some(rec)
+    Some(Applied {
+        record: rec,
+        moved,
+        adopted,
+    })
 }
 
 fn push(doc: &mut Value, key: &str, item: Value) {
@@ -300,7 +320,7 @@ mod tests {
                 sandbox: false,
                 envelope: e,
             };
-            rec = apply(rec, &d);
+            rec = apply(rec, &d).map(|a| a.record);
         }
         rec.unwrap()
     }
@@ -399,11 +419,60 @@ mod tests {
             sandbox: true,
             envelope: &e,
         };
-        let r = apply(None, &d).unwrap();
+        let r = apply(None, &d).unwrap().record;
         assert_eq!(r.status, "Approved");
         assert!(r.doc.get("didit_decision").is_none());
         assert_eq!(r.doc["decision_needs_fetch"], json!(true));
         assert_eq!(r.doc["sandbox"], json!(true));
+    }
+
+    #[test]
+    fn a_refused_delivery_never_supplies_the_decision() {
+        // A late In Review after the approval, re-stamped by a retry: its
+        // results are those of the review, which the session has left.
+        let r = run(&[
+            ("Approved", 100, "status.updated", true),
+            ("In Review", 130, "status.updated", true),
+        ]);
+        assert_eq!(r.status, "Approved");
+        assert_eq!(applied(&r), vec![true, false]);
+        assert_eq!(r.doc["didit_decision_ts"], json!(100));
+    }
+
+    #[test]
+    fn moved_and_adopted_say_what_a_delivery_brought() {
+        let a = env("Approved", 10, "status.updated", true);
+        let again = env("Approved", 11, "status.updated", true);
+        let late = env("In Review", 12, "status.updated", true);
+        let d = |offset, e| Delivery {
+            offset,
+            event_id: "evt_x",
+            received_at_ms: 1,
+            source: "webhook",
+            envelope_only: false,
+            sandbox: false,
+            envelope: e,
+        };
+        let first = apply(None, &d(1, &a)).unwrap();
+        assert!(first.moved && first.adopted);
+        let repeat = apply(Some(first.record), &d(2, &again)).unwrap();
+        assert!(!repeat.moved, "the same status again is no move");
+        assert!(repeat.adopted);
+        let refused = apply(Some(repeat.record), &d(3, &late)).unwrap();
+        assert!(!refused.moved && !refused.adopted);
+    }
+
+    #[test]
+    fn a_didit_move_from_approved_to_review_days_later_applies() {
+        // Ongoing AML monitoring: Didit re-screens an approved customer and
+        // sends the session to review long after the reorder window.
+        let r = run(&[
+            ("Approved", 100, "status.updated", true),
+            ("In Review", 100 + 3 * 86_400, "status.updated", true),
+            ("Declined", 100 + 4 * 86_400, "status.updated", true),
+        ]);
+        assert_eq!(r.status, "Declined");
+        assert_eq!(applied(&r), vec![true, true, true]);
     }
 
     #[test]

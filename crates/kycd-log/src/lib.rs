@@ -11,12 +11,15 @@
 //!   transaction and executed by workers with retries and a dead-letter state.
 //!
 //! - [`audit`]: the tamper-evident trail of decisions and what kycd did,
-//!   each record chained to the previous by its hash.
+//!   each record chained to the previous by a keyed MAC; [`anchor`] puts
+//!   the chain's head in the event log, where editing the store cannot
+//!   reach it.
 //!
 //! Every backend of a trait passes the same conformance suite ([`suite`]).
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod anchor;
 pub mod audit;
 pub mod cases;
 mod checkpoint;

@@ -424,6 +424,7 @@ pub(crate) fn finish(
     attempt: u32,
     finish: &Finish,
     now_ms: i64,
+    chain: &crate::audit::ChainState,
 ) -> Result<bool, StoreError> {
     let (state, next_at, error, result): (&str, Option<i64>, Option<&str>, Option<String>) =
         match finish {
@@ -440,6 +441,7 @@ pub(crate) fn finish(
         params![id, attempt as i64, state, next_at, error, result, now_ms],
     )?;
     // What kycd did at Didit is audited with the result that records it.
+    let mut appended = None;
     if n == 1 && state == "done" {
         if let Some(a) = action_by_id(&tx, id)?.filter(|a| a.kind.starts_with("didit.")) {
             let details = serde_json::json!({
@@ -449,7 +451,7 @@ pub(crate) fn finish(
                 "check": a.payload.get("check"),
                 "result": a.result,
             });
-            crate::audit::append(
+            appended = crate::audit::append(
                 &tx,
                 &[crate::audit::NewAudit {
                     at_ms: now_ms,
@@ -458,10 +460,12 @@ pub(crate) fn finish(
                     target: a.session_id.clone(),
                     details,
                 }],
+                chain,
             )?;
         }
     }
     tx.commit()?;
+    chain.committed(appended);
     Ok(n == 1)
 }
 

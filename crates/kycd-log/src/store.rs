@@ -241,10 +241,13 @@ pub trait Store: Send + Sync + 'static {
     /// oldest first from there.
     async fn list_decisions(&self, q: DecisionQuery) -> Result<Vec<DecisionRecord>, StoreError>;
 
-    /// The decision on the event at `offset`, active or shadow.
+    /// The decision on `session_id` made at the event at `offset`, active
+    /// or shadow. One event can decide several sessions (a step-up
+    /// session's result decides it and its original).
     async fn decision_for_event(
         &self,
         offset: u64,
+        session_id: &str,
         shadow: bool,
     ) -> Result<Option<DecisionRecord>, StoreError>;
 
@@ -270,6 +273,8 @@ pub struct SqliteStore {
     /// Dropped with the last clone of the store, which stops the
     /// checkpointer thread.
     _checkpointer: Arc<std::sync::mpsc::Sender<()>>,
+    /// The audit trail's key, head and status (`audit`).
+    pub(crate) chain: Arc<audit::ChainState>,
 }
 
 /// The page size of a new store: 1 KiB rather than SQLite's 4 KiB.
@@ -323,7 +328,7 @@ CREATE TABLE IF NOT EXISTS decisions (
     score REAL NOT NULL,
     decided_at_ms INTEGER NOT NULL,
     doc TEXT NOT NULL,
-    UNIQUE (event_offset, policy_version, shadow)
+    UNIQUE (event_offset, session_id, policy_version, shadow)
 );
 CREATE INDEX IF NOT EXISTS decisions_by_offset ON decisions(shadow, event_offset);
 CREATE INDEX IF NOT EXISTS decisions_by_outcome ON decisions(shadow, outcome, event_offset);
@@ -421,6 +426,7 @@ impl SqliteStore {
         writer.execute_batch(SCHEMA)?;
         writer.execute_batch(outbox::SCHEMA)?;
         writer.execute_batch(audit::SCHEMA)?;
+        audit::migrate(&writer)?;
         writer.execute_batch(crate::access::SCHEMA)?;
         writer.execute_batch(crate::cases::SCHEMA)?;
         let kept: i64 = writer.pragma_query_value(None, "page_size", |r| r.get(0))?;
@@ -435,6 +441,7 @@ impl SqliteStore {
         }
         crate::cases::backfill(&mut writer)?;
         migrate_identity_links(&writer)?;
+        migrate_decisions_per_session(&writer)?;
         let reader = Connection::open_with_flags(
             path,
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -446,11 +453,13 @@ impl SqliteStore {
         )?;
         graph_reader.busy_timeout(std::time::Duration::from_secs(5))?;
         let checkpointer = start_checkpointer(path, &writer, on_checkpointer_start)?;
+        let chain = audit::ChainState::open(&writer)?;
         Ok(Self {
             writer: Arc::new(Mutex::new(writer)),
             reader: Arc::new(Mutex::new(reader)),
             graph_reader: Arc::new(Mutex::new(graph_reader)),
             _checkpointer: Arc::new(checkpointer),
+            chain,
         })
     }
 
@@ -606,6 +615,37 @@ fn migrate_identity_links(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Stores written before one event could decide several sessions kept
+/// decisions unique per event, policy and shadow; rebuild the table once
+/// with the session in the key (SQLite cannot drop a table constraint).
+fn migrate_decisions_per_session(conn: &Connection) -> Result<(), StoreError> {
+    let sql: String = conn.query_row(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'decisions'",
+        [],
+        |r| r.get(0),
+    )?;
+    if sql.contains("UNIQUE (event_offset, policy_version, shadow)") {
+        let create = sql.replace(
+            "UNIQUE (event_offset, policy_version, shadow)",
+            "UNIQUE (event_offset, session_id, policy_version, shadow)",
+        );
+        let create = create.replacen("decisions", "decisions_rebuilt", 1);
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE;
+             {create};
+             INSERT INTO decisions_rebuilt SELECT * FROM decisions ORDER BY rowid;
+             DROP TABLE decisions;
+             ALTER TABLE decisions_rebuilt RENAME TO decisions;
+             CREATE INDEX IF NOT EXISTS decisions_by_offset ON decisions(shadow, event_offset);
+             CREATE INDEX IF NOT EXISTS decisions_by_outcome ON decisions(shadow, outcome, event_offset);
+             CREATE INDEX IF NOT EXISTS decisions_by_session ON decisions(session_id, event_offset);
+             CREATE INDEX IF NOT EXISTS decisions_by_time ON decisions(shadow, decided_at_ms);
+             COMMIT;"
+        ))?;
+    }
+    Ok(())
+}
+
 fn linked(
     conn: &Connection,
     kind: &str,
@@ -700,6 +740,7 @@ impl Store for SqliteStore {
     ) -> Result<(), StoreError> {
         let consumer = consumer.to_owned();
         let sessions = batch.sessions;
+        let chain = self.chain.clone();
         Self::with(&self.writer, move |c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let current = offset_of(&tx, &consumer)?;
@@ -710,6 +751,7 @@ impl Store for SqliteStore {
                     expected: from_offset,
                 });
             }
+            let appended;
             {
                 let mut up = tx.prepare_cached(
                     "INSERT INTO sessions (seq, session_id, vendor_data, status, workflow_id, created_at_ms, updated_at_ms, doc)
@@ -772,7 +814,7 @@ impl Store for SqliteStore {
                 }
                 outbox::insert_actions(&tx, &batch.actions)?;
                 outbox::upsert_step_ups(&tx, &batch.step_ups)?;
-                audit::append(&tx, &batch.audit)?;
+                appended = audit::append(&tx, &batch.audit, &chain)?;
                 tx.execute(
                     "INSERT INTO consumer_offsets (consumer, offset) VALUES (?1, ?2)
                      ON CONFLICT(consumer) DO UPDATE SET offset = excluded.offset",
@@ -780,6 +822,7 @@ impl Store for SqliteStore {
                 )?;
             }
             tx.commit()?;
+            chain.committed(appended);
             Ok(())
         })
         .await
@@ -921,7 +964,8 @@ impl Store for SqliteStore {
                        WHERE shadow = 0 ORDER BY event_offset DESC LIMIT ?1) a
                  JOIN decisions s ON s.rowid = (
                      SELECT rowid FROM decisions
-                     WHERE event_offset = a.event_offset AND shadow = 1
+                     WHERE event_offset = a.event_offset AND session_id = a.session_id
+                       AND shadow = 1
                      ORDER BY rowid DESC LIMIT 1)
                  ORDER BY a.event_offset DESC",
             )?;
@@ -942,13 +986,15 @@ impl Store for SqliteStore {
     async fn decision_for_event(
         &self,
         offset: u64,
+        session_id: &str,
         shadow: bool,
     ) -> Result<Option<DecisionRecord>, StoreError> {
+        let session_id = session_id.to_owned();
         Self::with(&self.reader, move |c| {
             let mut stmt = c.prepare_cached(&format!(
-                "SELECT {DECISION_COLUMNS} FROM decisions WHERE event_offset = ?1 AND shadow = ?2 ORDER BY rowid DESC LIMIT 1"
+                "SELECT {DECISION_COLUMNS} FROM decisions WHERE event_offset = ?1 AND session_id = ?2 AND shadow = ?3 ORDER BY rowid DESC LIMIT 1"
             ))?;
-            stmt.query_row(params![offset as i64, shadow], row_to_decision)
+            stmt.query_row(params![offset as i64, session_id, shadow], row_to_decision)
                 .optional()?
                 .map(finish_decision)
                 .transpose()
@@ -990,8 +1036,9 @@ impl outbox::Outbox for SqliteStore {
         now_ms: i64,
     ) -> Result<bool, StoreError> {
         let id = id.to_owned();
+        let chain = self.chain.clone();
         Self::with(&self.writer, move |c| {
-            outbox::finish(c, &id, attempt, &finish, now_ms)
+            outbox::finish(c, &id, attempt, &finish, now_ms, &chain)
         })
         .await
     }
@@ -1074,10 +1121,12 @@ impl outbox::Outbox for SqliteStore {
 #[async_trait::async_trait]
 impl audit::Audit for SqliteStore {
     async fn audit(&self, records: Vec<audit::NewAudit>) -> Result<(), StoreError> {
+        let chain = self.chain.clone();
         Self::with(&self.writer, move |c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            audit::append(&tx, &records)?;
+            let appended = audit::append(&tx, &records, &chain)?;
             tx.commit()?;
+            chain.committed(appended);
             Ok(())
         })
         .await
@@ -1096,7 +1145,12 @@ impl audit::Audit for SqliteStore {
     }
 
     async fn verify_audit(&self) -> Result<audit::Verification, StoreError> {
-        Self::with(&self.reader, |c| audit::verify(c)).await
+        let key = self.audit_key().cloned();
+        Self::with(&self.reader, move |c| audit::verify(c, key.as_ref())).await
+    }
+
+    fn audit_chain_broken(&self) -> bool {
+        self.chain.is_broken()
     }
 }
 
@@ -1359,7 +1413,7 @@ pub mod suite {
         assert_eq!(pairs[0].decision_id, "dec_2");
     }
 
-    fn decision(id: &str, offset: u64, outcome: &str, shadow: bool) -> DecisionRecord {
+    pub(crate) fn decision(id: &str, offset: u64, outcome: &str, shadow: bool) -> DecisionRecord {
         DecisionRecord {
             id: id.to_owned(),
             event_offset: offset,
@@ -1491,10 +1545,14 @@ pub mod suite {
             .unwrap();
         assert_eq!(oldest_first[0].id, "dec_1");
         assert_eq!(
-            s.decision_for_event(2, true).await.unwrap().unwrap().id,
+            s.decision_for_event(2, "s2", true)
+                .await
+                .unwrap()
+                .unwrap()
+                .id,
             "dec_3"
         );
-        assert!(s.decision_for_event(1, true).await.unwrap().is_none());
+        assert!(s.decision_for_event(1, "s1", true).await.unwrap().is_none());
     }
 
     async fn offsets_and_sessions_commit_together(s: Arc<dyn Store>) {
@@ -1668,6 +1726,54 @@ mod tests {
             s.get_session("a").await.unwrap().unwrap().status,
             "Approved"
         );
+    }
+
+    #[tokio::test]
+    async fn one_event_decides_several_sessions_and_an_old_store_is_migrated_for_it() {
+        // A store made before one event could decide several sessions (a
+        // step-up session and its original): its decisions were unique per
+        // event, policy and shadow.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            let old = SCHEMA.replace(
+                "UNIQUE (event_offset, session_id, policy_version, shadow)",
+                "UNIQUE (event_offset, policy_version, shadow)",
+            );
+            assert_ne!(old, SCHEMA);
+            c.execute_batch(&old).unwrap();
+            c.execute(
+                "INSERT INTO decisions (id, event_offset, session_id, subject, policy_version, shadow, outcome, score, decided_at_ms, doc)
+                 VALUES ('dec_0', 1, 's1', 'u1', 'v1', 0, 'approve', 0, 1, '{}')",
+                [],
+            )
+            .unwrap();
+        }
+        let s = SqliteStore::open(&path, true).unwrap();
+        assert_eq!(
+            s.get_decision("dec_0").await.unwrap().unwrap().outcome,
+            "approve"
+        );
+        let mut step_up = suite::decision("dec_a", 2, "approve", false);
+        step_up.session_id = "step-up".into();
+        let mut original = suite::decision("dec_b", 2, "approve", false);
+        original.session_id = "original".into();
+        s.commit(
+            "p",
+            0,
+            2,
+            ProjectionBatch {
+                decisions: vec![step_up, original],
+                ..ProjectionBatch::default()
+            },
+        )
+        .await
+        .unwrap();
+        for (session, id) in [("step-up", "dec_a"), ("original", "dec_b")] {
+            let found = s.decision_for_event(2, session, false).await.unwrap();
+            assert_eq!(found.unwrap().id, id);
+        }
     }
 
     #[tokio::test]

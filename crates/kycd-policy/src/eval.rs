@@ -29,6 +29,12 @@ use zen_expression::{Scope, Variable};
 /// The text of the reason an evaluation error adds.
 pub const ERROR_REASON: &str = "policy error: this rule could not be evaluated on these facts, so the decision is sent to review (see the trace)";
 
+/// The reason id of the step-up hold ([`Policy::evaluate`]).
+pub const STEP_UP_HOLD_RULE: &str = "step_up_open";
+
+/// The reason text of the step-up hold.
+pub const STEP_UP_HOLD_REASON: &str = "A step-up is open: until it is completed or expires the session waits for it, and only a decline or a block can replace it";
+
 /// A decision and how it was reached. Serialises deterministically: the same
 /// policy and facts give byte-identical JSON.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -325,7 +331,22 @@ impl Policy {
         // a risky one but the total can never leave 0..=100.
         let score = tally.total.clamp(0, 100) as u32;
         let band = self.band_for(score);
-        let outcome = tally.forced.map_or(band, |f| band.max(f));
+        let mut outcome = tally.forced.map_or(band, |f| band.max(f));
+        // The step-up hold, an invariant of the engine rather than of each
+        // rule: while a requested step-up has neither completed nor
+        // expired, nothing but a decline or a block may replace it. Rules
+        // that asked for the step-up are guarded on `step_up.status ==
+        // "none"` and so no longer fire; without the hold, any later event
+        // would let the session through as `approve` while the check it
+        // waits for is still open.
+        if step_up_open(facts) && outcome.severity() < Outcome::Decline.severity() {
+            outcome = Outcome::StepUp;
+            tally.reasons.push(Reason {
+                rule: STEP_UP_HOLD_RULE.into(),
+                text: STEP_UP_HOLD_REASON.into(),
+            });
+            tally.checks = requested_checks(facts);
+        }
         Evaluation {
             policy: self.name.clone(),
             policy_version: self.version.clone(),
@@ -346,6 +367,26 @@ impl Policy {
             trace,
         }
     }
+}
+
+/// Whether the facts show a step-up that was requested and has neither
+/// completed nor expired (docs/facts.md, `step_up.status`).
+fn step_up_open(facts: &serde_json::Value) -> bool {
+    facts
+        .pointer("/step_up/status")
+        .and_then(serde_json::Value::as_str)
+        == Some("requested")
+}
+
+/// The checks an open step-up waits for, as the facts name them.
+fn requested_checks(facts: &serde_json::Value) -> Vec<Check> {
+    facts
+        .pointer("/step_up/checks")
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|c| serde_json::from_value::<Check>(c.clone()).ok())
+        .collect()
 }
 
 /// Turns a stored trace ([`Evaluation::stored_trace`]) back into one object

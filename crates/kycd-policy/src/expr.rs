@@ -35,7 +35,10 @@ const FACTS: &[(&str, &[&str])] = &[
             "step_up",
         ],
     ),
-    ("step_up", &["status", "checks", "didit_status", "approved"]),
+    (
+        "step_up",
+        &["status", "checks", "didit_status", "outcome", "approved"],
+    ),
     ("subject", &["id", "attributes", "blocklisted"]),
     (
         "didit",

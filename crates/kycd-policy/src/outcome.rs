@@ -111,7 +111,7 @@ impl fmt::Display for Check {
     }
 }
 
-/// Didit's feature names (PROTOCOL.md section 3), the only values a
+/// Didit's feature names (docs/didit-protocol.md section 3), the only values a
 /// resubmission may name: a typo here would otherwise surface as a 400 from
 /// Didit long after the policy was deployed.
 pub const DIDIT_FEATURES: [&str; 10] = [

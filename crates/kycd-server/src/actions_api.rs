@@ -268,7 +268,8 @@ pub struct AuditParams {
 }
 
 /// The audit trail, oldest first, each record with its hash and the hash
-/// of the one before, so an export can be checked on its own.
+/// of the one before, and `alg`, how the hash was made: `hmac-sha256`
+/// (checkable with the audit key) or `sha256` (records from before it).
 pub async fn list_audit(State(app): State<Arc<App>>, Query(p): Query<AuditParams>) -> ApiResult {
     let limit = parse_limit(p.limit.as_deref())?;
     let since = parse_when(&app, "since", p.since.as_deref())?.unwrap_or(i64::MIN);
@@ -294,6 +295,7 @@ pub async fn list_audit(State(app): State<Arc<App>>, Query(p): Query<AuditParams
                 "details": r.details,
                 "prev_hash": r.prev_hash,
                 "hash": r.hash,
+                "alg": r.alg,
             })
         })
         .collect();

@@ -124,7 +124,7 @@ pub async fn get_decision(State(app): State<Arc<App>>, Path(id): Path<String>) -
     if !d.shadow {
         if let Some(s) = app
             .store
-            .decision_for_event(d.event_offset, true)
+            .decision_for_event(d.event_offset, &d.session_id, true)
             .await
             .map_err(store_err)?
         {

@@ -1,7 +1,7 @@
 //! `POST /webhooks/didit`: durable, idempotent intake of Didit deliveries.
 //!
 //! Didit waits 5 s, retries a failed delivery only twice, and may deliver
-//! twice or out of order (PROTOCOL.md 1.3). So, in order:
+//! twice or out of order (docs/didit-protocol.md 1.3). So, in order:
 //!
 //! 1. the body is read up to the cap (1 MiB); a larger one is drained up to
 //!    [`DRAIN_LIMIT`] so an ordinary client reads the 413 rather than a
@@ -271,6 +271,11 @@ fn build_event(
     received_at_ms: i64,
 ) -> Result<NewEvent, &'static str> {
     let body = &v.body;
+    // What the projector cannot read is refused here, before the 200:
+    // an acknowledged delivery must always be projected.
+    if !body.numbers_fit_f64() {
+        return Err("number beyond the range of a double");
+    }
     let session_id = str_field(body, "session_id");
     let status = str_field(body, "status");
     // v1 deliveries (early 2025) predate `webhook_type`; a session delivery

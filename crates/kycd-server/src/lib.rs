@@ -314,6 +314,18 @@ pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Run
         SqliteStore::open_with(&store_path, false, lower_priority)
             .with_context(|| format!("open store {}", store_path.display()))?,
     );
+    // Key the audit trail and check its tail against the newest anchor
+    // before anything is served; a broken chain stops the start here unless
+    // the operator allowed it (kycd_log::anchor).
+    let anchoring = kycd_log::anchor::attach(
+        &store,
+        &store_path,
+        &log_path,
+        &settings.data_dir,
+        &settings.audit,
+        clock.now_millis(),
+    )
+    .await?;
     let outbox: Arc<dyn Outbox> = store.clone();
     let audit: Arc<dyn Audit> = store.clone();
     let access: Arc<dyn Access> = store.clone();
@@ -469,6 +481,10 @@ pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Run
         tokio::spawn(background::reconcile_loop(app.clone(), stop_rx.clone())),
         tokio::spawn(background::expire_step_ups(app.clone(), stop_rx.clone())),
         tokio::spawn(readiness::monitor(app.clone(), stop_rx.clone())),
+        tokio::spawn({
+            let clock = app.clock.clone();
+            anchoring.run(log.clone(), move || clock.now_millis(), stop_rx.clone())
+        }),
     ];
     let with_body_timeout = |router: Router| {
         router.layer(axum::middleware::from_fn_with_state(

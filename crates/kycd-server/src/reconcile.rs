@@ -1,7 +1,7 @@
 //! Reconciliation: close the gap Didit's short retry window leaves.
 //!
 //! Didit retries a failed delivery only twice, within about five minutes
-//! (PROTOCOL.md 1.3), so an outage or a lost delivery leaves kycd without a
+//! (docs/didit-protocol.md 1.3), so an outage or a lost delivery leaves kycd without a
 //! session's result. Two passes fetch what is missing from Didit's API:
 //!
 //! - **quiet sessions**: kycd knows the session, it is unfinished (or Didit

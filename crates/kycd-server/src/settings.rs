@@ -109,6 +109,9 @@ pub struct Settings {
     /// loopback addresses only; turn it off only to try the console over
     /// plain HTTP on another address.
     pub console_cookie_secure: bool,
+    /// The audit trail's key and anchors: `KYCD_AUDIT_KEY_FILE`,
+    /// `KYCD_AUDIT_ANCHOR_FILE`, `--allow-broken-audit`.
+    pub audit: kycd_log::anchor::AuditOptions,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -171,6 +174,7 @@ impl Default for Settings {
             action_max_attempts: 10,
             retry_time_scale: 1.0,
             console_cookie_secure: true,
+            audit: kycd_log::anchor::AuditOptions::default(),
         }
     }
 }

@@ -7,13 +7,13 @@ use std::time::{Duration, Instant};
 
 use didit::canonical::Value as Canon;
 use didit::signature::{sign, Secret};
+use didit::testdata::vectors;
 use kycd_core::FixedClock;
 use kycd_server::{Running, Settings};
 use serde_json::{json, Value};
 
 const NOW: i64 = 1_774_970_000;
 const TOKEN: &str = "test-token-0123456789";
-const SHARED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/didit");
 
 struct TestApp {
     running: Option<Running>,
@@ -21,11 +21,6 @@ struct TestApp {
     http: reqwest::Client,
     clock: FixedClock,
     _dir: tempfile::TempDir,
-}
-
-fn vectors() -> Value {
-    serde_json::from_str(&std::fs::read_to_string(format!("{SHARED}/vectors.json")).unwrap())
-        .unwrap()
 }
 
 fn secret() -> String {

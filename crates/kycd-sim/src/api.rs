@@ -1,4 +1,4 @@
-//! The HTTP API: Didit's v3 endpoints (PROTOCOL.md section 4) and the
+//! The HTTP API: Didit's v3 endpoints (docs/didit-protocol.md section 4) and the
 //! simulator's own `/sim/v1/` endpoints.
 //!
 //! Every `/v3/` call needs the configured `x-api-key` (403 otherwise) and

@@ -1,7 +1,7 @@
 //! The API call log: every `/v3/` call that asks Didit for an effect, and
 //! the decision and session-list reads, as the simulator answered them.
 //!
-//! A receiver that dedupes deliveries and reconciles by polling (PROTOCOL.md
+//! A receiver that dedupes deliveries and reconciles by polling (docs/didit-protocol.md
 //! 1.3) must still ask for each effect once: one session per step-up, one
 //! status update per verdict, one blocklist entry per fraud. The log lets a
 //! test prove it, and count the reads that reconciliation costs. Simulated

@@ -1,4 +1,4 @@
-//! Building Didit's v3 decision (PROTOCOL.md section 3) for a session: one
+//! Building Didit's v3 decision (docs/didit-protocol.md section 3) for a session: one
 //! entry per feature the workflow runs, each with its `node_id`, `status`
 //! and `warnings`, scores in Didit's ranges, and the overall status derived
 //! the way Didit derives it (any `error` warning declines, any `warning`
@@ -684,8 +684,13 @@ fn aml(ctx: &Ctx<'_>, rng: &mut SimRng) -> Value {
     };
     let hits: Vec<Value> = match ctx.traits.aml {
         AmlTrait::None => Vec::new(),
-        AmlTrait::Sanction => {
-            let (m, r) = (score(rng, 88.0, 99.0), score(rng, 85.0, 100.0));
+        AmlTrait::Sanction | AmlTrait::SanctionDeclined => {
+            let (lo, hi) = if ctx.traits.aml == AmlTrait::SanctionDeclined {
+                (96.0, 100.0)
+            } else {
+                (88.0, 99.0)
+            };
+            let (m, r) = (score(rng, lo, hi), score(rng, 85.0, 100.0));
             vec![hit(
                 rng,
                 p.full_name().to_uppercase(),
@@ -730,10 +735,16 @@ fn aml(ctx: &Ctx<'_>, rng: &mut SimRng) -> Value {
     let warnings = if hits.is_empty() {
         Vec::new()
     } else {
+        // Above the workflow's AML decline threshold a match declines.
+        let log_type = if ctx.traits.aml == AmlTrait::SanctionDeclined {
+            "error"
+        } else {
+            "warning"
+        };
         vec![warning(
             Feat::Aml,
             "POSSIBLE_MATCH_FOUND",
-            "warning",
+            log_type,
             json!({"total_hits": total}),
         )]
     };

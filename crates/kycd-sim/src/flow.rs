@@ -175,6 +175,16 @@ async fn drive(
             session::update_status(inner, session_id, req, Actor::Reviewer { flow }).ok()?;
             Some(SessionStatus::Resubmitted)
         }
+        (Scenario::AmlMonitoringHit, SessionStatus::Approved) => {
+            // Didit re-screens approved customers every day; the run
+            // compresses "days later" into the next 10 to 30 simulated
+            // minutes so that a demo sees the hit arrive.
+            if !inner.sleep(between(rng, 600.0, 1800.0)).await {
+                return None;
+            }
+            let decline = rng.gen_bool(0.3);
+            session::rescreen(inner, session_id, decline, rng).or(Some(status))
+        }
         (Scenario::CleanApproval, SessionStatus::Approved) if rng.gen_bool(0.08) => {
             if inner.sleep(between(rng, 60.0, 240.0)).await {
                 session::correct_data(inner, session_id, flow);

@@ -57,7 +57,7 @@ use tokio::sync::watch;
 pub use calls::{ApiCall, CallEffect};
 pub use delivery::{Attempt, AttemptOutcome, DeliveryRecord, Fate};
 pub use ratelimit::RateLimits;
-pub use scenario::{Label, Scenario};
+pub use scenario::{Expectation, Label, Outcome, Scenario, Verdict};
 pub use state::{DestinationInfo, Truth};
 pub use wire::WebhookVersion;
 

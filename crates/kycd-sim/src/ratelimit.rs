@@ -1,4 +1,4 @@
-//! Didit's per-key rate limits (PROTOCOL.md section 4): a fixed window of
+//! Didit's per-key rate limits (docs/didit-protocol.md section 4): a fixed window of
 //! 60 simulated seconds per scope, so a window lasts `60 / time_scale` real
 //! seconds.
 //!

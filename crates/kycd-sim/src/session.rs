@@ -58,6 +58,21 @@ impl CreateRequest {
         let workflow_id = opt_string(body, "workflow_id")?
             .filter(|s| !s.is_empty())
             .ok_or_else(|| ApiError::bad_request("workflow_id is required."))?;
+        // A misspelt scenario would otherwise run as a drawn one, and the
+        // test or demo asking for it would measure something else.
+        let named = body
+            .get("metadata")
+            .and_then(|m| m.get("sim_scenario"))
+            .filter(|v| !v.is_null());
+        if let Some(named) = named {
+            if named.as_str().and_then(Scenario::from_name).is_none() {
+                let names: Vec<&str> = Scenario::ALL.iter().map(|s| s.name()).collect();
+                return Err(ApiError::bad_request(format!(
+                    "metadata.sim_scenario must name one of the simulator's scenarios: {}.",
+                    names.join(", ")
+                )));
+            }
+        }
         Ok(Self {
             workflow_id,
             vendor_data: opt_string(body, "vendor_data")?,
@@ -169,8 +184,25 @@ pub(crate) fn create(
         None => {
             let number = st.next_number;
             st.next_number += 1;
-            let id = ids::uuid(&mut st.api_rng);
-            let token = ids::alnum(&mut st.api_rng, 12);
+            // A vendor's nth session on a workflow gets the same id whatever
+            // other callers did meanwhile: the id seeds the session's
+            // scenario draw and its flow, and callers such as kycd's
+            // step-ups create sessions in an order that timing decides.
+            let mut own = req.vendor_data.as_ref().map(|v| {
+                let n = st
+                    .sessions
+                    .values()
+                    .filter(|s| s.vendor_data.as_ref() == Some(v) && s.workflow_id == workflow.id)
+                    .count();
+                rng_for(
+                    inner.seed,
+                    "api-session-id",
+                    &format!("{v}/{}/{n}", workflow.id),
+                )
+            });
+            let rng = own.as_mut().unwrap_or(&mut st.api_rng);
+            let id = ids::uuid(rng);
+            let token = ids::alnum(rng, 12);
             (id, number, token)
         }
     };
@@ -488,7 +520,7 @@ pub(crate) fn decide(
     Some(status)
 }
 
-/// The v3 decision (PROTOCOL.md 3) of a session as it stands.
+/// The v3 decision (docs/didit-protocol.md 3) of a session as it stands.
 pub(crate) fn decision_json(inner: &Inner, s: &Session) -> Value {
     let mut d = Map::new();
     d.insert("session_id".into(), json!(s.id));
@@ -614,6 +646,37 @@ pub(crate) fn complete(
     Some(status)
 }
 
+/// Didit's ongoing AML monitoring: an approved session is screened again
+/// and its person is now on a sanctions list. The AML entry is redone, the
+/// session moves to In Review (or Declined, for a match above the decline
+/// threshold) and `status.updated` carries the new decision, as the API's
+/// decision does from then on. Nothing happens to a session that is no
+/// longer Approved (the operator declined it meanwhile) or was never
+/// screened. Returns the new status.
+pub(crate) fn rescreen(
+    inner: &Arc<Inner>,
+    session_id: &str,
+    decline: bool,
+    rng: &mut SimRng,
+) -> Option<SessionStatus> {
+    let mut st = inner.lock();
+    let s = st.live_session_mut(session_id)?;
+    if s.status != SessionStatus::Approved || !s.features.contains(&Feat::Aml) {
+        return None;
+    }
+    s.traits.aml = if decline {
+        scenario::AmlTrait::SanctionDeclined
+    } else {
+        scenario::AmlTrait::Sanction
+    };
+    // Not the session's own flow: whatever was going to act on the
+    // approved session stops.
+    s.flow += 1;
+    let status = decide(inner, &mut st, session_id, Scope::Redo(&[Feat::Aml]), rng)?;
+    emit(inner, &mut st, session_id, "status.updated");
+    Some(status)
+}
+
 /// A reviewer's correction of the document data after approval:
 /// `data.updated` with the corrected decision.
 pub(crate) fn correct_data(inner: &Arc<Inner>, session_id: &str, flow: u64) -> bool {
@@ -650,7 +713,7 @@ pub(crate) enum Actor {
     },
 }
 
-/// What `update-status` would do, by Didit's rules (PROTOCOL.md 4).
+/// What `update-status` would do, by Didit's rules (docs/didit-protocol.md 4).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Transition {
     Change(SessionStatus),

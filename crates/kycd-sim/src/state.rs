@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 use crate::decision::{Feat, Sighting};
 use crate::ids::SimRng;
 use crate::people::Persona;
-use crate::scenario::{Label, Scenario, Traits};
+use crate::scenario::{Expectation, Label, Scenario, Traits};
 use crate::wire::WebhookVersion;
 
 pub(crate) const KYC_FEATURES: &[Feat] = &[
@@ -24,7 +24,7 @@ pub(crate) const KYC_FEATURES: &[Feat] = &[
     Feat::Email,
 ];
 
-/// Event types a destination may subscribe to (PROTOCOL.md 1.4). The
+/// Event types a destination may subscribe to (docs/didit-protocol.md 1.4). The
 /// simulator produces `status.updated` and `data.updated`.
 pub(crate) const EVENT_TYPES: &[&str] = &[
     "status.updated",
@@ -180,6 +180,7 @@ impl Session {
             workflow_type: self.workflow_kind.clone(),
             scenario: self.scenario,
             label: self.label,
+            expected: self.scenario.expectation(self.label),
             final_status: self.status.as_str().to_owned(),
             deleted: self.deleted,
         }
@@ -220,6 +221,9 @@ pub struct Truth {
     pub workflow_type: String,
     pub scenario: Scenario,
     pub label: Label,
+    /// The outcome a careful operator should reach, and which final
+    /// outcomes are right (the crate README's catalogue).
+    pub expected: Expectation,
     /// The session's status now (after [`crate::Sim::wait_settled`], its
     /// final one).
     pub final_status: String,

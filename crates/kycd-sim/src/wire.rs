@@ -1,4 +1,4 @@
-//! What goes on the wire: the v3 envelope (PROTOCOL.md 1.5), its v2 and v1
+//! What goes on the wire: the v3 envelope (docs/didit-protocol.md 1.5), its v2 and v1
 //! renderings for destinations on those versions, and signing with
 //! `didit::signature::sign`, which writes the canonical body and all the
 //! headers Didit sends.

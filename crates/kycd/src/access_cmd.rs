@@ -65,8 +65,19 @@ fn open(serve: &ServeArgs) -> anyhow::Result<SqliteStore> {
     let dir = &loaded.settings.data_dir;
     std::fs::create_dir_all(dir)
         .with_context(|| format!("create data directory {}", dir.display()))?;
+    // A data directory is its store and its event log together: create the
+    // log too, so that `kycd audit verify` finds a whole data directory
+    // (and anchors have a place) before the server first starts.
+    let log_path = dir.join("events.db");
+    drop(
+        kycd_log::sqlite_log::SqliteLog::open(&log_path, Default::default())
+            .with_context(|| format!("open event log {}", log_path.display()))?,
+    );
     let path = dir.join("store.db");
-    SqliteStore::open(&path, false).with_context(|| format!("open store {}", path.display()))
+    let store = SqliteStore::open(&path, false)
+        .with_context(|| format!("open store {}", path.display()))?;
+    crate::audit_cmd::key_store(&store, &loaded.settings)?;
+    Ok(store)
 }
 
 fn block_on<T>(f: impl std::future::Future<Output = T>) -> anyhow::Result<T> {

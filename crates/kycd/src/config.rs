@@ -40,6 +40,10 @@ pub struct ServeArgs {
     /// `full` (a commit survives power loss) or `normal` (survives a crash) [env: KYCD_DURABILITY].
     #[arg(long, value_name = "MODE")]
     pub durability: Option<String>,
+    /// (serve) Start even if the audit chain is broken; the start is itself
+    /// recorded in the audit trail [env: KYCD_ALLOW_BROKEN_AUDIT].
+    #[arg(long)]
+    pub allow_broken_audit: bool,
 }
 
 /// The configuration file. Every key is optional; unknown keys are refused.
@@ -77,6 +81,8 @@ struct FileConfig {
     reconcile_after_secs: Option<u64>,
     action_max_attempts: Option<u32>,
     console_cookie_secure: Option<bool>,
+    audit_key_file: Option<PathBuf>,
+    audit_anchor_file: Option<PathBuf>,
 }
 
 /// Every `KYCD_*` variable kycd reads; others draw a warning.
@@ -119,6 +125,9 @@ pub const KNOWN_ENV: &[&str] = &[
     "KYCD_RETRY_TIME_SCALE",
     "KYCD_CONSOLE_COOKIE_SECURE",
     "KYCD_API_URL",
+    "KYCD_AUDIT_KEY_FILE",
+    "KYCD_AUDIT_ANCHOR_FILE",
+    "KYCD_ALLOW_BROKEN_AUDIT",
 ];
 
 /// The checks a step-up can ask for, as named in `KYCD_STEP_UP_WORKFLOW_*`.
@@ -280,6 +289,12 @@ pub fn load(args: &ServeArgs, env: &[(String, String)]) -> anyhow::Result<Loaded
         if let Some(v) = f.action_max_attempts {
             s.action_max_attempts = v;
         }
+        if let Some(v) = f.audit_key_file {
+            s.audit.key_file = Some(v);
+        }
+        if let Some(v) = f.audit_anchor_file {
+            s.audit.anchor_file = Some(v);
+        }
     }
 
     // The environment.
@@ -384,6 +399,17 @@ pub fn load(args: &ServeArgs, env: &[(String, String)]) -> anyhow::Result<Loaded
     if let Some(v) = var("KYCD_CONSOLE_COOKIE_SECURE") {
         s.console_cookie_secure = parse_bool("KYCD_CONSOLE_COOKIE_SECURE", &v)?;
     }
+    if let Some(v) = var("KYCD_AUDIT_KEY_FILE").filter(|v| !v.is_empty()) {
+        s.audit.key_file = Some(PathBuf::from(v));
+    }
+    if let Some(v) = var("KYCD_AUDIT_ANCHOR_FILE").filter(|v| !v.is_empty()) {
+        s.audit.anchor_file = Some(PathBuf::from(v));
+    }
+    // Not a file setting on purpose: serving over a broken chain is a
+    // decision for one start, not a standing configuration.
+    if let Some(v) = var("KYCD_ALLOW_BROKEN_AUDIT") {
+        s.audit.allow_broken = parse_bool("KYCD_ALLOW_BROKEN_AUDIT", &v)?;
+    }
     if let Some(v) = var("KYCD_RETRY_TIME_SCALE") {
         s.retry_time_scale = v
             .trim()
@@ -414,6 +440,9 @@ pub fn load(args: &ServeArgs, env: &[(String, String)]) -> anyhow::Result<Loaded
     }
     if let Some(v) = &args.durability {
         s.durability = parse_durability("--durability", v)?;
+    }
+    if args.allow_broken_audit {
+        s.audit.allow_broken = true;
     }
 
     kycd_engine::actions::BlocklistItems::parse(&s.blocklist_items)
@@ -567,6 +596,14 @@ pub fn render(s: &Settings) -> String {
     out.push_str(&format!(
         "action_max_attempts = {}\n",
         s.action_max_attempts
+    ));
+    out.push_str(&format!(
+        "audit_key_file = {}\n",
+        q(&s.audit.key_path(&s.data_dir).to_string_lossy())
+    ));
+    out.push_str(&format!(
+        "audit_anchor_file = {}\n",
+        path(&s.audit.anchor_file)
     ));
     out.push_str("[step_up_workflows]\n");
     for (check, wf) in &s.step_up_workflows {

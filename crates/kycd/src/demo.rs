@@ -18,7 +18,7 @@ use didit::signature::Secret;
 use kycd_core::{Clock, SystemClock};
 use kycd_log::store::{DecisionQuery, DecisionRecord, Store};
 use kycd_server::settings::Settings;
-use kycd_sim::{Faults, Label, SimConfig, Truth};
+use kycd_sim::{Faults, Label, Outcome, SimConfig, Truth, Verdict};
 use rand::Rng;
 
 #[derive(Debug, clap::Args)]
@@ -86,11 +86,10 @@ impl AppliedTimes {
 
 async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    // Take Ctrl-C from the start: an interrupted run still shuts down
-    // cleanly and removes its temporary data directory.
-    let mut interrupted = tokio::spawn(async {
-        let _ = tokio::signal::ctrl_c().await;
-    });
+    // Take Ctrl-C (and a service manager's SIGTERM) from the start: an
+    // interrupted run still shuts down cleanly and removes its temporary
+    // data directory.
+    let mut interrupted = tokio::spawn(stop_signal());
     let data = tempfile::Builder::new()
         .prefix("kycd-demo-")
         .tempdir()
@@ -123,11 +122,17 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         // The simulator's deliveries are sandbox deliveries.
         act_on_sandbox: true,
         step_up_workflows,
-        // Kycd's clocks (retries, reconciliation, step-up expiry) run as
-        // fast as the simulated customers: a quiet session is fetched from
-        // Didit after two simulated minutes, checked every simulated minute.
+        // Kycd's clocks (retries, step-up expiry) run as fast as the
+        // simulated customers.
         retry_time_scale: args.time_scale,
-        reconcile_interval_secs: 60,
+        // No reconciliation passes while customers are under way: a pass
+        // polls every session whose latest delivery is merely in flight
+        // (delayed, held back, retried) and decides it at a moment real
+        // timing picks, against whatever else has arrived by then, so the
+        // same seed would give different tables. The demo reconciles once
+        // the simulated Didit has settled (`wait_all_decided`), when only
+        // the lost deliveries are missing.
+        reconcile_interval_secs: 0,
         reconcile_after_secs: 120,
         step_up_expiry_secs: 3600,
         ..Settings::default()
@@ -234,10 +239,11 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         println!("\nInterrupted.");
         running.shutdown().await?;
         sim.shutdown().await;
+        remove_data(data)?;
         return Ok(ExitCode::from(130));
     }
     if args.keep_running {
-        let data_dir = data.keep();
+        let data_dir = data.path().to_path_buf();
         let reviewer_password = random_token("");
         demo_reviewer(&running, &reviewer_password).await?;
         println!("\nStill running (Ctrl-C to stop):");
@@ -250,18 +256,43 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         println!("  Didit simulator {}/v3/sessions/", sim.base_url());
         println!("                  x-api-key: {didit_key}");
         println!("  ground truth    {}/sim/v1/truth", sim.base_url());
-        println!("  data directory  {}", data_dir.display());
+        println!("  data directory  {} (removed on exit)", data_dir.display());
         std::io::stdout().flush()?;
         let _ = (&mut interrupted).await;
     }
     // kycd first: its reconciliation and workers call the simulator.
     running.shutdown().await?;
     sim.shutdown().await;
+    remove_data(data)?;
     Ok(if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Resolves on Ctrl-C (SIGINT) or, on Unix, SIGTERM.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Removes the demo's data directory once kycd has stopped writing to it;
+/// `--keep-running` only keeps it while the demo runs.
+fn remove_data(data: tempfile::TempDir) -> anyhow::Result<()> {
+    let path = data.path().to_path_buf();
+    data.close()
+        .with_context(|| format!("remove the demo's data directory {}", path.display()))
 }
 
 /// The demo's console user.
@@ -316,14 +347,17 @@ async fn step_up_workflows(
     Ok(out)
 }
 
-/// Wait until every session Didit finished has a decision at kycd (lost
-/// deliveries come back through reconciliation) and the outbox is idle.
+/// Wait until every session Didit finished has a decision at kycd and the
+/// outbox is idle. Lost deliveries come back through reconciliation, run
+/// whenever the simulated Didit has settled and something is missing.
 async fn wait_all_decided(
     app: &kycd_server::App,
     sim: &kycd_sim::Sim,
     deadline: Instant,
 ) -> anyhow::Result<()> {
     use kycd_log::outbox::{ActionQuery, ActionState};
+    // Every session the simulator made is younger than the demo.
+    let since = app.clock.now_millis() - 86_400_000;
     while Instant::now() < deadline {
         let mut missing = 0;
         for t in sim.truth() {
@@ -350,11 +384,18 @@ async fn wait_all_decided(
             })
             .await?
             .len();
-        if missing == 0 && busy == 0 {
-            // Write-backs make Didit deliver again: let those land too.
-            if sim.wait_settled(Duration::from_millis(1)).await.is_ok() {
+        // Write-backs make Didit deliver again: let those land too.
+        let settled = sim.wait_settled(Duration::from_millis(1)).await.is_ok();
+        if settled && missing == 0 && busy == 0 {
+            wait_applied(app, deadline).await;
+            return Ok(());
+        }
+        if settled && missing > 0 {
+            if let Some(reconciler) = &app.reconciler {
+                // Applied first, so that the pass compares Didit's
+                // statuses with everything kycd has received.
                 wait_applied(app, deadline).await;
-                return Ok(());
+                reconciler.pass(since).await;
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -492,18 +533,52 @@ impl Progress {
     }
 }
 
-/// Sessions of one scenario and label: count per outcome, and the total.
-type ScenarioRow<'a> = (BTreeMap<&'a str, usize>, usize);
-
-/// kycd's current decision on one simulated session.
-struct Outcome {
+/// One simulated session as kycd ended it.
+struct Case {
     truth: Truth,
+    /// kycd's current decision, after any re-decision.
     outcome: Option<String>,
+    /// Every decision kycd made on the session, oldest first.
+    history: Vec<String>,
+    /// A session kycd created as a step-up of another: it is not decided
+    /// on its own, its result is folded into the original's decision.
+    is_step_up: bool,
+    /// What became of the step-up kycd asked for on this session, if any
+    /// (`requested`, `completed`, ...).
+    step_up: Option<String>,
+}
+
+impl Case {
+    fn final_outcome(&self) -> Option<Outcome> {
+        self.outcome.as_deref().and_then(Outcome::from_name)
+    }
+
+    fn earlier(&self) -> Vec<Outcome> {
+        self.history
+            .iter()
+            .filter_map(|o| Outcome::from_name(o))
+            .collect()
+    }
+
+    fn had(&self, kind: Outcome) -> bool {
+        self.history.iter().any(|o| o == kind.name())
+    }
+
+    fn had_friction(&self) -> bool {
+        self.earlier().iter().any(|o| o.is_friction())
+    }
+
+    /// Whether kycd's final decision is one the ground truth calls right.
+    fn right(&self) -> bool {
+        self.final_outcome()
+            .is_some_and(|o| self.truth.expected.accepts(o, &self.earlier()))
+    }
 }
 
 #[derive(Default)]
 struct Report {
-    sessions: Vec<Outcome>,
+    /// Every session of the simulated customers, in session-number order.
+    cases: Vec<Case>,
     customers: usize,
     undecided_customers: usize,
     latencies_ms: Vec<i64>,
@@ -518,6 +593,72 @@ fn percentile(sorted: &[i64], p: f64) -> Option<i64> {
     Some(sorted[rank.clamp(1, sorted.len()) - 1])
 }
 
+fn pct(n: usize, of: usize) -> f64 {
+    if of == 0 {
+        0.0
+    } else {
+        100.0 * n as f64 / of as f64
+    }
+}
+
+/// The outcome columns of the tables, in the policy's order.
+const COLUMNS: [&str; 7] = [
+    "approve",
+    "review",
+    "step_up",
+    "resubmit",
+    "decline",
+    "block",
+    "undecided",
+];
+
+fn label_name(label: Label) -> &'static str {
+    match label {
+        Label::Genuine => "genuine",
+        Label::Fraudulent => "fraud",
+    }
+}
+
+/// A row of counts per outcome column, with its total and how many of
+/// them are right.
+#[derive(Default)]
+struct Row {
+    counts: BTreeMap<&'static str, usize>,
+    total: usize,
+    right: usize,
+}
+
+impl Row {
+    fn add(&mut self, case: &Case) {
+        let column = COLUMNS
+            .iter()
+            .copied()
+            .find(|c| Some(*c) == case.outcome.as_deref())
+            .unwrap_or("undecided");
+        *self.counts.entry(column).or_default() += 1;
+        self.total += 1;
+        self.right += usize::from(case.right());
+    }
+
+    fn cells(&self) -> String {
+        let mut out = String::new();
+        for c in COLUMNS {
+            out.push_str(&format!(" {:>9}", self.counts.get(c).copied().unwrap_or(0)));
+        }
+        out.push_str(&format!(" {:>6}", self.right));
+        out
+    }
+}
+
+fn column_header() -> String {
+    let mut out = String::new();
+    for c in COLUMNS {
+        out.push_str(&format!(" {c:>9}"));
+    }
+    out.push_str(&format!(" {:>6}", "right"));
+    out
+}
+
 impl Report {
     async fn build(
         store: &dyn Store,
@@ -525,22 +666,38 @@ impl Report {
         applied: &Mutex<AppliedTimes>,
     ) -> anyhow::Result<Self> {
         let mut r = Report::default();
-        let mut by_customer: HashMap<usize, bool> = HashMap::new();
+        let decisions = decisions_after(store, 0).await?;
+        let mut history: HashMap<&str, Vec<String>> = HashMap::new();
+        for d in &decisions {
+            history
+                .entry(d.session_id.as_str())
+                .or_default()
+                .push(d.outcome.clone());
+        }
+        let mut by_customer: BTreeMap<usize, bool> = BTreeMap::new();
         for t in truth {
-            let outcome = store.get_session(&t.session_id).await?.and_then(|s| {
-                s.doc
-                    .get("decision")
-                    .and_then(|d| d.get("outcome"))
-                    .and_then(|o| o.as_str())
-                    .map(str::to_owned)
-            });
+            let record = store.get_session(&t.session_id).await?;
+            let doc = record.as_ref().map(|s| &s.doc);
+            let outcome = doc
+                .and_then(|d| d.get("decision"))
+                .and_then(|d| d.get("outcome"))
+                .and_then(|o| o.as_str())
+                .map(str::to_owned);
+            let is_step_up = doc.is_some_and(|d| d.get("step_up_of").is_some_and(|v| !v.is_null()));
+            let step_up = doc
+                .and_then(|d| d.get("step_up"))
+                .filter(|s| s.is_object())
+                .map(|s| s["status"].as_str().unwrap_or("unknown").to_owned());
             if let Some(c) = t.customer {
                 let ok = by_customer.entry(c).or_insert(true);
                 *ok &= outcome.is_some();
             }
-            r.sessions.push(Outcome {
+            r.cases.push(Case {
                 truth: t.clone(),
                 outcome,
+                history: history.remove(t.session_id.as_str()).unwrap_or_default(),
+                is_step_up,
+                step_up,
             });
         }
         r.customers = by_customer.len();
@@ -549,7 +706,6 @@ impl Report {
         // Webhook-to-decision latency: from the delivery's arrival (the
         // event's receive time, which is also the decision's time) to the
         // commit that made the decision visible.
-        let decisions = decisions_after(store, 0).await?;
         let applied = applied.lock().unwrap_or_else(|p| p.into_inner());
         r.decisions = decisions.len();
         for d in &decisions {
@@ -561,133 +717,169 @@ impl Report {
         Ok(r)
     }
 
-    fn print(&self, stats: &kycd_sim::Stats, elapsed: Duration, users: usize) {
+    /// The sessions the figures are about: every session of the simulated
+    /// customers except the step-up sessions kycd created, whose results
+    /// count in their originals' decisions.
+    fn scored(&self) -> impl Iterator<Item = &Case> {
+        self.cases.iter().filter(|c| !c.is_step_up)
+    }
+
+    /// The parts of the summary that the seed fixes: outcomes by scenario,
+    /// the figures against the ground truth, friction and the confusion
+    /// matrix. Nothing timed is in here.
+    fn tables(&self) -> String {
         let mut out = String::new();
         // Keyed by scenario and label: an account takeover's KYC session is
         // genuine, its re-authentication is not.
-        let mut scenarios: BTreeMap<(&str, Label), ScenarioRow> = BTreeMap::new();
-        let mut columns: BTreeMap<&str, usize> = BTreeMap::new();
-        for s in &self.sessions {
-            let e = scenarios
-                .entry((s.truth.scenario.name(), s.truth.label))
-                .or_default();
-            e.1 += 1;
-            let o = s.outcome.as_deref().unwrap_or("undecided");
-            *e.0.entry(o).or_default() += 1;
-            *columns.entry(o).or_default() += 1;
+        let mut scenarios: BTreeMap<(&str, Label), Row> = BTreeMap::new();
+        let mut matrix: BTreeMap<(Verdict, Label), Row> = BTreeMap::new();
+        for c in self.scored() {
+            let t = &c.truth;
+            scenarios
+                .entry((t.scenario.name(), t.label))
+                .or_default()
+                .add(c);
+            matrix
+                .entry((t.expected.verdict, t.label))
+                .or_default()
+                .add(c);
         }
-        let order = [
-            "approve",
-            "review",
-            "step_up",
-            "resubmit",
-            "decline",
-            "block",
-            "undecided",
-        ];
-        let mut cols: Vec<&str> = order
+
+        out.push_str("Outcomes by scenario (sessions, kycd's final decision)\n");
+        out.push_str(&format!(
+            "  {:<22} {:>7} {:>8} {:>6}{}\n",
+            "scenario",
+            "truth",
+            "expected",
+            "total",
+            column_header()
+        ));
+        for ((name, label), row) in &scenarios {
+            let verdict = kycd_sim::Scenario::from_name(name)
+                .map(|s| s.expectation(*label).verdict.name())
+                .unwrap_or("?");
+            out.push_str(&format!(
+                "  {name:<22} {:>7} {verdict:>8} {:>6}{}\n",
+                label_name(*label),
+                row.total,
+                row.cells()
+            ));
+        }
+
+        let scored: Vec<&Case> = self.scored().collect();
+        let fraud: Vec<&Case> = scored
             .iter()
             .copied()
-            .filter(|c| columns.contains_key(c))
+            .filter(|c| c.truth.label == Label::Fraudulent)
             .collect();
-        cols.extend(columns.keys().copied().filter(|c| !order.contains(c)));
+        let eligible: Vec<&Case> = scored
+            .iter()
+            .copied()
+            .filter(|c| c.truth.label == Label::Genuine && c.truth.expected.is_eligible())
+            .collect();
+        let ineligible: Vec<&Case> = scored
+            .iter()
+            .copied()
+            .filter(|c| {
+                c.truth.label == Label::Genuine && c.truth.expected.verdict == Verdict::Reject
+            })
+            .collect();
+        let fraud_approved = fraud
+            .iter()
+            .filter(|c| c.final_outcome() == Some(Outcome::Approve))
+            .count();
+        let smooth = eligible
+            .iter()
+            .filter(|c| c.final_outcome() == Some(Outcome::Approve) && !c.had_friction())
+            .count();
+        let declined = ineligible.iter().filter(|c| c.right()).count();
+        let right = scored.iter().filter(|c| c.right()).count();
+        out.push_str(
+            "\nThe policy against the ground truth (final decisions, after re-decisions)\n",
+        );
+        out.push_str(&format!(
+            "  fraud approved                {fraud_approved:>5} of {:<5} ({:.1} %)  goal: at most 1 %\n",
+            fraud.len(),
+            pct(fraud_approved, fraud.len())
+        ));
+        out.push_str(&format!(
+            "  eligible genuine, approved    {smooth:>5} of {:<5} ({:.1} %)  without review, step-up or resubmission; goal: at least 92 %\n",
+            eligible.len(),
+            pct(smooth, eligible.len())
+        ));
+        out.push_str(&format!(
+            "  ineligible, declined          {declined:>5} of {:<5} ({:.1} %)  minors, expired documents, abandoned and expired sessions; goal: 100 %\n",
+            ineligible.len(),
+            pct(declined, ineligible.len())
+        ));
+        out.push_str(&format!(
+            "  right outcome                 {right:>5} of {:<5} ({:.1} %)  an outcome the scenario accepts\n",
+            scored.len(),
+            pct(right, scored.len())
+        ));
 
-        out.push_str(&format!(
-            "\nkycd demo: {users} customers, {} sessions, {} decisions, in {:.1} s\n\n",
-            self.sessions.len(),
-            self.decisions,
-            elapsed.as_secs_f64()
-        ));
-        out.push_str("Outcomes by scenario (sessions)\n");
-        out.push_str(&format!(
-            "  {:<28} {:>8} {:>6}",
-            "scenario", "truth", "total"
-        ));
-        for c in &cols {
-            out.push_str(&format!(" {:>9}", c));
-        }
-        out.push('\n');
-        for ((name, label), (counts, total)) in &scenarios {
-            let label = match label {
-                Label::Genuine => "genuine",
-                Label::Fraudulent => "fraud",
-            };
-            out.push_str(&format!("  {name:<28} {label:>8} {total:>6}"));
-            for c in &cols {
-                out.push_str(&format!(" {:>9}", counts.get(c).copied().unwrap_or(0)));
+        out.push_str("\nFriction (sessions kycd asked for a person or more proof at some point)\n");
+        for kind in [Outcome::Review, Outcome::StepUp, Outcome::Resubmit] {
+            let with: Vec<&&Case> = scored.iter().filter(|c| c.had(kind)).collect();
+            let of_eligible = with
+                .iter()
+                .filter(|c| c.truth.expected.is_eligible())
+                .count();
+            out.push_str(&format!(
+                "  {:<9} {:>5} sessions, {of_eligible} of them eligible genuine",
+                kind.name(),
+                with.len()
+            ));
+            if kind == Outcome::StepUp {
+                let mut states: BTreeMap<&str, usize> = BTreeMap::new();
+                for c in &scored {
+                    if let Some(s) = &c.step_up {
+                        *states.entry(s.as_str()).or_default() += 1;
+                    }
+                }
+                let created = self.cases.iter().filter(|c| c.is_step_up).count();
+                let states: Vec<String> = states.iter().map(|(s, n)| format!("{n} {s}")).collect();
+                out.push_str(&format!(
+                    "; step-ups: {created} sessions created at Didit, {}",
+                    if states.is_empty() {
+                        "none asked for".to_owned()
+                    } else {
+                        states.join(", ")
+                    }
+                ));
             }
             out.push('\n');
         }
 
-        let decided = |s: &&Outcome| s.outcome.is_some();
-        let fraud: Vec<&Outcome> = self
-            .sessions
-            .iter()
-            .filter(|s| s.truth.label == Label::Fraudulent)
-            .filter(decided)
-            .collect();
-        let genuine: Vec<&Outcome> = self
-            .sessions
-            .iter()
-            .filter(|s| s.truth.label == Label::Genuine)
-            .filter(decided)
-            .collect();
-        let count = |set: &[&Outcome], outcomes: &[&str]| {
-            set.iter()
-                .filter(|s| outcomes.contains(&s.outcome.as_deref().unwrap_or("")))
-                .count()
-        };
-        let pct = |n: usize, of: usize| {
-            if of == 0 {
-                0.0
-            } else {
-                100.0 * n as f64 / of as f64
-            }
-        };
-        let friction = ["review", "step_up", "resubmit"];
-        let stopped = ["decline", "block"];
-        let f_stopped = count(&fraud, &stopped);
-        let f_review = count(&fraud, &friction);
-        let f_missed = count(&fraud, &["approve"]);
-        let g_approved = count(&genuine, &["approve"]);
-        let g_friction = count(&genuine, &friction);
-        let g_declined = count(&genuine, &stopped);
-        out.push_str("\nThe policy against the ground truth (decided sessions)\n");
+        out.push_str(
+            "\nConfusion matrix (rows: what a careful operator should reach; columns: kycd's final decision)\n",
+        );
         out.push_str(&format!(
-            "  fraud caught            {f_stopped:>5} of {:<5} ({:.1} %) declined or blocked, {f_review} more sent to review or step-up\n",
-            fraud.len(),
-            pct(f_stopped, fraud.len())
+            "  {:<24} {:>6}{}\n",
+            "expected",
+            "total",
+            column_header()
         ));
+        for ((verdict, label), row) in &matrix {
+            let name = match (verdict, label) {
+                (Verdict::Approve, _) => "approve (eligible)".to_owned(),
+                (Verdict::Reject, Label::Genuine) => "reject (ineligible)".to_owned(),
+                (v, l) => format!("{} ({})", v.name(), label_name(*l)),
+            };
+            out.push_str(&format!("  {name:<24} {:>6}{}\n", row.total, row.cells()));
+        }
+        out
+    }
+
+    fn print(&self, stats: &kycd_sim::Stats, elapsed: Duration, users: usize) {
+        let mut out = String::new();
         out.push_str(&format!(
-            "  fraud approved          {f_missed:>5} of {:<5} ({:.1} %)\n",
-            fraud.len(),
-            pct(f_missed, fraud.len())
+            "\nkycd demo: {users} customers, {} sessions, {} decisions, in {:.1} s\n\n",
+            self.cases.len(),
+            self.decisions,
+            elapsed.as_secs_f64()
         ));
-        out.push_str(&format!(
-            "  genuine, no friction    {g_approved:>5} of {:<5} ({:.1} %) approved straight away\n",
-            genuine.len(),
-            pct(g_approved, genuine.len())
-        ));
-        out.push_str(&format!(
-            "  genuine, with friction  {g_friction:>5} of {:<5} ({:.1} %) review, step-up or resubmission\n",
-            genuine.len(),
-            pct(g_friction, genuine.len())
-        ));
-        out.push_str(&format!(
-            "  genuine, declined       {g_declined:>5} of {:<5} ({:.1} %)\n",
-            genuine.len(),
-            pct(g_declined, genuine.len())
-        ));
-        let review = self
-            .sessions
-            .iter()
-            .filter(|s| s.outcome.as_deref() == Some("review"))
-            .count();
-        out.push_str(&format!(
-            "  sent to review          {review:>5} of {:<5} ({:.1} %)\n",
-            self.sessions.len(),
-            pct(review, self.sessions.len())
-        ));
+        out.push_str(&self.tables());
 
         out.push_str("\nWebhook to decision (arrival at kycd to the committed decision)\n");
         match (

@@ -12,7 +12,6 @@ use kycd_core::FixedClock;
 use kycd_server::Settings;
 use serde_json::{json, Value};
 
-const SHARED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/didit");
 const SECRET: &str = "replay-cli-secret";
 
 #[tokio::test]
@@ -28,9 +27,7 @@ async fn replay_reports_and_leaves_its_report_in_the_data_directory() {
     let running = kycd_server::start(settings, Arc::new(FixedClock::at_secs(1_774_970_000)))
         .await
         .unwrap();
-    let vectors: Value =
-        serde_json::from_str(&std::fs::read_to_string(format!("{SHARED}/vectors.json")).unwrap())
-            .unwrap();
+    let vectors: Value = didit::testdata::vectors();
     let body = vectors["cases"][0]["body"].as_str().unwrap();
     let signed = sign(
         &Secret::new(SECRET),

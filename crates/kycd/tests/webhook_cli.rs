@@ -1,5 +1,5 @@
-//! `kycd webhook verify|sign`, run as the real binary against the shared
-//! vectors (`shared/didit/vectors.json`).
+//! `kycd webhook verify|sign`, run as the real binary against Didit's test
+//! vectors (`crates/didit/testdata/vectors.json`).
 
 use std::io::Write;
 use std::path::Path;
@@ -7,11 +7,6 @@ use std::process::{Command, Output, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value as Json;
-
-const VECTORS: &str = include_str!(concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/didit/vectors.json"
-));
 
 struct Case {
     name: String,
@@ -22,7 +17,7 @@ struct Case {
 }
 
 fn vectors() -> (String, Vec<Case>) {
-    let v: Json = serde_json::from_str(VECTORS).unwrap();
+    let v: Json = didit::testdata::vectors();
     let secret = v["secret"].as_str().unwrap().to_owned();
     let cases = v["cases"]
         .as_array()

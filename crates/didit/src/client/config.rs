@@ -53,7 +53,7 @@ impl From<&str> for Secret {
     }
 }
 
-/// Didit's per-key budgets (PROTOCOL.md section 4), one per [`RateScope`].
+/// Didit's per-key budgets (docs/didit-protocol.md section 4), one per [`RateScope`].
 ///
 /// The client keeps itself under these so that Didit never has to answer 429.
 /// They are per API key at Didit but per [`super::DiditClient`] (and its

@@ -1,4 +1,4 @@
-//! Request and response bodies of the calls in PROTOCOL.md section 4.
+//! Request and response bodies of the calls in docs/didit-protocol.md section 4.
 //!
 //! Response structs keep every field they do not name in `extra`, so a field
 //! Didit adds later is carried along instead of lost. Request structs have an
@@ -237,7 +237,7 @@ pub struct ListSessionsQuery {
     pub offset: Option<u32>,
     /// Only the sessions of this operator user id.
     pub vendor_data: Option<String>,
-    /// Only sessions in this status, spelled as in PROTOCOL.md section 2 (`In Review`).
+    /// Only sessions in this status, spelled as in docs/didit-protocol.md section 2 (`In Review`).
     pub status: Option<String>,
     /// Only sessions of this workflow.
     pub workflow_id: Option<String>,

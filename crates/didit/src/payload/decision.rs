@@ -1,4 +1,4 @@
-//! The decision (PROTOCOL.md 3), and the normalisation of the v2 and v1
+//! The decision (docs/didit-protocol.md 3), and the normalisation of the v2 and v1
 //! wire shapes into the v3 model.
 //!
 //! Detection looks at the keys only:

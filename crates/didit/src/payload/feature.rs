@@ -1,4 +1,4 @@
-//! The entries of a decision's feature arrays (PROTOCOL.md 3), their
+//! The entries of a decision's feature arrays (docs/didit-protocol.md 3), their
 //! warnings, and the smaller objects they hold.
 //!
 //! Each entry types the fields decisioning uses and keeps everything else
@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::json::{model, FromToJson};
 use super::kinds::{Feature, FeatureStatus, LivenessMethod, LogType, SessionStatus};
 
-/// Risk codes worth knowing by name (PROTOCOL.md 3); Didit has many more,
+/// Risk codes worth knowing by name (docs/didit-protocol.md 3); Didit has many more,
 /// and a warning carries any of them as text.
 pub mod risk {
     pub const DOCUMENT_EXPIRED: &str = "DOCUMENT_EXPIRED";
@@ -36,7 +36,7 @@ pub mod risk {
 }
 
 model! {
-    /// One risk Didit found (PROTOCOL.md 3). Every field is optional: a
+    /// One risk Didit found (docs/didit-protocol.md 3). Every field is optional: a
     /// warning with only a `risk` has been delivered.
     pub struct Warning {
         /// The feature name that raised it, e.g. `LIVENESS`; see

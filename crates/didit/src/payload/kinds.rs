@@ -1,5 +1,5 @@
 //! The closed vocabularies of the payload: statuses, event types and the
-//! like (PROTOCOL.md 1.4, 2 and 3). Each keeps an unknown value as `Other`
+//! like (docs/didit-protocol.md 1.4, 2 and 3). Each keeps an unknown value as `Other`
 //! rather than rejecting the delivery that carries it.
 
 use std::fmt;
@@ -7,7 +7,7 @@ use std::fmt;
 use super::json::string_enum;
 
 string_enum! {
-    /// The status of a verification session (PROTOCOL.md 2), spelt exactly
+    /// The status of a verification session (docs/didit-protocol.md 2), spelt exactly
     /// as Didit sends it.
     ///
     /// # Lifecycle order
@@ -91,7 +91,7 @@ impl SessionStatus {
     }
 
     /// Whether a delivery with this status carries a `decision`
-    /// (PROTOCOL.md 1.5): `Approved`, `Declined`, `In Review`, `Abandoned`.
+    /// (docs/didit-protocol.md 1.5): `Approved`, `Declined`, `In Review`, `Abandoned`.
     pub fn is_decided(&self) -> bool {
         matches!(
             self,
@@ -111,7 +111,7 @@ impl SessionStatus {
     }
 
     /// Whether the session is unfinished in the sense Didit uses when it
-    /// hands back an existing session instead of creating one (PROTOCOL.md
+    /// hands back an existing session instead of creating one (docs/didit-protocol.md
     /// 4): `Not Started`, `In Progress`, `Resubmitted`, `Awaiting User`.
     pub fn is_unfinished(&self) -> bool {
         matches!(
@@ -136,7 +136,7 @@ string_enum! {
 }
 
 string_enum! {
-    /// The event type of a delivery (`webhook_type`, PROTOCOL.md 1.4).
+    /// The event type of a delivery (`webhook_type`, docs/didit-protocol.md 1.4).
     pub enum WebhookType {
         /// A session changed status.
         StatusUpdated => "status.updated",
@@ -199,14 +199,14 @@ string_enum! {
     /// Which Didit environment produced the delivery.
     pub enum Environment {
         Live => "live",
-        /// Every provider check is mocked (PROTOCOL.md 5): never treat a
+        /// Every provider check is mocked (docs/didit-protocol.md 5): never treat a
         /// sandbox approval as a real one.
         Sandbox => "sandbox",
     }
 }
 
 string_enum! {
-    /// What a warning did to the session (PROTOCOL.md 3).
+    /// What a warning did to the session (docs/didit-protocol.md 3).
     pub enum LogType {
         /// The risk declined the session.
         Error => "error",
@@ -252,7 +252,7 @@ impl LivenessMethod {
     }
 }
 
-/// Which shape the decision had on the wire (PROTOCOL.md 1.5). Every shape
+/// Which shape the decision had on the wire (docs/didit-protocol.md 1.5). Every shape
 /// is normalised into the v3 model; this records where it came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum PayloadVersion {

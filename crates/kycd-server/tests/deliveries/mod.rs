@@ -6,14 +6,10 @@ use didit::canonical::Value as Canon;
 use didit::signature::{sign, Secret};
 use serde_json::{json, Value};
 
-const SHARED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/didit");
-
 /// A full v3 approved delivery (the vectors' first case) for another
 /// session, subject and document.
 pub fn approved(session: &str, subject: &str, document: &str) -> Value {
-    let v: Value =
-        serde_json::from_str(&std::fs::read_to_string(format!("{SHARED}/vectors.json")).unwrap())
-            .unwrap();
+    let v: Value = didit::testdata::vectors();
     let mut p: Value = serde_json::from_str(v["cases"][0]["body"].as_str().unwrap()).unwrap();
     p["session_id"] = json!(session);
     p["event_id"] = json!(format!("ev-{session}"));

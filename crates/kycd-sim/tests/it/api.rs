@@ -6,7 +6,7 @@ use kycd_sim::RateLimits;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::support::{self, Api, API_KEY, SECRET};
+use crate::support::{self, Api, API_KEY, SECRET, SETTLE};
 
 #[tokio::test]
 async fn requests_without_or_with_a_wrong_api_key_get_403_with_a_detail() {
@@ -564,4 +564,54 @@ async fn the_didit_client_speaks_to_the_simulator() {
         client.get_decision(&created.session_id).await,
         Err(didit::client::ApiError::NotFound { .. })
     ));
+}
+
+#[tokio::test]
+async fn an_unknown_sim_scenario_is_refused_and_creates_nothing() {
+    let sim = support::sim(2, 1000.0).await;
+    let receiver = support::v3_receiver(&sim).await;
+    let api = Api::new(&sim);
+    for named in [
+        json!("clean_aproval"),
+        json!(7),
+        json!(""),
+        json!(["aml_pep"]),
+    ] {
+        let answer = api
+            .post(
+                "/v3/session/",
+                json!({
+                    "workflow_id": sim.kyc_workflow_id(),
+                    "vendor_data": "typo",
+                    "metadata": {"sim_scenario": named},
+                }),
+            )
+            .await;
+        assert_eq!(answer.status, 400, "{named}");
+        let detail = answer.detail();
+        assert!(detail.contains("metadata.sim_scenario"), "{detail}");
+        // The refusal lists what would have been accepted.
+        assert!(detail.contains("clean_approval"), "{detail}");
+        assert!(detail.contains("aml_monitoring_hit"), "{detail}");
+    }
+    sim.wait_settled(SETTLE).await.unwrap();
+    assert!(sim.truth().is_empty());
+    assert!(receiver.received().is_empty());
+    let listed = api.get("/v3/sessions/").await.json();
+    assert_eq!(listed["count"], json!(0), "{listed}");
+    let creations: Vec<_> = sim
+        .calls()
+        .into_iter()
+        .filter(|c| c.path == "/v3/session/")
+        .collect();
+    assert_eq!(creations.len(), 4);
+    assert!(creations
+        .iter()
+        .all(|c| c.effect == kycd_sim::CallEffect::Rejected && c.status == 400));
+
+    // A known name still works.
+    let ok = api
+        .scenario_session(sim.kyc_workflow_id(), "typo", "clean_approval")
+        .await;
+    assert!(ok["session_id"].is_string());
 }

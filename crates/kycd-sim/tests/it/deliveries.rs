@@ -422,20 +422,13 @@ fn keys(v: &serde_json::Value) -> std::collections::BTreeSet<String> {
         .unwrap_or_default()
 }
 
-/// Didit's published shapes (`../shared/didit/vectors.json`) against the
+/// Didit's published shapes (`didit::testdata`'s vectors) against the
 /// simulator's deliveries of the same kind: every key a vector has, a
 /// simulated delivery of that version and status has too (values differ;
 /// extra keys such as `metadata` set per session are allowed).
 #[tokio::test]
 async fn deliveries_have_the_shapes_of_didits_own_vectors() {
-    let vectors: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../../shared/didit/vectors.json"
-        ))
-        .unwrap(),
-    )
-    .unwrap();
+    let vectors: serde_json::Value = didit::testdata::vectors();
     let vector = |name: &str| -> serde_json::Value {
         let case = vectors["cases"]
             .as_array()

@@ -5,5 +5,6 @@ mod api;
 mod calls;
 mod customers;
 mod deliveries;
+mod monitoring;
 mod step_up;
 mod support;

@@ -1,0 +1,575 @@
+//! The decision path under the orders and timings an attacker or a flaky
+//! network produces: deliveries during an open step-up, stale and repeated
+//! deliveries, polls, Didit's echoes of kycd's own write-backs, unknown
+//! event types and Didit's ongoing monitoring. Each test runs the real
+//! projector over a real event log and store (SQLite files in a temporary
+//! directory) and reads what it decided.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use kycd_engine::actions::ActionSettings;
+use kycd_engine::projector::{
+    Policies, Projector, REVIEW_DECIDED, STEP_UP_CHECK_META, STEP_UP_CREATED, STEP_UP_META,
+};
+use kycd_log::outbox::{ActionQuery, Outbox};
+use kycd_log::sqlite_log::{SqliteLog, SqliteLogOptions};
+use kycd_log::store::{DecisionQuery, DecisionRecord, SqliteStore, Store};
+use kycd_log::{EventLog, EventSource, NewEvent};
+use kycd_policy::Policy;
+use serde_json::{json, Value};
+
+/// Didit's timestamps (seconds) and kycd's receive times (ms) start here.
+const T0: i64 = 1_774_970_000;
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    log: Arc<SqliteLog>,
+    store: Arc<SqliteStore>,
+    projector: Projector,
+    n: u64,
+}
+
+/// What a delivery says; every field but the session has a default.
+#[derive(Clone)]
+struct Delivery {
+    session: &'static str,
+    vendor: &'static str,
+    status: &'static str,
+    /// Seconds after [`T0`] (Didit's `timestamp`).
+    at: i64,
+    webhook_type: &'static str,
+    face_match: f64,
+    /// The session is a step-up kycd created for this original and check.
+    step_up_of: Option<(&'static str, &'static str)>,
+    /// Risk codes with their log type, on the ID verification.
+    warnings: Vec<(&'static str, &'static str)>,
+    aml_hits: u32,
+    document: &'static str,
+}
+
+impl Delivery {
+    fn new(session: &'static str, status: &'static str, at: i64) -> Self {
+        Self {
+            session,
+            vendor: "user-1",
+            status,
+            at,
+            webhook_type: "status.updated",
+            face_match: 91.3,
+            step_up_of: None,
+            warnings: Vec::new(),
+            aml_hits: 0,
+            document: "X1234567",
+        }
+    }
+
+    fn body(&self) -> Value {
+        let warnings: Vec<Value> = self
+            .warnings
+            .iter()
+            .map(|(risk, log_type)| {
+                json!({"feature": "ID_VERIFICATION", "risk": risk, "log_type": log_type,
+                       "short_description": "", "long_description": "", "node_id": "feature_ocr_1"})
+            })
+            .collect();
+        let face_status = if self.face_match >= 70.0 {
+            "Approved"
+        } else {
+            "In Review"
+        };
+        let aml_status = if self.aml_hits > 0 {
+            "In Review"
+        } else {
+            "Approved"
+        };
+        let hits: Vec<Value> = (0..self.aml_hits)
+            .map(|i| {
+                json!({"id": format!("hit-{i}"), "match_score": 95, "datasets": ["Sanctions"],
+                       "review_status": "Unreviewed", "risk_view": {}})
+            })
+            .collect();
+        let metadata = self
+            .step_up_of
+            .map(|(o, c)| json!({STEP_UP_META: o, STEP_UP_CHECK_META: c}))
+            .unwrap_or(Value::Null);
+        json!({
+            "session_id": self.session,
+            "status": self.status,
+            "webhook_type": self.webhook_type,
+            "timestamp": T0 + self.at,
+            "vendor_data": self.vendor,
+            "metadata": metadata,
+            "decision": {
+                "session_id": self.session,
+                "status": self.status,
+                "features": ["ID_VERIFICATION", "LIVENESS", "FACE_MATCH", "AML", "IP_ANALYSIS"],
+                "id_verifications": [{
+                    "age": 37, "date_of_birth": "1988-04-02", "document_number": self.document,
+                    "document_type": "Passport", "expiration_date": "2031-01-09",
+                    "issuing_state": "DEU", "nationality": "DEU", "node_id": "feature_ocr_1",
+                    "status": if self.warnings.is_empty() { "Approved" } else { self.status },
+                    "warnings": warnings,
+                }],
+                "liveness_checks": [{"method": "PASSIVE", "node_id": "feature_liveness_1",
+                                     "score": 97.25, "status": "Approved", "warnings": [], "matches": []}],
+                "face_matches": [{"node_id": "feature_face_match_1", "score": self.face_match,
+                                  "status": face_status, "warnings": []}],
+                "aml_screenings": [{"hits": hits, "node_id": "feature_aml_1", "score": 0,
+                                    "status": aml_status, "total_hits": self.aml_hits, "warnings": []}],
+                "ip_analyses": [{"ip_address": "85.123.45.67", "ip_country_code": "DE",
+                                 "is_data_center": false, "is_vpn_or_tor": false,
+                                 "node_id": "feature_ip_analysis_1", "status": "Approved", "warnings": []}],
+            },
+        })
+    }
+}
+
+impl Harness {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(
+            SqliteLog::open(&dir.path().join("events.db"), SqliteLogOptions::default()).unwrap(),
+        );
+        let store = Arc::new(SqliteStore::open(&dir.path().join("store.db"), false).unwrap());
+        let mut policies = Policies::new(Policy::builtin_default(), None);
+        policies.actions = Arc::new(ActionSettings {
+            didit: true,
+            operator_webhooks: true,
+            step_up_workflows: BTreeMap::from([
+                ("BIOMETRIC_AUTH".to_owned(), "wf-bio".to_owned()),
+                ("PHONE".to_owned(), "wf-phone".to_owned()),
+                ("NFC".to_owned(), "wf-nfc".to_owned()),
+            ]),
+            ..ActionSettings::default()
+        });
+        let projector = Projector::new(log.clone(), store.clone(), policies);
+        Self {
+            _dir: dir,
+            log,
+            store,
+            projector,
+            n: 0,
+        }
+    }
+
+    /// kycd's receive time of the next event: a second after the last.
+    fn next_ms(&mut self, at: i64) -> i64 {
+        self.n += 1;
+        (T0 + at) * 1000 + self.n as i64
+    }
+
+    async fn append(
+        &mut self,
+        source: EventSource,
+        kind: &str,
+        session: Option<&str>,
+        at: i64,
+        body: Value,
+    ) {
+        let received_at_ms = self.next_ms(at);
+        self.log
+            .append(NewEvent {
+                received_at_ms,
+                source,
+                kind: kind.to_owned(),
+                session_id: session.map(str::to_owned),
+                didit_event_id: None,
+                dedupe_keys: vec![format!("test:{}", self.n)],
+                body: serde_json::to_vec(&body).unwrap(),
+                meta: json!({}),
+            })
+            .await
+            .unwrap();
+        self.projector.catch_up().await.unwrap();
+    }
+
+    async fn deliver(&mut self, d: &Delivery) {
+        self.append(
+            EventSource::Webhook,
+            d.webhook_type,
+            Some(d.session),
+            d.at,
+            d.body(),
+        )
+        .await;
+    }
+
+    async fn poll(&mut self, d: &Delivery) {
+        self.append(
+            EventSource::Polled,
+            "status.updated",
+            Some(d.session),
+            d.at,
+            d.body(),
+        )
+        .await;
+    }
+
+    /// kycd's own event about `session`, as the workers and the API log it.
+    async fn internal(&mut self, kind: &str, session: &str, at: i64, body: Value) {
+        self.append(EventSource::Internal, kind, Some(session), at, body)
+            .await;
+    }
+
+    async fn review(&mut self, session: &str, outcome: &str, at: i64) {
+        let body = json!({"session_id": session, "outcome": outcome, "comment": "checked",
+                          "reviewer": "user:alice", "nodes": []});
+        self.internal(REVIEW_DECIDED, session, at, body).await;
+    }
+
+    /// The session's active decisions, oldest first.
+    async fn decisions(&self, session: &str) -> Vec<DecisionRecord> {
+        let mut d = self
+            .store
+            .list_decisions(DecisionQuery {
+                session_id: Some(session.to_owned()),
+                limit: 1000,
+                ..DecisionQuery::default()
+            })
+            .await
+            .unwrap();
+        d.reverse();
+        d
+    }
+
+    async fn outcomes(&self, session: &str) -> Vec<String> {
+        self.decisions(session)
+            .await
+            .into_iter()
+            .map(|d| d.outcome)
+            .collect()
+    }
+
+    async fn session_doc(&self, session: &str) -> Value {
+        let ids = [session.to_owned()];
+        self.store.load_sessions(&ids).await.unwrap()[session]
+            .doc
+            .clone()
+    }
+
+    /// Every action the session's decisions enqueued, as `kind` or
+    /// `kind:detail` (the status written, the operator event type).
+    async fn actions(&self, session: &str) -> Vec<String> {
+        let mut a = self
+            .store
+            .list_actions(ActionQuery {
+                session_id: Some(session.to_owned()),
+                limit: 1000,
+                ..ActionQuery::default()
+            })
+            .await
+            .unwrap();
+        a.sort_by_key(|a| a.seq);
+        a.into_iter()
+            .map(|a| {
+                let detail = a.payload["new_status"]
+                    .as_str()
+                    .or_else(|| a.payload["body"]["type"].as_str())
+                    .or_else(|| a.payload["check"].as_str());
+                match detail {
+                    Some(d) => format!("{}:{d}", a.kind),
+                    None => a.kind,
+                }
+            })
+            .collect()
+    }
+}
+
+fn reasons(d: &DecisionRecord) -> Vec<String> {
+    d.doc["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["rule"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// A weak face match that Didit approved: the policy asks for a biometric
+/// re-authentication.
+async fn stepped_up(h: &mut Harness) -> Delivery {
+    let d = Delivery {
+        face_match: 60.0,
+        ..Delivery::new("s1", "Approved", 0)
+    };
+    h.deliver(&d).await;
+    assert_eq!(h.outcomes("s1").await, ["step_up"]);
+    d
+}
+
+#[tokio::test]
+async fn an_open_step_up_is_never_re_decided_as_approve() {
+    let mut h = Harness::new();
+    let d = stepped_up(&mut h).await;
+    // Didit's reviewer corrects the data while the step-up is open: the
+    // face match now passes, so no rule asks for a step-up any more.
+    let corrected = Delivery {
+        face_match: 88.0,
+        webhook_type: "data.updated",
+        at: 60,
+        ..d.clone()
+    };
+    h.deliver(&corrected).await;
+    let decisions = h.decisions("s1").await;
+    assert_eq!(h.outcomes("s1").await, ["step_up", "step_up"]);
+    assert_eq!(reasons(&decisions[1]), ["step_up_open"]);
+    // Nothing tells the operator the session changed, and no second
+    // step-up session is asked for.
+    let actions = h.actions("s1").await;
+    assert!(
+        !actions.iter().any(|a| a.contains("decision.changed")),
+        "{actions:?}"
+    );
+    assert_eq!(
+        actions
+            .iter()
+            .filter(|a| a.starts_with("didit.step_up"))
+            .count(),
+        1,
+        "{actions:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_open_step_up_is_escalated_by_a_decline() {
+    let mut h = Harness::new();
+    let d = stepped_up(&mut h).await;
+    // Didit's monitoring finds the customer on a sanctions list a day later.
+    let listed = Delivery {
+        status: "Declined",
+        at: 86_400,
+        aml_hits: 1,
+        warnings: vec![("POSSIBLE_MATCH_FOUND", "error")],
+        ..d
+    };
+    h.deliver(&listed).await;
+    // The sanctions hit blocks: an escalation, which the hold lets through.
+    assert_eq!(h.outcomes("s1").await, ["step_up", "block"]);
+}
+
+#[tokio::test]
+async fn the_step_up_session_is_decided_by_the_policy_and_its_decision_completes_the_original() {
+    let mut h = Harness::new();
+    stepped_up(&mut h).await;
+    // Didit approves the step-up session, but its face match is as weak as
+    // the original's: the policy sends the step-up session to review, so
+    // the original is not let through.
+    let step_up = Delivery {
+        face_match: 60.0,
+        step_up_of: Some(("s1", "BIOMETRIC_AUTH")),
+        at: 120,
+        ..Delivery::new("s1-bio", "Approved", 120)
+    };
+    h.deliver(&step_up).await;
+    let own = h.decisions("s1-bio").await;
+    assert_eq!(
+        own.len(),
+        1,
+        "the step-up session has a decision of its own"
+    );
+    assert_eq!(own[0].outcome, "review");
+    assert_eq!(reasons(&own[0]), ["step_up_session_doubt"]);
+    let decisions = h.decisions("s1").await;
+    assert_eq!(h.outcomes("s1").await, ["step_up", "review"]);
+    assert_eq!(reasons(&decisions[1]), ["step_up_in_review"]);
+    let doc = h.session_doc("s1").await;
+    assert_eq!(doc["step_up"]["status"], "completed");
+    assert_eq!(doc["step_up"]["outcome"], "review");
+}
+
+#[tokio::test]
+async fn a_passed_step_up_approves_the_original() {
+    let mut h = Harness::new();
+    stepped_up(&mut h).await;
+    let step_up = Delivery {
+        face_match: 95.0,
+        step_up_of: Some(("s1", "BIOMETRIC_AUTH")),
+        ..Delivery::new("s1-bio", "Approved", 120)
+    };
+    h.deliver(&step_up).await;
+    assert_eq!(h.outcomes("s1-bio").await, ["approve"]);
+    assert_eq!(h.outcomes("s1").await, ["step_up", "approve"]);
+}
+
+#[tokio::test]
+async fn a_step_up_result_after_its_expiry_counts_as_expired() {
+    let mut h = Harness::new();
+    stepped_up(&mut h).await;
+    let expires_at_ms = (T0 + 600) * 1000;
+    h.internal(
+        STEP_UP_CREATED,
+        "s1",
+        1,
+        json!({"original_session_id": "s1", "check": "BIOMETRIC_AUTH",
+               "step_up_session_id": "s1-bio", "url": "https://verify.example/s1-bio",
+               "expires_at_ms": expires_at_ms, "workflow_id": "wf-bio"}),
+    )
+    .await;
+    // The customer passes, but only after the step-up expired (and before
+    // kycd's expiry timer noticed).
+    let late = Delivery {
+        face_match: 95.0,
+        step_up_of: Some(("s1", "BIOMETRIC_AUTH")),
+        ..Delivery::new("s1-bio", "Approved", 601)
+    };
+    h.deliver(&late).await;
+    let decisions = h.decisions("s1").await;
+    assert_eq!(h.outcomes("s1").await, ["step_up", "review"]);
+    assert_eq!(reasons(&decisions[1]), ["step_up_expired"]);
+    let doc = h.session_doc("s1").await;
+    assert_eq!(doc["step_up"]["status"], "expired");
+    assert_eq!(doc["step_up"]["expiry_reason"], "completed after expiry");
+    assert_eq!(
+        doc["step_up"]["sessions"]["BIOMETRIC_AUTH"]["completed_after_expiry"],
+        true
+    );
+}
+
+#[tokio::test]
+async fn a_refused_delivery_decides_nothing() {
+    let mut h = Harness::new();
+    h.deliver(&Delivery::new("s1", "Approved", 100)).await;
+    let before = h.actions("s1").await;
+    // Didit's retry of the review that came before the approval, stamped
+    // afresh: recorded in the history, never decided on.
+    let late_review = Delivery {
+        face_match: 60.0,
+        ..Delivery::new("s1", "In Review", 130)
+    };
+    h.deliver(&late_review).await;
+    assert_eq!(h.outcomes("s1").await, ["approve"]);
+    let doc = h.session_doc("s1").await;
+    assert_eq!(doc["history"][1]["applied"], false);
+    assert_eq!(h.actions("s1").await, before, "nothing more is done");
+}
+
+#[tokio::test]
+async fn a_poll_or_a_repeat_of_a_known_state_decides_nothing() {
+    let mut h = Harness::new();
+    let blocked = Delivery {
+        warnings: vec![("PORTRAIT_MANIPULATION_DETECTED", "error")],
+        ..Delivery::new("s1", "Declined", 0)
+    };
+    h.deliver(&blocked).await;
+    assert_eq!(h.outcomes("s1").await, ["block"]);
+    // Reconciliation re-reads the same state, and a late copy arrives.
+    h.poll(&Delivery {
+        at: 900,
+        ..blocked.clone()
+    })
+    .await;
+    h.deliver(&Delivery { at: 901, ..blocked }).await;
+    assert_eq!(h.outcomes("s1").await, ["block"]);
+    let blocklist = h
+        .actions("s1")
+        .await
+        .into_iter()
+        .filter(|a| a == "didit.blocklist")
+        .count();
+    assert_eq!(blocklist, 1, "one blocklist call, not one per copy");
+}
+
+#[tokio::test]
+async fn an_unknown_event_type_never_becomes_a_session() {
+    let mut h = Harness::new();
+    let d = Delivery {
+        webhook_type: "session.teleported",
+        ..Delivery::new("s9", "Approved", 0)
+    };
+    h.deliver(&d).await;
+    assert!(h
+        .store
+        .load_sessions(&["s9".to_owned()])
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(h.decisions("s9").await.is_empty());
+}
+
+#[tokio::test]
+async fn a_persons_decision_survives_every_copy_of_didits_echo_in_any_order() {
+    let mut h = Harness::new();
+    let declined = Delivery {
+        warnings: vec![("DOCUMENT_EXPIRED", "error")],
+        ..Delivery::new("s1", "Declined", 0)
+    };
+    h.deliver(&declined).await;
+    assert_eq!(h.outcomes("s1").await, ["decline"]);
+    h.review("s1", "approve", 300).await;
+    assert!(h
+        .actions("s1")
+        .await
+        .contains(&"didit.update_status:Approved".to_owned()));
+    // Didit applies kycd's write-back. Its webhook fails its first attempt;
+    // a reconciliation pass polls the new status first; then Didit's retry
+    // arrives, and later a second copy.
+    let echo = Delivery {
+        at: 310,
+        ..Delivery::new("s1", "Approved", 310)
+    };
+    let echo = Delivery {
+        warnings: declined.warnings.clone(),
+        ..echo
+    };
+    h.poll(&echo).await;
+    h.deliver(&Delivery {
+        at: 370,
+        ..echo.clone()
+    })
+    .await;
+    h.deliver(&Delivery { at: 610, ..echo }).await;
+    assert_eq!(h.outcomes("s1").await, ["decline", "approve"]);
+    let writes: Vec<String> = h
+        .actions("s1")
+        .await
+        .into_iter()
+        .filter(|a| a.starts_with("didit.update_status"))
+        .collect();
+    assert_eq!(
+        writes,
+        ["didit.update_status:Approved"],
+        "kycd never writes Declined back"
+    );
+    let doc = h.session_doc("s1").await;
+    let by_kycd = doc["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e.get("by_kycd").is_some())
+        .count();
+    assert_eq!(by_kycd, 3, "each copy is recognised as kycd's own");
+}
+
+#[tokio::test]
+async fn didits_ongoing_monitoring_re_decides_an_approved_session() {
+    let mut h = Harness::new();
+    h.deliver(&Delivery::new("s1", "Approved", 0)).await;
+    assert_eq!(h.outcomes("s1").await, ["approve"]);
+    // Days later Didit's AML monitoring finds a possible match and sends
+    // the session to review, then its reviewer declines it.
+    let review = Delivery {
+        aml_hits: 1,
+        ..Delivery::new("s1", "In Review", 3 * 86_400)
+    };
+    h.deliver(&review).await;
+    let declined = Delivery {
+        aml_hits: 1,
+        warnings: vec![("POSSIBLE_MATCH_FOUND", "error")],
+        ..Delivery::new("s1", "Declined", 4 * 86_400)
+    };
+    h.deliver(&declined).await;
+    let outcomes = h.outcomes("s1").await;
+    assert_eq!(outcomes.first().map(String::as_str), Some("approve"));
+    assert_eq!(
+        outcomes.last().map(String::as_str),
+        Some("block"),
+        "{outcomes:?}"
+    );
+    let actions = h.actions("s1").await;
+    assert!(
+        actions
+            .iter()
+            .any(|a| a == "operator.webhook:decision.changed"),
+        "{actions:?}"
+    );
+}
