@@ -171,14 +171,27 @@ const INSERT_EVENT: &str = "INSERT INTO events \
 const INSERT_DEDUPE: &str = "INSERT OR IGNORE INTO dedupe (key, event_offset) VALUES (?1, ?2)";
 const INSERT_QUARANTINE: &str =
     "INSERT INTO quarantine (id, received_at_ms, reason, body, meta) VALUES (?1, ?2, ?3, ?4, ?5)";
-/// [`EventLog::probe_write`]: one row rewritten in a table of its own, so
-/// the commit writes a page to the log's file like an append does. Created
-/// on first use rather than by a migration: it holds nothing anyone reads,
-/// and a log written by a version without it stays the same schema version.
-const PROBE_WRITE: &str = "CREATE TABLE IF NOT EXISTS write_probe \
-     (id INTEGER PRIMARY KEY, probes INTEGER NOT NULL) STRICT; \
+/// [`EventLog::probe_write`], in a table of its own and a savepoint of its
+/// own, so that a probe that fails fails alone and never the appends
+/// committed beside it: a row the size of a large delivery inserted and
+/// rolled back, which needs room in the file as an append does (so a log at
+/// `max_db_bytes` fails it like an append), and one small row rewritten, so
+/// the commit writes to disk like an append's. Created on first use rather
+/// than by a migration: it holds nothing anyone reads, and a log written by
+/// a version without it keeps the same schema version.
+const PROBE_WRITE: &str = "SAVEPOINT probe; \
+     CREATE TABLE IF NOT EXISTS write_probe \
+     (id INTEGER PRIMARY KEY, probes INTEGER NOT NULL, pad BLOB) STRICT; \
+     SAVEPOINT room; \
+     INSERT INTO write_probe (id, probes, pad) VALUES (2, 0, zeroblob(16384)) \
+     ON CONFLICT (id) DO UPDATE SET pad = zeroblob(16384); \
+     ROLLBACK TO room; \
+     RELEASE room; \
      INSERT INTO write_probe (id, probes) VALUES (1, 1) \
-     ON CONFLICT (id) DO UPDATE SET probes = probes + 1";
+     ON CONFLICT (id) DO UPDATE SET probes = probes + 1; \
+     RELEASE probe";
+/// Undo a probe that failed halfway, leaving the rest of its batch.
+const PROBE_UNDO: &str = "ROLLBACK TO probe; RELEASE probe";
 
 /// The SQLite-backed [`EventLog`]. See the module documentation.
 ///
@@ -592,7 +605,8 @@ enum Request {
 enum Outcome {
     Appended(Appended),
     Quarantined(String),
-    Probed,
+    /// The probe's own failure, if it failed without failing the batch.
+    Probed(Option<LogError>),
 }
 
 #[derive(Default)]
@@ -690,8 +704,8 @@ impl Writer {
                         (Request::Quarantine(_, reply), Outcome::Quarantined(id)) => {
                             let _ = reply.send(Ok(id));
                         }
-                        (Request::Probe(reply), Outcome::Probed) => {
-                            let _ = reply.send(Ok(()));
+                        (Request::Probe(reply), Outcome::Probed(failed)) => {
+                            let _ = reply.send(failed.map_or(Ok(()), Err));
                         }
                         // write_batch yields one outcome of the matching kind
                         // per request, in order, and batches hold no
@@ -837,10 +851,16 @@ fn write_batch(
                     ))?;
                     outcomes.push(Outcome::Quarantined(q.id.clone()));
                 }
-                Request::Probe(_) => {
-                    tx.execute_batch(PROBE_WRITE)?;
-                    outcomes.push(Outcome::Probed);
-                }
+                Request::Probe(_) => match tx.execute_batch(PROBE_WRITE) {
+                    Ok(()) => outcomes.push(Outcome::Probed(None)),
+                    Err(e) => {
+                        tx.execute_batch(PROBE_UNDO)?;
+                        outcomes.push(Outcome::Probed(Some(sql_error(
+                            "the event log has no room to write",
+                            e,
+                        ))));
+                    }
+                },
                 // run() splits shutdown markers off before committing.
                 Request::Shutdown(_) => {}
             }

@@ -76,8 +76,8 @@ pub struct App {
     /// Reconciliation against Didit's API, when a key is configured.
     pub reconciler: Option<Arc<reconcile::Reconciler>>,
     pub reconcile_totals: Arc<reconcile::Totals>,
-    /// What `/readyz` reports beyond the store answering; the audit
-    /// trail's verification reports [`readiness::Check::AuditChain`] here.
+    /// What `/readyz` reports beyond the store answering, kept up to date
+    /// by [`readiness::monitor`].
     pub readiness: Arc<readiness::Readiness>,
 }
 
@@ -480,7 +480,16 @@ pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Run
         tokio::spawn(worker.run(stop_rx.clone(), app.applied.clone())),
         tokio::spawn(background::reconcile_loop(app.clone(), stop_rx.clone())),
         tokio::spawn(background::expire_step_ups(app.clone(), stop_rx.clone())),
-        tokio::spawn(readiness::monitor(app.clone(), stop_rx.clone())),
+        tokio::spawn(readiness::monitor(
+            app.clone(),
+            readiness::AuditFiles {
+                store_db: store_path.clone(),
+                events_db: log_path.clone(),
+                key_file: app.settings.audit.key_path(&app.settings.data_dir),
+                anchor_file: app.settings.audit.anchor_file.clone(),
+            },
+            stop_rx.clone(),
+        )),
         tokio::spawn({
             let clock = app.clock.clone();
             anchoring.run(log.clone(), move || clock.now_millis(), stop_rx.clone())

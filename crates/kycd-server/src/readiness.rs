@@ -1,14 +1,16 @@
 //! What `/readyz` reports besides the store answering: whether the event
 //! log can take writes, whether the projector is keeping up, and whether
-//! the audit chain holds. Each is a flag set by whoever finds out, and
-//! [`monitor`] sets the first two on its own, so a check that failed
-//! recovers once the cause is gone (a disk with room again) without a
-//! restart and without a delivery having to prove it first.
+//! the audit chain holds. Each is a flag, and [`monitor`] keeps all three up
+//! to date on its own (deliveries report their writes too), so a check that
+//! failed recovers once the cause is gone (a disk with room again) without
+//! a restart and without a delivery having to prove it first.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kycd_log::audit::AuditKey;
 use kycd_log::LogError;
 use tokio::sync::watch;
 
@@ -24,8 +26,8 @@ pub enum Check {
     /// Events are waiting for the projector and it has applied none for
     /// `KYCD_PROJECTOR_STALL_SECS`.
     Projector,
-    /// The audit chain does not verify. Set by the audit trail's own
-    /// verification; nothing here decides it.
+    /// The audit chain does not verify from its newest anchor on
+    /// ([`audit_tail_holds`]).
     AuditChain,
 }
 
@@ -92,45 +94,95 @@ const TICK: Duration = Duration::from_secs(1);
 /// While it is failing, every tick probes.
 const HEALTHY_PROBE_EVERY: Duration = Duration::from_secs(30);
 
-/// Whether the projector is stuck: events waiting (`applied < head`) and
-/// `applied` unchanged for the stall limit.
+/// How often [`monitor`] verifies the audit chain's tail.
+const AUDIT_CHECK_EVERY: Duration = Duration::from_secs(5);
+
+/// Where the audit chain and its anchors are, for [`audit_tail_holds`].
+#[derive(Debug, Clone)]
+pub struct AuditFiles {
+    pub store_db: PathBuf,
+    pub events_db: PathBuf,
+    pub key_file: PathBuf,
+    pub anchor_file: Option<PathBuf>,
+}
+
+/// Whether the audit chain holds from its newest anchor on: what the server
+/// checks at start ([`kycd_log::anchor::check_at_start`]), checked again
+/// while serving. `None` when the chain could not be read at all (the store
+/// check reports an unreadable store). Readiness verifies the chain here
+/// and nowhere else, so another verification can take this one's place.
+pub async fn audit_tail_holds(files: &AuditFiles) -> Option<bool> {
+    let files = files.clone();
+    let checked = tokio::task::spawn_blocking(move || {
+        let key = AuditKey::load(&files.key_file)?;
+        kycd_log::anchor::check_at_start(
+            &files.store_db,
+            &files.events_db,
+            Some(&key),
+            files.anchor_file.as_deref(),
+        )
+    })
+    .await;
+    match checked {
+        Ok(Ok((verification, _))) => {
+            if let Some(problem) = &verification.problem {
+                tracing::debug!(found = %problem, "the audit chain does not verify");
+            }
+            Some(verification.problem.is_none())
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "could not verify the audit chain");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// Whether the projector is stuck: events seen waiting (`applied < head`)
+/// and `applied` unchanged for the stall limit, counted from the first
+/// observation that saw them waiting or from the last progress.
 #[derive(Debug)]
 pub struct StallWatch {
     limit: Duration,
     applied: u64,
-    since: Instant,
+    /// Since when events have been waiting with no progress; `None` while
+    /// none wait.
+    since: Option<Instant>,
 }
 
 impl StallWatch {
-    pub fn new(limit: Duration, now: Instant) -> Self {
+    pub fn new(limit: Duration) -> Self {
         Self {
             limit,
             applied: 0,
-            since: now,
+            since: None,
         }
     }
 
     /// Observe the log's head and the projector's offset at `now`; true
     /// when the projector counts as stuck.
     pub fn observe(&mut self, head: u64, applied: u64, now: Instant) -> bool {
-        if applied != self.applied || applied >= head {
+        if applied >= head {
             self.applied = applied;
-            self.since = now;
+            self.since = None;
             return false;
         }
-        now.duration_since(self.since) >= self.limit
+        if applied != self.applied || self.since.is_none() {
+            self.applied = applied;
+            self.since = Some(now);
+            return false;
+        }
+        self.since
+            .is_some_and(|since| now.duration_since(since) >= self.limit)
     }
 }
 
-/// Keep [`Check::EventLog`] and [`Check::Projector`] up to date until
-/// `stop`.
-pub(crate) async fn monitor(app: Arc<App>, mut stop: watch::Receiver<bool>) {
+/// Keep every [`Check`] up to date until `stop`.
+pub(crate) async fn monitor(app: Arc<App>, audit: AuditFiles, mut stop: watch::Receiver<bool>) {
     let head = app.log.subscribe();
-    let mut stall = StallWatch::new(
-        Duration::from_secs(app.settings.projector_stall_secs),
-        Instant::now(),
-    );
+    let mut stall = StallWatch::new(Duration::from_secs(app.settings.projector_stall_secs));
     let mut last_probe = Instant::now();
+    let mut last_audit_check: Option<Instant> = None;
     loop {
         tokio::select! {
             () = tokio::time::sleep(TICK) => {}
@@ -147,6 +199,17 @@ pub(crate) async fn monitor(app: Arc<App>, mut stop: watch::Receiver<bool>) {
         }
         let stuck = stall.observe(*head.borrow(), *app.applied.borrow(), Instant::now());
         app.readiness.report(Check::Projector, !stuck);
+        if last_audit_check.is_none_or(|at| at.elapsed() >= AUDIT_CHECK_EVERY) {
+            last_audit_check = Some(Instant::now());
+            if let Some(holds) = audit_tail_holds(&audit).await {
+                if !holds && app.readiness.passes(Check::AuditChain) {
+                    tracing::error!(
+                        "the audit chain no longer verifies from its newest anchor on; `kycd audit verify` shows what was found"
+                    );
+                }
+                app.readiness.report(Check::AuditChain, holds);
+            }
+        }
     }
 }
 
@@ -158,7 +221,7 @@ mod tests {
     fn the_projector_is_stuck_only_with_events_waiting_and_no_progress_for_the_limit() {
         let t0 = Instant::now();
         let s = |secs| t0 + Duration::from_secs(secs);
-        let mut w = StallWatch::new(Duration::from_secs(10), t0);
+        let mut w = StallWatch::new(Duration::from_secs(10));
         // Nothing waiting: never stuck, however long.
         assert!(!w.observe(0, 0, s(100)));
         // Events waiting, no progress: stuck once the limit passes.

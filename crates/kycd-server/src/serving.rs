@@ -17,7 +17,8 @@
 //!   connections open keeps losing them to new arrivals, while a delivery,
 //!   which sends its request as soon as it is connected, is answered. Only
 //!   when every connection has a request in flight does the loop wait until
-//!   one finishes; new connections wait in the kernel's backlog meanwhile;
+//!   one finishes; the connection just accepted waits for that place, later
+//!   ones in the kernel's backlog;
 //! - accept errors never end the loop. Out of file descriptors, it closes
 //!   the oldest connection with no request in flight, backs off briefly and
 //!   carries on; any other error (a connection reset before it was
@@ -266,13 +267,20 @@ impl Registry {
         }
     }
 
-    /// Mark the oldest connection with no request in flight to be closed.
+    /// Mark the oldest connection with no request in flight to be closed,
+    /// unless one so marked is still closing (one place is made at a time).
     /// False when every connection has a request in flight.
     fn evict_oldest_idle(&self) -> bool {
         let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let idle = |conn: &Arc<Conn>| conn.in_flight.load(Ordering::SeqCst) == 0;
+        if open
+            .values()
+            .any(|conn| idle(conn) && conn.evicted.load(Ordering::SeqCst))
+        {
+            return true;
+        }
         for conn in open.values() {
-            if conn.in_flight.load(Ordering::SeqCst) == 0 && !conn.evicted.load(Ordering::SeqCst)
-            {
+            if conn.in_flight.load(Ordering::SeqCst) == 0 && !conn.evicted.load(Ordering::SeqCst) {
                 conn.evicted.store(true, Ordering::SeqCst);
                 conn.changed.notify_one();
                 return true;
@@ -338,15 +346,17 @@ pub async fn serve(
     let mut warned_at: Option<Instant> = None;
     loop {
         while connections.try_join_next().is_some() {}
-        let Some(permit) = registry.slot(&mut stop).await else {
-            break;
-        };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = stop.wait_for(|s| *s) => break,
         };
         match accepted {
             Ok((stream, _peer)) => {
+                // Room is made when a connection has arrived, not ahead of
+                // one: below the cap nothing is closed.
+                let Some(permit) = registry.slot(&mut stop).await else {
+                    break;
+                };
                 let _ = stream.set_nodelay(true);
                 let registered = registry.open();
                 connections.spawn(connection(
@@ -359,7 +369,6 @@ pub async fn serve(
                 ));
             }
             Err(e) if out_of_descriptors(&e) => {
-                drop(permit);
                 // Once a second at most: under attack this happens often.
                 if warned_at.is_none_or(|at| at.elapsed() > Duration::from_secs(1)) {
                     tracing::warn!(
@@ -484,7 +493,11 @@ pub fn connection_cap(wanted: usize, listeners: usize) -> usize {
 /// The body deadline: wraps each request's body so that reading it fails
 /// once `State(timeout)` has passed since the headers, and answers 408 (and
 /// closes the connection) if the handler's body read failed that way.
-pub async fn body_timeout(State(timeout): State<Duration>, request: Request, next: Next) -> Response {
+pub async fn body_timeout(
+    State(timeout): State<Duration>,
+    request: Request,
+    next: Next,
+) -> Response {
     let timed_out = Arc::new(AtomicBool::new(false));
     let request = request.map(|body| {
         Body::new(DeadlineBody {
@@ -600,10 +613,14 @@ mod tests {
         assert!(registry.evict_oldest_idle());
         assert!(!a.conn.evicted.load(Ordering::SeqCst));
         assert!(b.conn.evicted.load(Ordering::SeqCst));
+        // One place at a time: b has not closed yet.
         assert!(registry.evict_oldest_idle());
-        assert!(c.conn.evicted.load(Ordering::SeqCst));
-        assert!(!registry.evict_oldest_idle(), "only a busy one is left");
+        assert!(!c.conn.evicted.load(Ordering::SeqCst));
         drop(b);
         assert_eq!(registry.open.lock().unwrap().len(), 2);
+        assert!(registry.evict_oldest_idle());
+        assert!(c.conn.evicted.load(Ordering::SeqCst));
+        drop(c);
+        assert!(!registry.evict_oldest_idle(), "only a busy one is left");
     }
 }

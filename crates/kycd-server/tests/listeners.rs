@@ -2,11 +2,11 @@
 //! `/readyz` reports it: the real server on `127.0.0.1:0`.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use didit::canonical::Value as Canon;
 use didit::signature::{sign, Secret};
 use kycd_core::SystemClock;
-use kycd_server::readiness::Check;
 use kycd_server::{Running, Settings};
 use serde_json::{json, Value};
 
@@ -67,7 +67,11 @@ async fn with_an_admin_listener_the_public_one_serves_only_the_intake_and_health
 
     assert_eq!(deliver(&public, 1).await, 200);
     for path in ["/healthz", "/readyz"] {
-        assert_eq!(status(format!("{public}{path}")).await, 200, "public {path}");
+        assert_eq!(
+            status(format!("{public}{path}")).await,
+            200,
+            "public {path}"
+        );
     }
     for path in [
         "/metrics",
@@ -76,7 +80,11 @@ async fn with_an_admin_listener_the_public_one_serves_only_the_intake_and_health
         "/console/",
         "/console/dashboard",
     ] {
-        assert_eq!(status(format!("{public}{path}")).await, 404, "public {path}");
+        assert_eq!(
+            status(format!("{public}{path}")).await,
+            404,
+            "public {path}"
+        );
     }
     for path in [
         "/metrics",
@@ -108,27 +116,65 @@ async fn readyz(base: &str) -> (u16, Value) {
     (resp.status().as_u16(), resp.json().await.unwrap())
 }
 
+/// Poll `/readyz` until `want` holds; its last answer.
+async fn wait_readyz(base: &str, what: &str, want: impl Fn(u16, &Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, body) = readyz(base).await;
+        if want(code, &body) {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz never {what}: {code} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test]
-async fn readiness_names_a_failing_check_and_recovers_when_it_passes() {
-    let (running, _dir) = start(false).await;
+async fn readiness_fails_while_the_audit_chain_is_broken_and_recovers_when_it_is_mended() {
+    let (running, dir) = start(false).await;
     let base = format!("http://{}", running.addr);
-    let (code, body) = readyz(&base).await;
-    assert_eq!(code, 200, "{body}");
+    let body = wait_readyz(&base, "ready", |code, _| code == 200).await;
     assert_eq!(body["failing"], json!([]));
     for check in ["event_log", "store", "projector", "audit_chain"] {
         assert_eq!(body["checks"][check], "ok", "{body}");
     }
 
-    // The audit trail's verification reports through this slot.
-    running.app.readiness.report(Check::AuditChain, false);
-    let (code, body) = readyz(&base).await;
-    assert_eq!(code, 503, "{body}");
+    // Rewrite the newest audit record's MAC behind the server's back.
+    let db = rusqlite::Connection::open(dir.path().join("store.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(5)).unwrap();
+    let (seq, mac): (i64, String) = db
+        .query_row(
+            "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let forged = "0".repeat(mac.len());
+    db.execute("UPDATE audit SET hash = ?1 WHERE seq = ?2", (&forged, seq))
+        .unwrap();
+    let body = wait_readyz(&base, "not ready", |code, body| {
+        code == 503 && body["failing"] == json!(["audit_chain"])
+    })
+    .await;
     assert_eq!(body["ready"], false);
-    assert_eq!(body["failing"], json!(["audit_chain"]));
     assert_eq!(body["checks"]["audit_chain"], "failing");
+    let text = body.to_string();
+    for internal in [&*dir.path().to_string_lossy(), "store.db", &forged, "seq"] {
+        assert!(
+            !text.contains(internal),
+            "/readyz shows {internal:?}: {text}"
+        );
+    }
 
-    running.app.readiness.report(Check::AuditChain, true);
-    let (code, body) = readyz(&base).await;
-    assert_eq!(code, 200, "{body}");
+    // Mended, it turns ready again with no restart.
+    db.execute("UPDATE audit SET hash = ?1 WHERE seq = ?2", (&mac, seq))
+        .unwrap();
+    wait_readyz(&base, "ready again", |code, body| {
+        code == 200 && body["failing"] == json!([])
+    })
+    .await;
     running.shutdown().await.unwrap();
 }

@@ -811,7 +811,10 @@ mod tests {
             ("KYCD_HEADER_READ_TIMEOUT_SECS", "soon"),
             ("KYCD_ADMIN_LISTEN", "127.0.0.1:8080"),
         ] {
-            assert!(load(&ServeArgs::default(), &env(&[(k, v)])).is_err(), "{k}={v}");
+            assert!(
+                load(&ServeArgs::default(), &env(&[(k, v)])).is_err(),
+                "{k}={v}"
+            );
         }
     }
 

@@ -16,6 +16,10 @@ pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // A log line that cannot be written (stderr on a full disk) is
+        // dropped. Reporting it would go through eprintln!, which panics
+        // when stderr fails: the request logging it would get no answer.
+        .log_internal_errors(false)
         .try_init();
 }
 

@@ -25,8 +25,11 @@ const DIDIT_WAIT: Duration = Duration::from_secs(5);
 
 /// The server's file-descriptor limit in the slow-connection test, and how
 /// many slow connections are held against it (well over the limit).
-const DESCRIPTORS: u64 = 128;
-const SLOW_CONNECTIONS: usize = 300;
+const DESCRIPTORS: u64 = 256;
+const SLOW_CONNECTIONS: usize = 400;
+
+/// Signed deliveries made under the attack, one after another.
+const DELIVERIES: usize = 20;
 
 /// The short timeouts the tests configure, so they run in seconds.
 const TIMEOUT_SECS: u64 = 2;
@@ -147,11 +150,20 @@ async fn deliveries_are_answered_in_time_with_more_slow_connections_than_descrip
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    // Past the first header timeout the slow clients are reconnecting as
-    // fast as they are dropped: the attack is at its worst from here on.
-    tokio::time::sleep(Duration::from_secs(TIMEOUT_SECS + 1)).await;
+    // The server cannot hold them all: once it has dropped as many as it
+    // could hold and they have come back, the attack is at full strength
+    // (every slow client connected or reconnecting) from here on.
+    while opened.load(Ordering::Relaxed) < SLOW_CONNECTIONS + DESCRIPTORS as usize {
+        assert!(
+            Instant::now() < deadline,
+            "the server dropped only {} slow connections",
+            opened.load(Ordering::Relaxed) - SLOW_CONNECTIONS
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let mut ids = Vec::new();
-    for n in 0..20 {
+    let mut slowest = Duration::ZERO;
+    for n in 0..DELIVERIES {
         let (status, id, took) = deliver(&server.base, n).await;
         assert_eq!(
             status,
@@ -160,6 +172,7 @@ async fn deliveries_are_answered_in_time_with_more_slow_connections_than_descrip
             tail(&log)
         );
         assert!(took < DIDIT_WAIT, "delivery {n} took {took:?}");
+        slowest = slowest.max(took);
         ids.push(id);
     }
     let held = opened.load(Ordering::Relaxed);
@@ -167,7 +180,10 @@ async fn deliveries_are_answered_in_time_with_more_slow_connections_than_descrip
     for h in holders {
         h.abort();
     }
-    eprintln!("{held} slow connections opened against {DESCRIPTORS} descriptors");
+    eprintln!(
+        "{DELIVERIES} deliveries answered 200, the slowest in {slowest:?}, while {SLOW_CONNECTIONS} \
+         slow clients made {held} connections against {DESCRIPTORS} descriptors"
+    );
 
     // Every acknowledged delivery is in the log.
     let client = reqwest::Client::new();
@@ -270,4 +286,55 @@ async fn slow_and_idle_connections_are_closed_by_their_timeouts() {
         "a stalled body got {answer:?} after {took:?}"
     );
     assert_closed_by_timeout("a stalled body", Some(took));
+}
+
+/// Whether the server has closed `stream`, looking for `wait` at most.
+async fn is_closed(stream: &mut TcpStream, wait: Duration) -> bool {
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(wait, stream.read(&mut buf)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_connection_cap_new_connections_replace_the_oldest_idle_ones() {
+    const CAP: usize = 8;
+    const IDLE: usize = 20;
+    let root = tempfile::TempDir::new().unwrap();
+    let log = root.path().join("server.log");
+    let mut envs = envs();
+    // Long timeouts, so only the cap can explain a connection closing.
+    envs.retain(|(k, _)| !k.ends_with("_TIMEOUT_SECS"));
+    envs.push(("KYCD_IDLE_TIMEOUT_SECS", "600".to_owned()));
+    envs.push(("KYCD_HEADER_READ_TIMEOUT_SECS", "600".to_owned()));
+    envs.push(("KYCD_MAX_CONNECTIONS", CAP.to_string()));
+    let server = Server::start(&root.path().join("data"), &log, &envs);
+    let target = addr(&server);
+
+    let mut idle = Vec::new();
+    for _ in 0..IDLE {
+        idle.push(TcpStream::connect(target).await.unwrap());
+    }
+    let (status, _, took) = deliver(&server.base, 0).await;
+    assert_eq!(status, 200, "server log:\n{}", tail(&log));
+    assert!(took < DIDIT_WAIT, "the delivery took {took:?}");
+
+    // The delivery and the idle connections after the cap each took the
+    // place of an older idle one: the oldest IDLE - CAP + 1 are closed,
+    // long before any timeout, and the newest CAP - 1 are still open.
+    let (old, new) = idle.split_at_mut(IDLE - CAP + 1);
+    for (n, stream) in old.iter_mut().enumerate() {
+        assert!(
+            is_closed(stream, Duration::from_secs(5)).await,
+            "idle connection {n} is still open at the cap"
+        );
+    }
+    for (n, stream) in new.iter_mut().enumerate() {
+        assert!(
+            !is_closed(stream, Duration::from_millis(200)).await,
+            "idle connection {} was closed below the cap",
+            n + IDLE - CAP + 1
+        );
+    }
 }
