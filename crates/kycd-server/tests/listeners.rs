@@ -178,3 +178,40 @@ async fn readiness_fails_while_the_audit_chain_is_broken_and_recovers_when_it_is
     .await;
     running.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_fails_while_the_projector_is_stuck_and_recovers_when_it_moves() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Settings {
+        listen: "127.0.0.1:0".into(),
+        data_dir: dir.path().to_path_buf(),
+        webhook_secrets: vec![Secret::new(SECRET)],
+        api_token: Some(Secret::new(TOKEN)),
+        projector_stall_secs: 1,
+        ..Settings::default()
+    };
+    let running = kycd_server::start(settings, Arc::new(SystemClock))
+        .await
+        .unwrap();
+    let base = format!("http://{}", running.addr);
+    wait_readyz(&base, "ready", |code, _| code == 200).await;
+
+    // Hold the store's write lock, so the projector cannot commit what a
+    // delivery brings.
+    let db = rusqlite::Connection::open(dir.path().join("store.db")).unwrap();
+    db.execute_batch("BEGIN IMMEDIATE").unwrap();
+    assert_eq!(deliver(&base, 10).await, 200);
+    let body = wait_readyz(&base, "not ready", |code, body| {
+        code == 503 && body["failing"] == json!(["projector"])
+    })
+    .await;
+    assert_eq!(body["checks"]["projector"], "failing");
+
+    // Let go: the projector catches up and readiness follows by itself.
+    db.execute_batch("ROLLBACK").unwrap();
+    wait_readyz(&base, "ready again", |code, body| {
+        code == 200 && body["failing"] == json!([]) && body["checks"]["projector_lag"] == 0
+    })
+    .await;
+    running.shutdown().await.unwrap();
+}
