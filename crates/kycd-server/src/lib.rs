@@ -355,13 +355,13 @@ pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Run
         None => None,
     };
 
-    let listener = tokio::net::TcpListener::bind(&settings.listen)
+    let listener = serving::bind(&settings.listen)
         .await
         .with_context(|| format!("bind {}", settings.listen))?;
     let addr = listener.local_addr()?;
     let admin_listener = match &settings.admin_listen {
         Some(admin) => Some(
-            tokio::net::TcpListener::bind(admin)
+            serving::bind(admin)
                 .await
                 .with_context(|| format!("bind the admin listener {admin}"))?,
         ),

@@ -326,6 +326,36 @@ impl Drop for Registered {
     }
 }
 
+/// The listen backlog asked for (the kernel caps it at its own limit,
+/// `net.core.somaxconn` on Linux). The default of 128 is soon full when
+/// slow clients keep reconnecting at the cap; from then on the kernel drops
+/// new connections' SYNs, and a delivery waits for its client to send its
+/// SYN again, 1 s and then 3 s later, most of Didit's 5 s.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Bind `addr` (`host:port`) with [`LISTEN_BACKLOG`].
+pub async fn bind(addr: &str) -> io::Result<TcpListener> {
+    let mut last = None;
+    for resolved in tokio::net::lookup_host(addr).await? {
+        let socket = if resolved.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(resolved) {
+            Ok(()) => return socket.listen(LISTEN_BACKLOG),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the address resolves to nothing",
+        )
+    }))
+}
+
 fn out_of_descriptors(e: &io::Error) -> bool {
     // EMFILE (the process's limit) and ENFILE (the system's), without a
     // libc dependency: their raw numbers are the same on every Unix kycd
