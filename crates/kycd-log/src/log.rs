@@ -224,6 +224,13 @@ pub trait EventLog: Send + Sync + 'static {
 
     async fn count_quarantine(&self) -> Result<u64, LogError>;
 
+    /// Commit a small write of no meaning through the same path appends
+    /// take, to find out whether the log can take writes again after one
+    /// failed (a full disk, say). Readiness uses it so that it recovers on
+    /// its own, with no delivery needed to prove the log writable. Nothing
+    /// a consumer reads changes.
+    async fn probe_write(&self) -> Result<(), LogError>;
+
     /// Finish the writes already taken, then refuse new appends and
     /// quarantines with [`LogError::Closed`]. Reads keep working, so a
     /// consumer can drain what was committed. Idempotent.

@@ -171,6 +171,27 @@ const INSERT_EVENT: &str = "INSERT INTO events \
 const INSERT_DEDUPE: &str = "INSERT OR IGNORE INTO dedupe (key, event_offset) VALUES (?1, ?2)";
 const INSERT_QUARANTINE: &str =
     "INSERT INTO quarantine (id, received_at_ms, reason, body, meta) VALUES (?1, ?2, ?3, ?4, ?5)";
+/// [`EventLog::probe_write`], in a table of its own and a savepoint of its
+/// own, so that a probe that fails fails alone and never the appends
+/// committed beside it: a row the size of a large delivery inserted and
+/// rolled back, which needs room in the file as an append does (so a log at
+/// `max_db_bytes` fails it like an append), and one small row rewritten, so
+/// the commit writes to disk like an append's. Created on first use rather
+/// than by a migration: it holds nothing anyone reads, and a log written by
+/// a version without it keeps the same schema version.
+const PROBE_WRITE: &str = "SAVEPOINT probe; \
+     CREATE TABLE IF NOT EXISTS write_probe \
+     (id INTEGER PRIMARY KEY, probes INTEGER NOT NULL, pad BLOB) STRICT; \
+     SAVEPOINT room; \
+     INSERT INTO write_probe (id, probes, pad) VALUES (2, 0, zeroblob(16384)) \
+     ON CONFLICT (id) DO UPDATE SET pad = zeroblob(16384); \
+     ROLLBACK TO room; \
+     RELEASE room; \
+     INSERT INTO write_probe (id, probes) VALUES (1, 1) \
+     ON CONFLICT (id) DO UPDATE SET probes = probes + 1; \
+     RELEASE probe";
+/// Undo a probe that failed halfway, leaving the rest of its batch.
+const PROBE_UNDO: &str = "ROLLBACK TO probe; RELEASE probe";
 
 /// The SQLite-backed [`EventLog`]. See the module documentation.
 ///
@@ -456,6 +477,10 @@ impl EventLog for SqliteLog {
         .await
     }
 
+    async fn probe_write(&self) -> Result<(), LogError> {
+        self.submit(Request::Probe).await
+    }
+
     async fn count_quarantine(&self) -> Result<u64, LogError> {
         self.with_reader(|conn| {
             let n: i64 = conn
@@ -572,6 +597,7 @@ struct EncodedQuarantine {
 enum Request {
     Append(EncodedEvent, oneshot::Sender<Result<Appended, LogError>>),
     Quarantine(EncodedQuarantine, oneshot::Sender<Result<String, LogError>>),
+    Probe(oneshot::Sender<Result<(), LogError>>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -579,6 +605,8 @@ enum Request {
 enum Outcome {
     Appended(Appended),
     Quarantined(String),
+    /// The probe's own failure, if it failed without failing the batch.
+    Probed(Option<LogError>),
 }
 
 #[derive(Default)]
@@ -676,6 +704,9 @@ impl Writer {
                         (Request::Quarantine(_, reply), Outcome::Quarantined(id)) => {
                             let _ = reply.send(Ok(id));
                         }
+                        (Request::Probe(reply), Outcome::Probed(failed)) => {
+                            let _ = reply.send(failed.map_or(Ok(()), Err));
+                        }
                         // write_batch yields one outcome of the matching kind
                         // per request, in order, and batches hold no
                         // shutdown markers; this arm is unreachable, and
@@ -735,6 +766,9 @@ fn fail(request: Request, error: LogError) {
             let _ = reply.send(Err(error));
         }
         Request::Quarantine(_, reply) => {
+            let _ = reply.send(Err(error));
+        }
+        Request::Probe(reply) => {
             let _ = reply.send(Err(error));
         }
         Request::Shutdown(_) => {}
@@ -817,6 +851,16 @@ fn write_batch(
                     ))?;
                     outcomes.push(Outcome::Quarantined(q.id.clone()));
                 }
+                Request::Probe(_) => match tx.execute_batch(PROBE_WRITE) {
+                    Ok(()) => outcomes.push(Outcome::Probed(None)),
+                    Err(e) => {
+                        tx.execute_batch(PROBE_UNDO)?;
+                        outcomes.push(Outcome::Probed(Some(sql_error(
+                            "the event log has no room to write",
+                            e,
+                        ))));
+                    }
+                },
                 // run() splits shutdown markers off before committing.
                 Request::Shutdown(_) => {}
             }

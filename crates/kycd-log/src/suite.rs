@@ -71,6 +71,11 @@ where
     })
     .await;
     run(
+        "a_probe_write_succeeds_and_changes_nothing_read",
+        || async { a_probe_write_succeeds_and_changes_nothing_read(make().await).await },
+    )
+    .await;
+    run(
         "shutdown_finishes_in_flight_writes_then_refuses",
         || async { shutdown_finishes_in_flight_writes_then_refuses(make().await).await },
     )
@@ -464,6 +469,25 @@ pub async fn quarantine_round_trips_newest_first(log: Arc<dyn EventLog>) {
         0,
         "quarantine is not in the event log"
     );
+}
+
+/// [`EventLog::probe_write`] commits on a writable log, interleaves with
+/// appends, and leaves the events, the head and the quarantine as they
+/// were; once the log is shut down it is refused like an append.
+pub async fn a_probe_write_succeeds_and_changes_nothing_read(log: Arc<dyn EventLog>) {
+    log.probe_write()
+        .await
+        .expect("a probe write on a writable log");
+    log.append(sample_event(1, &[])).await.expect("append");
+    let (probed, appended) = tokio::join!(log.probe_write(), log.append(sample_event(2, &[])));
+    probed.expect("a probe beside an append");
+    appended.expect("an append beside a probe");
+    log.probe_write().await.expect("a probe after appends");
+    assert_eq!(log.head().await.expect("head"), 2);
+    assert_eq!(read_all(&*log).await.len(), 2);
+    assert_eq!(log.count_quarantine().await.expect("count"), 0);
+    log.shutdown().await;
+    assert_eq!(log.probe_write().await, Err(LogError::Closed));
 }
 
 pub async fn shutdown_finishes_in_flight_writes_then_refuses(log: Arc<dyn EventLog>) {

@@ -274,33 +274,43 @@ pub async fn healthz() -> Response {
     Json(json!({"status": "ok"})).into_response()
 }
 
-/// Ready when the log and the store answer. Without a Didit API key kycd
-/// still takes webhooks, so that is reported as waiting, not as unready.
+/// Ready when the log and the store answer, the log can take writes, the
+/// projector is not stuck and the audit chain holds ([`crate::readiness`]).
+/// `failing` names what does not pass, and nothing more: no paths, no
+/// error texts, since `/readyz` is served on the public listener too.
+/// Without a Didit API key kycd still takes webhooks, so that is reported
+/// as waiting, not as unready.
 pub async fn readyz(State(app): State<Arc<App>>) -> Response {
+    use crate::readiness::Check;
     let mut checks = serde_json::Map::new();
-    let mut ready = true;
+    let mut failing = Vec::new();
     let head = app.log.head().await;
     let offset = app
         .store
         .consumer_offset(kycd_engine::projector::CONSUMER)
         .await;
-    match (&head, &offset) {
-        (Ok(h), Ok(o)) => {
-            checks.insert("event_log".into(), json!("ok"));
-            checks.insert("store".into(), json!("ok"));
-            checks.insert("projector_lag".into(), json!(h.saturating_sub(*o)));
+    let log_ok = head.is_ok() && app.readiness.passes(Check::EventLog);
+    if !log_ok {
+        failing.push(Check::EventLog.name());
+    }
+    if offset.is_err() {
+        failing.push("store");
+    }
+    for check in [Check::Projector, Check::AuditChain] {
+        if !app.readiness.passes(check) {
+            failing.push(check.name());
         }
-        _ => {
-            ready = false;
-            checks.insert(
-                "event_log".into(),
-                json!(if head.is_ok() { "ok" } else { "unavailable" }),
-            );
-            checks.insert(
-                "store".into(),
-                json!(if offset.is_ok() { "ok" } else { "unavailable" }),
-            );
-        }
+    }
+    for name in ["event_log", "store", "projector", "audit_chain"] {
+        let state = if failing.contains(&name) {
+            "failing"
+        } else {
+            "ok"
+        };
+        checks.insert(name.into(), json!(state));
+    }
+    if let (Ok(h), Ok(o)) = (&head, &offset) {
+        checks.insert("projector_lag".into(), json!(h.saturating_sub(*o)));
     }
     let mut waiting = Vec::new();
     if app.settings.didit_api_key.is_none() {
@@ -312,6 +322,7 @@ pub async fn readyz(State(app): State<Arc<App>>) -> Response {
     if app.settings.api_token.is_none() {
         waiting.push("KYCD_API_TOKEN is not set: /api/v1 refuses every request");
     }
+    let ready = failing.is_empty();
     let status = if ready {
         StatusCode::OK
     } else {
@@ -319,7 +330,7 @@ pub async fn readyz(State(app): State<Arc<App>>) -> Response {
     };
     (
         status,
-        Json(json!({"ready": ready, "checks": checks, "waiting": waiting})),
+        Json(json!({"ready": ready, "failing": failing, "checks": checks, "waiting": waiting})),
     )
         .into_response()
 }

@@ -56,6 +56,8 @@ fn count(result: &'static str) {
 enum BodyError {
     TooLarge,
     Broken,
+    /// The body deadline ([`crate::serving::body_timeout`]) passed.
+    TimedOut,
 }
 
 /// The most buffer reserved up front from a declared Content-Length, so a
@@ -74,7 +76,13 @@ async fn read_capped(
         Vec::with_capacity(declared.unwrap_or(0).min(cap).min(PREALLOCATE_LIMIT));
     let mut seen = 0usize;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|_| BodyError::Broken)?;
+        let frame = frame.map_err(|e| {
+            if crate::serving::is_body_timeout(&e) {
+                BodyError::TimedOut
+            } else {
+                BodyError::Broken
+            }
+        })?;
         if let Ok(data) = frame.into_data() {
             seen += data.len();
             if seen <= cap {
@@ -142,6 +150,12 @@ pub async fn didit_webhook(State(app): State<Arc<App>>, request: Request) -> Res
         Err(BodyError::Broken) => {
             count("bad_request");
             return ApiError::new(Code::BadRequest, "request body could not be read")
+                .into_response();
+        }
+        // The body-timeout layer answers 408 and closes the connection.
+        Err(BodyError::TimedOut) => {
+            count("timeout");
+            return ApiError::new(Code::RequestTimeout, "request body not received in time")
                 .into_response();
         }
     };
@@ -218,7 +232,9 @@ async fn intake(
         body: bytes,
         ..event
     };
-    match app.log.append(event).await {
+    let appended = app.log.append(event).await;
+    app.readiness.log_write(&appended);
+    match appended {
         Ok(Appended::New { id, .. }) => Ok(("accepted", id.to_string())),
         Ok(Appended::Duplicate { id }) => Ok(("duplicate", id.to_string())),
         Err(e) => {
@@ -347,7 +363,9 @@ async fn quarantine(
         body: bytes.to_vec(),
         meta: json!({"signature": scheme, "headers": kept}),
     };
-    match app.log.quarantine(q).await {
+    let quarantined = app.log.quarantine(q).await;
+    app.readiness.log_write(&quarantined);
+    match quarantined {
         Ok(id) => {
             count("unusable");
             metrics::counter!("kycd_quarantined_total").increment(1);

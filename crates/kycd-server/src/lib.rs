@@ -2,9 +2,11 @@
 //! intake ([`intake`]), the read API ([`api`]), health and metrics.
 //!
 //! [`start`] opens the event log and the store in the data directory,
-//! starts the session projector, binds the listener and serves until told to
-//! stop; then it stops accepting, lets in-flight requests finish, drains the
-//! log's pending commits and stops the projector.
+//! starts the session projector, binds the listener (and the admin one, when
+//! configured) and serves until told to stop ([`serving`]: header, body and
+//! idle timeouts and a connection cap); then it stops accepting, lets
+//! in-flight requests finish, drains the log's pending commits and stops the
+//! projector.
 #![forbid(unsafe_code)]
 
 pub mod access_api;
@@ -16,7 +18,9 @@ pub mod decisions;
 pub mod error;
 pub mod intake;
 pub mod operator_webhook;
+pub mod readiness;
 pub mod reconcile;
+pub mod serving;
 pub mod settings;
 pub mod telemetry;
 pub mod worker;
@@ -72,6 +76,9 @@ pub struct App {
     /// Reconciliation against Didit's API, when a key is configured.
     pub reconciler: Option<Arc<reconcile::Reconciler>>,
     pub reconcile_totals: Arc<reconcile::Totals>,
+    /// What `/readyz` reports beyond the store answering, kept up to date
+    /// by [`readiness::monitor`].
+    pub readiness: Arc<readiness::Readiness>,
 }
 
 /// Load the active policy (built-in unless `path`) and the optional shadow.
@@ -195,6 +202,8 @@ impl App {
 /// A running server.
 pub struct Running {
     pub addr: SocketAddr,
+    /// The admin listener's address, when `KYCD_ADMIN_LISTEN` is set.
+    pub admin_addr: Option<SocketAddr>,
     pub app: Arc<App>,
     stop: watch::Sender<bool>,
     task: JoinHandle<anyhow::Result<()>>,
@@ -222,7 +231,18 @@ impl Running {
     }
 }
 
-/// The router, for tests that want to drive it without a socket.
+/// The public listener's router when an admin listener is configured: the
+/// webhook intake and health, nothing an operator uses.
+pub fn public_router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/webhooks/didit", post(intake::didit_webhook))
+        .route("/healthz", get(api::healthz))
+        .route("/readyz", get(api::readyz))
+        .with_state(app)
+}
+
+/// Every route: the one listener's router, or the admin listener's. Tests
+/// may drive it without a socket.
 pub fn router(app: Arc<App>) -> Router {
     let api = api::routes(app.clone());
     Router::new()
@@ -242,6 +262,28 @@ fn lower_priority() {
     #[cfg(target_os = "linux")]
     if let Err(e) = rustix::process::setpriority_process(None, 19) {
         tracing::debug!(error = %e, "could not lower the projector's priority");
+    }
+}
+
+/// A write past the process's file-size limit (`RLIMIT_FSIZE`) raises
+/// SIGXFSZ, whose default action ends the process. Handled, the write fails
+/// with EFBIG instead and is answered like a full disk: 503, and `/readyz`
+/// not ready, until the limit allows writes again.
+fn ignore_file_size_signal() {
+    #[cfg(unix)]
+    {
+        // SIGXFSZ is 25 on every Unix kycd runs on (Linux, the BSDs, macOS).
+        const SIGXFSZ: i32 = 25;
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(SIGXFSZ)) {
+            Ok(mut signals) => {
+                tokio::spawn(async move {
+                    while signals.recv().await.is_some() {
+                        tracing::debug!("a write went past the file-size limit");
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "could not handle SIGXFSZ"),
+        }
     }
 }
 
@@ -313,10 +355,32 @@ pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Run
         None => None,
     };
 
-    let listener = tokio::net::TcpListener::bind(&settings.listen)
+    let listener = serving::bind(&settings.listen)
         .await
         .with_context(|| format!("bind {}", settings.listen))?;
     let addr = listener.local_addr()?;
+    let admin_listener = match &settings.admin_listen {
+        Some(admin) => Some(
+            serving::bind(admin)
+                .await
+                .with_context(|| format!("bind the admin listener {admin}"))?,
+        ),
+        None => None,
+    };
+    let admin_addr = admin_listener
+        .as_ref()
+        .map(tokio::net::TcpListener::local_addr)
+        .transpose()?;
+    let limits = serving::Limits {
+        header_read_timeout: std::time::Duration::from_secs(settings.header_read_timeout_secs),
+        idle_timeout: std::time::Duration::from_secs(settings.idle_timeout_secs),
+        max_connections: serving::connection_cap(
+            settings.max_connections,
+            1 + usize::from(admin_listener.is_some()),
+        ),
+    };
+    let body_read_timeout = std::time::Duration::from_secs(settings.body_read_timeout_secs);
+    ignore_file_size_signal();
 
     let policies = load_policies(&settings)?;
     let active = policies.active();
@@ -376,6 +440,7 @@ pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Run
         didit,
         reconciler,
         reconcile_totals,
+        readiness: Arc::new(readiness::Readiness::default()),
     });
     app.record("kycd", "policy.loaded", None, policy_details(&app, &active))
         .await;
@@ -415,19 +480,48 @@ pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Run
         tokio::spawn(worker.run(stop_rx.clone(), app.applied.clone())),
         tokio::spawn(background::reconcile_loop(app.clone(), stop_rx.clone())),
         tokio::spawn(background::expire_step_ups(app.clone(), stop_rx.clone())),
+        tokio::spawn(readiness::monitor(
+            app.clone(),
+            readiness::AuditFiles {
+                store_db: store_path.clone(),
+                events_db: log_path.clone(),
+                key_file: app.settings.audit.key_path(&app.settings.data_dir),
+                anchor_file: app.settings.audit.anchor_file.clone(),
+            },
+            stop_rx.clone(),
+        )),
         tokio::spawn({
             let clock = app.clock.clone();
             anchoring.run(log.clone(), move || clock.now_millis(), stop_rx.clone())
         }),
     ];
-    let router = router(app.clone());
-    let mut shutdown_rx = stop_rx;
+    let with_body_timeout = |router: Router| {
+        router.layer(axum::middleware::from_fn_with_state(
+            body_read_timeout,
+            serving::body_timeout,
+        ))
+    };
+    let mut listeners = vec![];
+    match admin_listener {
+        Some(admin) => {
+            listeners.push((listener, with_body_timeout(public_router(app.clone()))));
+            listeners.push((admin, with_body_timeout(router(app.clone()))));
+        }
+        None => listeners.push((listener, with_body_timeout(router(app.clone())))),
+    }
+    let servers: Vec<_> = listeners
+        .into_iter()
+        .map(|(listener, router)| {
+            tokio::spawn(serving::serve(listener, router, limits, stop_rx.clone()))
+        })
+        .collect();
     let task = tokio::spawn(async move {
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = shutdown_rx.wait_for(|s| *s).await;
-            })
-            .await;
+        let mut served = Ok(());
+        for server in servers {
+            if let Err(e) = server.await {
+                served = Err(e);
+            }
+        }
         // In-flight requests have been answered and the workers told to
         // stop; let them finish what they hold, let the log finish any
         // commit still queued, then stop the projector.
@@ -438,9 +532,10 @@ pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Run
         let _ = projector_finished.await;
         served.context("http server failed")
     });
-    tracing::info!(%addr, "kycd serving");
+    tracing::info!(%addr, admin = ?admin_addr, "kycd serving");
     Ok(Running {
         addr,
+        admin_addr,
         app,
         stop,
         task,

@@ -11,6 +11,29 @@ use kycd_log::sqlite_log::Durability;
 pub struct Settings {
     /// `KYCD_LISTEN`, default `127.0.0.1:8080`.
     pub listen: String,
+    /// `KYCD_ADMIN_LISTEN`: when set, the API, the console and `/metrics`
+    /// are served here only, and `listen` serves `POST /webhooks/didit`,
+    /// `/healthz` and `/readyz` alone. Unset: `listen` serves everything.
+    pub admin_listen: Option<String>,
+    /// `KYCD_HEADER_READ_TIMEOUT_SECS`, default 10: a request's line and
+    /// headers must arrive within this long of their first byte, or the
+    /// connection is closed.
+    pub header_read_timeout_secs: u64,
+    /// `KYCD_BODY_READ_TIMEOUT_SECS`, default 30: a request's body must
+    /// arrive within this long of its headers, or it is answered 408.
+    pub body_read_timeout_secs: u64,
+    /// `KYCD_IDLE_TIMEOUT_SECS`, default 60: a connection with no request in
+    /// flight and nothing arriving is closed after this long.
+    pub idle_timeout_secs: u64,
+    /// `KYCD_MAX_CONNECTIONS`, default 1024: open connections per listener.
+    /// At the cap a new connection takes the place of the oldest one with
+    /// no request in flight; lowered at start-up to what the process's
+    /// file-descriptor limit leaves room for.
+    pub max_connections: usize,
+    /// `KYCD_PROJECTOR_STALL_SECS`, default 60: the projector counts as
+    /// stuck (and `/readyz` as not ready) when events are waiting for it
+    /// and it has applied none for this long.
+    pub projector_stall_secs: u64,
     /// `KYCD_DATA_DIR`, default `./kycd-data`.
     pub data_dir: PathBuf,
     /// `KYCD_WEBHOOK_SECRETS`: all are accepted, the first is current.
@@ -95,6 +118,11 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATA_DIR: &str = "./kycd-data";
 pub const DEFAULT_DIDIT_BASE_URL: &str = "https://verification.didit.me";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 10;
+pub const DEFAULT_BODY_READ_TIMEOUT_SECS: u64 = 30;
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 60;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+pub const DEFAULT_PROJECTOR_STALL_SECS: u64 = 60;
 
 impl Settings {
     /// `ms` of real time under [`Settings::retry_time_scale`].
@@ -113,6 +141,12 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             listen: DEFAULT_LISTEN.to_owned(),
+            admin_listen: None,
+            header_read_timeout_secs: DEFAULT_HEADER_READ_TIMEOUT_SECS,
+            body_read_timeout_secs: DEFAULT_BODY_READ_TIMEOUT_SECS,
+            idle_timeout_secs: DEFAULT_IDLE_TIMEOUT_SECS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            projector_stall_secs: DEFAULT_PROJECTOR_STALL_SECS,
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             webhook_secrets: Vec::new(),
             webhook_tolerance_secs: didit::signature::DEFAULT_TOLERANCE_SECS,

@@ -22,6 +22,9 @@ pub struct ServeArgs {
     /// Address to listen on [env: KYCD_LISTEN] [default: 127.0.0.1:8080].
     #[arg(long)]
     pub listen: Option<String>,
+    /// Serve the API, console and metrics here only [env: KYCD_ADMIN_LISTEN] [default: unset].
+    #[arg(long, value_name = "ADDR")]
+    pub admin_listen: Option<String>,
     /// Data directory [env: KYCD_DATA_DIR] [default: ./kycd-data].
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -48,6 +51,12 @@ pub struct ServeArgs {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     listen: Option<String>,
+    admin_listen: Option<String>,
+    header_read_timeout_secs: Option<u64>,
+    body_read_timeout_secs: Option<u64>,
+    idle_timeout_secs: Option<u64>,
+    max_connections: Option<usize>,
+    projector_stall_secs: Option<u64>,
     data_dir: Option<PathBuf>,
     webhook_secrets: Option<Vec<String>>,
     webhook_tolerance_secs: Option<i64>,
@@ -81,6 +90,12 @@ pub const KNOWN_ENV: &[&str] = &[
     "KYCD_CONFIG",
     "KYCD_LOG",
     "KYCD_LISTEN",
+    "KYCD_ADMIN_LISTEN",
+    "KYCD_HEADER_READ_TIMEOUT_SECS",
+    "KYCD_BODY_READ_TIMEOUT_SECS",
+    "KYCD_IDLE_TIMEOUT_SECS",
+    "KYCD_MAX_CONNECTIONS",
+    "KYCD_PROJECTOR_STALL_SECS",
     "KYCD_DATA_DIR",
     "KYCD_WEBHOOK_SECRETS",
     "KYCD_WEBHOOK_TOLERANCE_SECS",
@@ -179,6 +194,24 @@ pub fn load(args: &ServeArgs, env: &[(String, String)]) -> anyhow::Result<Loaded
         if let Some(v) = f.listen {
             s.listen = v;
         }
+        if let Some(v) = f.admin_listen {
+            s.admin_listen = Some(v);
+        }
+        if let Some(v) = f.header_read_timeout_secs {
+            s.header_read_timeout_secs = v;
+        }
+        if let Some(v) = f.body_read_timeout_secs {
+            s.body_read_timeout_secs = v;
+        }
+        if let Some(v) = f.idle_timeout_secs {
+            s.idle_timeout_secs = v;
+        }
+        if let Some(v) = f.max_connections {
+            s.max_connections = v;
+        }
+        if let Some(v) = f.projector_stall_secs {
+            s.projector_stall_secs = v;
+        }
         if let Some(v) = f.data_dir {
             s.data_dir = v;
         }
@@ -267,6 +300,24 @@ pub fn load(args: &ServeArgs, env: &[(String, String)]) -> anyhow::Result<Loaded
     // The environment.
     if let Some(v) = var("KYCD_LISTEN") {
         s.listen = v;
+    }
+    if let Some(v) = var("KYCD_ADMIN_LISTEN").filter(|v| !v.is_empty()) {
+        s.admin_listen = Some(v);
+    }
+    if let Some(v) = var("KYCD_HEADER_READ_TIMEOUT_SECS") {
+        s.header_read_timeout_secs = parse_num("KYCD_HEADER_READ_TIMEOUT_SECS", &v)?;
+    }
+    if let Some(v) = var("KYCD_BODY_READ_TIMEOUT_SECS") {
+        s.body_read_timeout_secs = parse_num("KYCD_BODY_READ_TIMEOUT_SECS", &v)?;
+    }
+    if let Some(v) = var("KYCD_IDLE_TIMEOUT_SECS") {
+        s.idle_timeout_secs = parse_num("KYCD_IDLE_TIMEOUT_SECS", &v)?;
+    }
+    if let Some(v) = var("KYCD_MAX_CONNECTIONS") {
+        s.max_connections = parse_num("KYCD_MAX_CONNECTIONS", &v)?;
+    }
+    if let Some(v) = var("KYCD_PROJECTOR_STALL_SECS") {
+        s.projector_stall_secs = parse_num("KYCD_PROJECTOR_STALL_SECS", &v)?;
     }
     if let Some(v) = var("KYCD_DATA_DIR") {
         s.data_dir = PathBuf::from(v);
@@ -372,6 +423,9 @@ pub fn load(args: &ServeArgs, env: &[(String, String)]) -> anyhow::Result<Loaded
     if let Some(v) = &args.listen {
         s.listen = v.clone();
     }
+    if let Some(v) = &args.admin_listen {
+        s.admin_listen = Some(v.clone());
+    }
     if let Some(v) = &args.data_dir {
         s.data_dir = v.clone();
     }
@@ -400,6 +454,23 @@ pub fn load(args: &ServeArgs, env: &[(String, String)]) -> anyhow::Result<Loaded
     }
     if s.operator_webhook_url.is_some() && s.operator_webhook_secrets.is_empty() {
         bail!("KYCD_OPERATOR_WEBHOOK_URL needs KYCD_OPERATOR_WEBHOOK_SECRETS (whsec_...) to sign with");
+    }
+    for (name, secs) in [
+        ("header read timeout", s.header_read_timeout_secs),
+        ("body read timeout", s.body_read_timeout_secs),
+        ("idle timeout", s.idle_timeout_secs),
+        ("projector stall limit", s.projector_stall_secs),
+    ] {
+        if secs == 0 {
+            bail!("{name} must be at least 1 second");
+        }
+    }
+    if s.max_connections == 0 {
+        bail!("max connections must be at least 1");
+    }
+    // Port 0 picks a free port for each, so the same text is fine there.
+    if s.admin_listen.as_deref() == Some(s.listen.as_str()) && !s.listen.ends_with(":0") {
+        bail!("the admin listener must have an address of its own, not the listen address");
     }
     if s.action_max_attempts == 0 {
         bail!("action max attempts must be at least 1");
@@ -439,6 +510,24 @@ pub fn render(s: &Settings) -> String {
     };
     let mut out = String::new();
     out.push_str(&format!("listen = {}\n", q(&s.listen)));
+    match &s.admin_listen {
+        Some(a) => out.push_str(&format!("admin_listen = {}\n", q(a))),
+        None => out.push_str("admin_listen = # not set\n"),
+    }
+    out.push_str(&format!(
+        "header_read_timeout_secs = {}\n",
+        s.header_read_timeout_secs
+    ));
+    out.push_str(&format!(
+        "body_read_timeout_secs = {}\n",
+        s.body_read_timeout_secs
+    ));
+    out.push_str(&format!("idle_timeout_secs = {}\n", s.idle_timeout_secs));
+    out.push_str(&format!("max_connections = {}\n", s.max_connections));
+    out.push_str(&format!(
+        "projector_stall_secs = {}\n",
+        s.projector_stall_secs
+    ));
     out.push_str(&format!(
         "data_dir = {}\n",
         q(&s.data_dir.to_string_lossy())
@@ -639,6 +728,94 @@ mod tests {
             (d.listen, d.data_dir, d.graph_window_days)
         );
         assert_eq!(s.webhook_tolerance_secs, d.webhook_tolerance_secs);
+        assert_eq!(
+            (
+                s.admin_listen,
+                s.header_read_timeout_secs,
+                s.body_read_timeout_secs,
+                s.idle_timeout_secs,
+                s.max_connections,
+                s.projector_stall_secs
+            ),
+            (
+                d.admin_listen,
+                d.header_read_timeout_secs,
+                d.body_read_timeout_secs,
+                d.idle_timeout_secs,
+                d.max_connections,
+                d.projector_stall_secs
+            )
+        );
+    }
+
+    #[test]
+    fn serving_limits_layer_and_are_rendered() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("kycd.toml");
+        std::fs::write(
+            &file,
+            "admin_listen = \"127.0.0.1:9\"\nheader_read_timeout_secs = 3\nmax_connections = 50\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(file),
+            ..Default::default()
+        };
+        let s = load(
+            &args,
+            &env(&[
+                ("KYCD_IDLE_TIMEOUT_SECS", "7"),
+                ("KYCD_BODY_READ_TIMEOUT_SECS", "4"),
+                ("KYCD_MAX_CONNECTIONS", "60"),
+                ("KYCD_PROJECTOR_STALL_SECS", "9"),
+            ]),
+        )
+        .unwrap()
+        .settings;
+        assert_eq!(s.admin_listen.as_deref(), Some("127.0.0.1:9"));
+        assert_eq!(
+            (
+                s.header_read_timeout_secs,
+                s.body_read_timeout_secs,
+                s.idle_timeout_secs,
+                s.max_connections,
+                s.projector_stall_secs
+            ),
+            (3, 4, 7, 60, 9)
+        );
+        let shown = render(&s);
+        for line in [
+            "admin_listen = \"127.0.0.1:9\"",
+            "header_read_timeout_secs = 3",
+            "body_read_timeout_secs = 4",
+            "idle_timeout_secs = 7",
+            "max_connections = 60",
+            "projector_stall_secs = 9",
+        ] {
+            assert!(shown.contains(line), "{line} missing from\n{shown}");
+        }
+        let d = load(&ServeArgs::default(), &[]).unwrap().settings;
+        assert_eq!(d.admin_listen, None);
+        assert_eq!(
+            (
+                d.header_read_timeout_secs,
+                d.body_read_timeout_secs,
+                d.idle_timeout_secs,
+                d.max_connections
+            ),
+            (10, 30, 60, 1024)
+        );
+        for (k, v) in [
+            ("KYCD_IDLE_TIMEOUT_SECS", "0"),
+            ("KYCD_MAX_CONNECTIONS", "0"),
+            ("KYCD_HEADER_READ_TIMEOUT_SECS", "soon"),
+            ("KYCD_ADMIN_LISTEN", "127.0.0.1:8080"),
+        ] {
+            assert!(
+                load(&ServeArgs::default(), &env(&[(k, v)])).is_err(),
+                "{k}={v}"
+            );
+        }
     }
 
     #[test]

@@ -16,6 +16,10 @@ pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // A log line that cannot be written (stderr on a full disk) is
+        // dropped. Reporting it would go through eprintln!, which panics
+        // when stderr fails: the request logging it would get no answer.
+        .log_internal_errors(false)
         .try_init();
 }
 
@@ -57,8 +61,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .context("start the async runtime")?;
     runtime.block_on(async move {
         let running = kycd_server::start(settings, Arc::new(SystemClock)).await?;
-        // The one line on stdout: tools and tests read the bound address here.
+        // The one line on stdout: tools and tests read the bound address here
+        // (the admin listener's, when there is one, just before it).
         let mut out = std::io::stdout().lock();
+        if let Some(admin) = running.admin_addr {
+            writeln!(out, "admin listening on http://{admin}")?;
+        }
         writeln!(out, "listening on http://{}", running.addr)?;
         out.flush()?;
         drop(out);

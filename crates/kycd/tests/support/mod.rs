@@ -13,14 +13,29 @@ pub const STARTUP_DEADLINE: Duration = Duration::from_secs(120);
 pub struct Server {
     child: Child,
     pub base: String,
+    /// The admin listener's base URL, when `KYCD_ADMIN_LISTEN` is set.
+    pub admin: Option<String>,
 }
 
 impl Server {
     /// Start `kycd serve` on `data_dir` (listening on a free port unless
     /// `envs` sets `KYCD_LISTEN`), with `envs` on top, its log in `log`.
     pub fn start(data_dir: &Path, log: &Path, envs: &[(&str, String)]) -> Server {
+        Self::start_with(data_dir, log, envs, |_| {})
+    }
+
+    /// [`Server::start`], with `configure` applied to the command first
+    /// (resource limits, say).
+    pub fn start_with(
+        data_dir: &Path,
+        log: &Path,
+        envs: &[(&str, String)],
+        configure: impl FnOnce(&mut Command),
+    ) -> Server {
         let log_file = std::fs::File::create(log).expect("create server log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kycd"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_kycd"));
+        configure(&mut command);
+        let mut child = command
             .arg("serve")
             .env("KYCD_LISTEN", "127.0.0.1:0")
             .env("KYCD_DATA_DIR", data_dir)
@@ -36,11 +51,15 @@ impl Server {
         // block on a full pipe.
         std::thread::spawn(move || {
             let mut tx = Some(tx);
+            // The admin address is printed just before the main one.
+            let mut admin = None;
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if let Some(url) = line.trim().strip_prefix("listening on ") {
+                if let Some(url) = line.trim().strip_prefix("admin listening on ") {
+                    admin = Some(url.to_owned());
+                } else if let Some(url) = line.trim().strip_prefix("listening on ") {
                     if let Some(tx) = tx.take() {
-                        let _ = tx.send(url.to_owned());
+                        let _ = tx.send((url.to_owned(), admin.take()));
                     }
                 }
             }
@@ -48,15 +67,24 @@ impl Server {
         let mut server = Server {
             child,
             base: String::new(),
+            admin: None,
         };
         match rx.recv_timeout(STARTUP_DEADLINE) {
-            Ok(url) => server.base = url.trim_end_matches('/').to_owned(),
+            Ok((url, admin)) => {
+                server.base = url.trim_end_matches('/').to_owned();
+                server.admin = admin.map(|a| a.trim_end_matches('/').to_owned());
+            }
             Err(_) => panic!(
                 "kycd serve printed no `listening on` line; its log ends with:\n{}",
                 tail(log)
             ),
         }
         server
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// SIGKILL: no graceful shutdown, no flush, nothing.
