@@ -2,6 +2,7 @@
 //!
 //! - `serve`: the webhook intake, event log, session projection and API;
 //! - `config check`: the effective configuration, secrets hidden;
+//! - `backup`: an online-consistent copy of the data directory;
 //! - `webhook verify|sign`: tools for people integrating with Didit;
 //! - `bench`: a load generator for the intake.
 #![forbid(unsafe_code)]
@@ -18,6 +19,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod access_cmd;
 mod audit_cmd;
+mod backup_cmd;
 mod bench;
 mod config;
 mod demo;
@@ -77,6 +79,9 @@ enum Command {
     /// Console users.
     #[command(subcommand)]
     User(access_cmd::UserCmd),
+    /// Copy the data directory (store and event log, and the audit key kept
+    /// there) consistently, while the server runs.
+    Backup(backup_cmd::BackupArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -101,6 +106,7 @@ fn main() -> ExitCode {
         Command::Audit(cmd) => audit_cmd::run(cmd),
         Command::Token(cmd) => access_cmd::token(cmd),
         Command::User(cmd) => access_cmd::user(cmd),
+        Command::Backup(args) => backup_cmd::run(args),
     };
     match result {
         Ok(code) => code,

@@ -26,11 +26,6 @@ pub async fn simulator(secret: &str, seed: u64, time_scale: f64, faults: Faults)
     .unwrap()
 }
 
-/// Create an NFC step-up workflow at the simulator; its id.
-pub async fn nfc_workflow(sim: &Sim) -> String {
-    step_up_workflows(sim).await.remove("NFC").unwrap()
-}
-
 /// A workflow at the simulator for each step-up check the default policy
 /// asks for (NFC, PHONE, BIOMETRIC_AUTH), as an operator configures them.
 pub async fn step_up_workflows(sim: &Sim) -> std::collections::BTreeMap<String, String> {
