@@ -1529,7 +1529,12 @@ fn parse_envelopes(events: &[StoredEvent]) -> Vec<Option<Parsed>> {
     events
         .iter()
         .map(|event| {
-            if event.source == EventSource::Subject || event.session_id.is_none() {
+            // Only Didit's deliveries and polls are envelopes: kycd's own
+            // events (step-ups, reviews, audit anchors) and the operator's
+            // subject writes are read by their own code.
+            if matches!(event.source, EventSource::Subject | EventSource::Internal)
+                || event.session_id.is_none()
+            {
                 return None;
             }
             match Envelope::from_slice(&event.body) {

@@ -14,6 +14,7 @@ use kycd_log::EventLog;
 use kycd_policy::Policy;
 use serde_json::{json, Value};
 
+use crate::actions::ActionSettings;
 use crate::projector::{Policies, Projector, ProjectorError};
 
 /// A decision as compared: everything but its own id, with the trace in
@@ -133,6 +134,22 @@ pub async fn replay(
     candidate: Policy,
     w: Window,
 ) -> Result<Report, ProjectorError> {
+    replay_with(log, live, scratch, candidate, w, Arc::default()).await
+}
+
+/// [`replay`] with the action settings the server ran with. What the
+/// actions do is part of a session's state (a step-up requested, a
+/// write-back whose echo is kycd's own), so a replay that is to reproduce
+/// the stored decisions plans actions as the server did; they land in the
+/// scratch store's outbox and are never run.
+pub async fn replay_with(
+    log: Arc<dyn EventLog>,
+    live: &dyn Store,
+    scratch: Arc<dyn Store>,
+    candidate: Policy,
+    w: Window,
+    actions: Arc<ActionSettings>,
+) -> Result<Report, ProjectorError> {
     let mut report = Report {
         candidate_version: candidate.version().to_owned(),
         categories: Category::ALL
@@ -143,6 +160,7 @@ pub async fn replay(
     };
     let mut policies = Policies::new(candidate, None);
     policies.graph_window_ms = w.graph_window_ms;
+    policies.actions = actions;
     Projector::new(log, scratch.clone(), policies)
         .catch_up()
         .await?;

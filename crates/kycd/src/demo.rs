@@ -137,6 +137,9 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         step_up_expiry_secs: 3600,
         ..Settings::default()
     };
+    // For the replay at the end: the actions as the server plans them.
+    let replay_actions = kycd_server::action_settings(&settings)?;
+    let graph_window_ms = i64::from(settings.graph_window_days) * 86_400_000;
     let clock = Arc::new(SystemClock);
     let running = kycd_server::start(settings, clock.clone())
         .await
@@ -227,6 +230,9 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let elapsed = started.elapsed();
     report.print(&sim.stats(), elapsed, args.users);
     print_actions(&app).await?;
+    if settled {
+        print_replay(data.path(), replay_actions, graph_window_ms).await?;
+    }
     let ok = settled && report.undecided_customers == 0;
     if !settled {
         println!(
@@ -318,6 +324,48 @@ async fn demo_reviewer(running: &kycd_server::Running, password: &str) -> anyhow
 
 /// Workflows for the step-up checks, created in the simulated Didit as an
 /// operator would in Didit's console.
+/// Replay this run's log with the built-in policy (what `kycd replay
+/// --policy builtin` does) and print where every stored decision landed.
+async fn print_replay(
+    data_dir: &std::path::Path,
+    actions: kycd_engine::actions::ActionSettings,
+    graph_window_ms: i64,
+) -> anyhow::Result<()> {
+    use kycd_engine::replay::{Category, Window};
+    let w = Window {
+        since_ms: None,
+        until_ms: None,
+        max_examples: 0,
+        graph_window_ms,
+    };
+    let r =
+        crate::replay::replay(data_dir, kycd_policy::Policy::builtin_default(), w, actions).await?;
+    println!("\nReplay of this run's log with the built-in policy (kycd replay --policy builtin)");
+    let parts: Vec<String> = Category::ALL
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {}",
+                r.categories.get(c.as_str()).copied().unwrap_or(0),
+                c.label()
+            )
+        })
+        .collect();
+    println!("  {} decisions: {}", r.total, parts.join(", "));
+    for (trigger, row) in &r.by_trigger {
+        let cells: Vec<String> = Category::ALL
+            .iter()
+            .filter_map(|c| {
+                row.get(c.as_str())
+                    .filter(|n| **n > 0)
+                    .map(|n| format!("{n} {}", c.as_str()))
+            })
+            .collect();
+        println!("    {trigger:<18} {}", cells.join(", "));
+    }
+    Ok(())
+}
+
 async fn step_up_workflows(
     sim: &kycd_sim::Sim,
     key: &str,

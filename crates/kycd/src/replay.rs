@@ -49,6 +49,7 @@ pub async fn replay(
     data_dir: &std::path::Path,
     candidate: Policy,
     w: Window,
+    actions: kycd_engine::actions::ActionSettings,
 ) -> anyhow::Result<Report> {
     let log_path = data_dir.join("events.db");
     anyhow::ensure!(log_path.exists(), "no event log at {}", log_path.display());
@@ -61,7 +62,9 @@ pub async fn replay(
     let scratch_dir = tempdir()?;
     let scratch: Arc<dyn Store> =
         Arc::new(SqliteStore::open_scratch(&scratch_dir.join("store.db"))?);
-    let report = kycd_engine::replay::replay(log, &live, scratch, candidate, w).await;
+    let report =
+        kycd_engine::replay::replay_with(log, &live, scratch, candidate, w, Arc::new(actions))
+            .await;
     let _ = std::fs::remove_dir_all(&scratch_dir);
     report.context("replay the log")
 }
@@ -119,7 +122,10 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let r = runtime.block_on(replay(&loaded.settings.data_dir, candidate, w))?;
+    // The server's action settings (write-back, step-up workflows): they
+    // shape the sessions' state, so the replay plans actions as it did.
+    let actions = kycd_server::action_settings(&loaded.settings)?;
+    let r = runtime.block_on(replay(&loaded.settings.data_dir, candidate, w, actions))?;
     save_report(&loaded.settings.data_dir, &args.policy, &r, now)?;
     if args.json {
         println!("{}", json!(r));
