@@ -755,3 +755,135 @@ async fn graceful_shutdown_keeps_every_acknowledged_delivery() {
         );
     }
 }
+
+/// A small deterministic generator (splitmix64), so a failure repeats.
+struct Gen(u64);
+
+impl Gen {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
+        from[(self.next() % from.len() as u64) as usize]
+    }
+
+    /// A JSON value as text, with extreme numbers, strings and nesting.
+    fn value(&mut self, depth: u32) -> String {
+        match self.next() % 9 {
+            0 => self
+                .pick(&[
+                    "1e308",
+                    "-1.7976931348623157e308",
+                    "5e-324",
+                    "-0",
+                    "0.0000000000000000000000000000001",
+                    "123456789012345678901234567890123456789",
+                    "18446744073709551616",
+                    "-9223372036854775809",
+                    "1E+2",
+                ])
+                .to_owned(),
+            // An integer literal beyond every double, somewhere.
+            1 => "9".repeat(300 + (self.next() % 20) as usize),
+            2 => format!(
+                "\"{}\"",
+                "é\\u00e9\\ud83d\\ude00\\n\\\"".repeat((self.next() % 200) as usize)
+            ),
+            3 => format!(
+                "\"{}\"",
+                self.pick(&["\\u0000", "\\ud800", "\\udfff", "\u{2028}", ""])
+            ),
+            4 => "x"
+                .repeat((self.next() % 100_000) as usize)
+                .pipe(|s| format!("\"{s}\"")),
+            5 => {
+                let n = 1 + self.next() % 700;
+                format!("{}{}", "[".repeat(n as usize), "]".repeat(n as usize))
+            }
+            6 if depth < 4 => format!("[{}, {}]", self.value(depth + 1), self.value(depth + 1)),
+            7 if depth < 4 => format!(
+                "{{\"a\": {}, \"b\": {}}}",
+                self.value(depth + 1),
+                self.value(depth + 1)
+            ),
+            _ => self
+                .pick(&["true", "false", "null", "{}", "[]", "1"])
+                .to_owned(),
+        }
+    }
+}
+
+trait Pipe: Sized {
+    fn pipe<T>(self, f: impl FnOnce(Self) -> T) -> T {
+        f(self)
+    }
+}
+impl Pipe for String {}
+
+/// Nothing acknowledged is dropped: every authentic delivery, however
+/// extreme its numbers, strings and nesting, is either refused before it
+/// is stored (413), or quarantined with a 400, or acknowledged with a 200
+/// and then projected into a session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_authentic_delivery_is_projected_or_quarantined() {
+    let app = spawn().await;
+    let key = Secret::new(secret());
+    let mut g = Gen(15);
+    let mut accepted = Vec::new();
+    let mut quarantined = 0;
+    for i in 0..80 {
+        let session = format!("prop-{i}");
+        let extreme = g.value(0);
+        let place = g.next() % 3;
+        let (meta, decision, extra) = match place {
+            0 => (extreme.as_str(), "{}", "null"),
+            1 => ("null", "{}", extreme.as_str()),
+            _ => (
+                "null",
+                "{\"features\": [\"ID_VERIFICATION\"]}",
+                extreme.as_str(),
+            ),
+        };
+        let body = format!(
+            r#"{{"session_id":"{session}","status":"Approved","webhook_type":"status.updated","timestamp":{NOW},"event_id":"ev-{i}","vendor_data":"u-{i}","metadata":{meta},"decision":{decision},"extra":{extra}}}"#
+        );
+        let sig = key.sign_hex(body.as_bytes());
+        let (status, answer) = app
+            .deliver(body.into_bytes(), &[("X-Signature", sig.as_str())])
+            .await;
+        match status {
+            200 => accepted.push(session),
+            400 => {
+                quarantined += 1;
+                assert_eq!(answer["error"]["code"], "unusable_payload", "{i}: {answer}");
+            }
+            413 => {}
+            other => panic!("delivery {i}: unexpected {other}: {answer}"),
+        }
+        assert_eq!(app.quarantined().await, quarantined, "delivery {i}");
+    }
+    assert!(
+        !accepted.is_empty() && quarantined > 0,
+        "both paths exercised"
+    );
+    // Every acknowledged delivery becomes a session.
+    let running = app.running.as_ref().unwrap();
+    let head = running.app.log.head().await.unwrap();
+    let mut applied = running.app.applied.clone();
+    tokio::time::timeout(Duration::from_secs(30), applied.wait_for(|o| *o >= head))
+        .await
+        .expect("the projector catches up")
+        .unwrap();
+    for session in &accepted {
+        let (s, doc) = app.get(&format!("/api/v1/sessions/{session}")).await;
+        assert_eq!(
+            s, 200,
+            "{session} was acknowledged but not projected: {doc}"
+        );
+    }
+}
