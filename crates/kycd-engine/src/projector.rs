@@ -836,14 +836,7 @@ impl Projector {
         for id in &targets.sessions {
             found.entry(id.clone()).or_default().insert("face");
         }
-        let missing: Vec<String> = found
-            .keys()
-            .filter(|id| !sessions.contains_key(*id))
-            .cloned()
-            .collect();
-        if !missing.is_empty() {
-            sessions.extend(self.store.load_sessions(&missing).await?);
-        }
+        self.load_missing(found.keys(), sessions).await?;
         for (id, kinds) in found {
             if id == session_id {
                 continue;
@@ -898,6 +891,22 @@ impl Projector {
             )
             .await?;
             sessions.insert(id, target);
+        }
+        Ok(())
+    }
+
+    /// Load into `sessions` those of `ids` this batch does not hold yet.
+    async fn load_missing(
+        &self,
+        ids: impl Iterator<Item = &String>,
+        sessions: &mut HashMap<String, SessionRecord>,
+    ) -> Result<(), ProjectorError> {
+        let missing: Vec<String> = ids
+            .filter(|id| !sessions.contains_key(*id))
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            sessions.extend(self.store.load_sessions(&missing).await?);
         }
         Ok(())
     }
@@ -1143,14 +1152,7 @@ impl Projector {
             .await?
             .into_iter()
             .collect();
-        let missing: Vec<String> = ids
-            .iter()
-            .filter(|id| !sessions.contains_key(*id))
-            .cloned()
-            .collect();
-        if !missing.is_empty() {
-            sessions.extend(self.store.load_sessions(&missing).await?);
-        }
+        self.load_missing(ids.iter(), sessions).await?;
         for id in ids {
             let Some(mut target) = sessions.remove(&id) else {
                 continue;

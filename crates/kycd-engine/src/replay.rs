@@ -116,6 +116,23 @@ pub struct Report {
     pub examples: Vec<Value>,
 }
 
+impl Report {
+    /// The categories as printed: "N label" each, in [`Category::ALL`] order.
+    pub fn category_counts(&self) -> String {
+        Category::ALL
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} {}",
+                    self.categories.get(c.as_str()).copied().unwrap_or(0),
+                    c.label()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 /// Window and presentation of a replay.
 #[derive(Debug, Clone, Copy)]
 pub struct Window {

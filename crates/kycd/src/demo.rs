@@ -341,17 +341,7 @@ async fn print_replay(
     let r =
         crate::replay::replay(data_dir, kycd_policy::Policy::builtin_default(), w, actions).await?;
     println!("\nReplay of this run's log with the built-in policy (kycd replay --policy builtin)");
-    let parts: Vec<String> = Category::ALL
-        .iter()
-        .map(|c| {
-            format!(
-                "{} {}",
-                r.categories.get(c.as_str()).copied().unwrap_or(0),
-                c.label()
-            )
-        })
-        .collect();
-    println!("  {} decisions: {}", r.total, parts.join(", "));
+    println!("  {} decisions: {}", r.total, r.category_counts());
     for (trigger, row) in &r.by_trigger {
         let cells: Vec<String> = Category::ALL
             .iter()

@@ -132,20 +132,10 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!("replayed with policy version {}", r.candidate_version);
-    let parts: Vec<String> = Category::ALL
-        .iter()
-        .map(|c| {
-            format!(
-                "{} {}",
-                r.categories.get(c.as_str()).copied().unwrap_or(0),
-                c.label()
-            )
-        })
-        .collect();
     println!(
         "{} decisions stored in the window: {}",
         r.total,
-        parts.join(", ")
+        r.category_counts()
     );
     println!(
         "\nby trigger     {}",
