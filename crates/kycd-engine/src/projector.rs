@@ -63,10 +63,18 @@ pub enum ProjectorError {
 /// exact. No sensible rule distinguishes 1,000 subjects from 10,000.
 pub const GRAPH_COUNT_CAP: u64 = 1000;
 
-/// The policies the projector decides with. The active policy can be
-/// swapped while running (SIGHUP); the swap takes effect from the next event.
+/// The policies the projector decides with.
+///
+/// The active policy changes at a position in the log: activating a policy
+/// (at start, on SIGHUP) appends a [`POLICY_ACTIVATED`] event carrying the
+/// policy's text, and the projector switches when it reaches that event
+/// (when [`Policies::follow_log`]). Every event is so decided by the policy
+/// in force at its position in the log, however far the projector lags,
+/// across restarts, and in a replay with the recorded policies.
 #[derive(Clone)]
 pub struct Policies {
+    /// The policy deciding now: the one given until the log activates
+    /// another.
     pub active: Arc<RwLock<Arc<Policy>>>,
     pub shadow: Option<Arc<Policy>>,
     pub graph_window_ms: i64,
@@ -74,6 +82,10 @@ pub struct Policies {
     pub graph_count_cap: u64,
     /// What decisions do (nothing by default: see [`crate::actions`]).
     pub actions: Arc<ActionSettings>,
+    /// Switch to the policies the log activates (true by default). A
+    /// replay with a candidate policy sets it false: the candidate decides
+    /// everything.
+    pub follow_log: bool,
 }
 
 impl Policies {
@@ -84,6 +96,7 @@ impl Policies {
             graph_window_ms: DEFAULT_GRAPH_WINDOW_MS,
             graph_count_cap: GRAPH_COUNT_CAP,
             actions: Arc::new(ActionSettings::default()),
+            follow_log: true,
         }
     }
 
@@ -112,6 +125,8 @@ pub struct Projector {
     store: Arc<dyn Store>,
     policies: Policies,
     applied: watch::Sender<u64>,
+    /// Whether the policy in force at the stored offset was restored.
+    resumed: std::sync::atomic::AtomicBool,
 }
 
 /// The identity of a subject in the graph: the operator's `vendor_data`,
@@ -131,6 +146,7 @@ impl Projector {
             store,
             policies,
             applied,
+            resumed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -152,6 +168,7 @@ impl Projector {
     /// Apply one batch; returns the offset reached and whether the batch
     /// was full (so more may be waiting).
     async fn step(&self) -> Result<(u64, bool), ProjectorError> {
+        self.resume_policy().await?;
         let from = self.store.consumer_offset(CONSUMER).await?;
         let events = self.log.read(from, BATCH).await?;
         let Some(last) = events.last().map(|e| e.offset) else {
@@ -185,10 +202,17 @@ impl Projector {
         let mut sessions: HashMap<String, SessionRecord> = self.store.load_sessions(&ids).await?;
         let mut pending = Pending::default();
         let mut batch = ProjectionBatch::default();
-        let active = self.policies.active();
+        let mut active = self.policies.active();
         let history = self.prefetch(events, &envelopes, &sessions).await?;
 
         for (event, parsed) in events.iter().zip(envelopes) {
+            if event.source == EventSource::Internal && event.kind == POLICY_ACTIVATED {
+                if self.policies.follow_log && self.activate(event) {
+                    active = self.policies.active();
+                    batch.policy_offset = Some(event.offset);
+                }
+                continue;
+            }
             if event.source == EventSource::Subject {
                 self.apply_subject(event, &active, &mut pending, &mut sessions, &mut batch)
                     .await?;
@@ -1383,6 +1407,147 @@ impl Projector {
     fn applied_offset(&self) -> u64 {
         *self.applied.borrow()
     }
+
+    /// Once, before the first batch: make the policy in force at the stored
+    /// offset active (the last activation applied, read back from the log),
+    /// so that a restart decides the backlog as an uninterrupted run would.
+    async fn resume_policy(&self) -> Result<(), ProjectorError> {
+        use std::sync::atomic::Ordering;
+        if !self.policies.follow_log || self.resumed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mark = format!("{CONSUMER}{}", kycd_log::store::POLICY_MARK_SUFFIX);
+        let at = self.store.consumer_offset(&mark).await?;
+        if at > 0 {
+            if let Some(event) = self
+                .log
+                .read(at - 1, 1)
+                .await?
+                .into_iter()
+                .find(|e| e.offset == at)
+            {
+                self.activate(&event);
+            }
+        }
+        self.resumed.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Make the policy a [`POLICY_ACTIVATED`] event carries active. A policy
+    /// that does not load (or not with the version it was recorded with) is
+    /// refused loudly and the one in force stays.
+    fn activate(&self, event: &StoredEvent) -> bool {
+        let recorded = serde_json::from_slice::<PolicyActivated>(&event.body)
+            .map_err(|e| e.to_string())
+            .and_then(|a| {
+                let policy = Policy::from_recorded(&a.source).map_err(|e| e.to_string())?;
+                if policy.version() == a.version {
+                    Ok(policy)
+                } else {
+                    Err(format!(
+                        "it loads as version {}, not {}",
+                        policy.version(),
+                        a.version
+                    ))
+                }
+            });
+        match recorded {
+            Ok(policy) => {
+                if policy.version() != self.policies.active().version() {
+                    tracing::info!(
+                        offset = event.offset,
+                        version = policy.version(),
+                        "policy activated"
+                    );
+                }
+                self.policies.set_active(policy);
+                true
+            }
+            Err(error) => {
+                metrics::counter!("kycd_policy_activations_refused_total").increment(1);
+                tracing::error!(offset = event.offset, %error,
+                    "the policy activated in the log does not load; the policy in force stays");
+                false
+            }
+        }
+    }
+}
+
+/// The internal event that makes a policy active from its position in the
+/// log on (see [`Policies`]).
+pub const POLICY_ACTIVATED: &str = "kycd.policy.activated";
+
+/// The body of a [`POLICY_ACTIVATED`] event.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct PolicyActivated {
+    pub name: String,
+    pub version: String,
+    /// Who activated it (`kycd` at start, `operator:sighup`).
+    pub actor: String,
+    pub source: kycd_policy::PolicySource,
+}
+
+/// The event that activates `policy` from its position in the log.
+pub fn policy_activation(policy: &Policy, actor: &str, at_ms: i64) -> kycd_log::NewEvent {
+    let body = PolicyActivated {
+        name: policy.name().to_owned(),
+        version: policy.version().to_owned(),
+        actor: actor.to_owned(),
+        source: policy.source().clone(),
+    };
+    kycd_log::NewEvent {
+        received_at_ms: at_ms,
+        source: EventSource::Internal,
+        kind: POLICY_ACTIVATED.to_owned(),
+        session_id: None,
+        didit_event_id: None,
+        dedupe_keys: vec![format!(
+            "policy:{}:{}",
+            policy.version(),
+            kycd_core::id::ulid_body(at_ms)
+        )],
+        body: serde_json::to_vec(&body).unwrap_or_default(),
+        meta: json!({}),
+    }
+}
+
+/// The version of the policy in force at the head of `log`: the last
+/// activation after the projector's mark, else the one the mark names, else
+/// none. The server activates its configured policy only when it differs.
+pub async fn policy_at_head(
+    log: &dyn EventLog,
+    store: &dyn Store,
+) -> Result<Option<String>, ProjectorError> {
+    let version_of = |e: &StoredEvent| {
+        serde_json::from_slice::<PolicyActivated>(&e.body)
+            .ok()
+            .map(|a| a.version)
+    };
+    let mark = format!("{CONSUMER}{}", kycd_log::store::POLICY_MARK_SUFFIX);
+    let at = store.consumer_offset(&mark).await?;
+    let mut version = None;
+    if at > 0 {
+        version = log
+            .read(at - 1, 1)
+            .await?
+            .iter()
+            .find(|e| e.offset == at)
+            .and_then(version_of);
+    }
+    // Activations not yet projected: the backlog after the projector's
+    // offset.
+    let mut after = store.consumer_offset(CONSUMER).await?.max(at);
+    loop {
+        let page = log.read(after, BATCH).await?;
+        let Some(last) = page.last() else { break };
+        after = last.offset;
+        for e in &page {
+            if e.source == EventSource::Internal && e.kind == POLICY_ACTIVATED {
+                version = version_of(e).or(version);
+            }
+        }
+    }
+    Ok(version)
 }
 
 /// The internal event a worker appends once Didit created a step-up session.

@@ -5,6 +5,11 @@
 //! the log exactly as they were live. Only decisions inside the time window
 //! are compared. Replaying with the policy that made the stored decisions
 //! must reproduce each of them byte for byte apart from its own id.
+//!
+//! Two kinds of replay: with a candidate policy, which decides every event
+//! (the log's policy activations are ignored), and with the recorded
+//! policies ([`replay_recorded`]), which switches policy where the log did,
+//! so that a log with policy reloads reproduces in full.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -167,15 +172,57 @@ pub async fn replay_with(
     w: Window,
     actions: Arc<ActionSettings>,
 ) -> Result<Report, ProjectorError> {
+    let version = candidate.version().to_owned();
+    let mut policies = Policies::new(candidate, None);
+    policies.follow_log = false;
+    run(log, live, scratch, policies, version, w, actions).await
+}
+
+/// What [`Report::candidate_version`] says of a replay with the recorded
+/// policies.
+pub const RECORDED: &str = "recorded";
+
+/// Replay with the policies the log recorded: each event is decided by the
+/// policy that was in force at its position (the built-in default before
+/// the log's first activation). On an untampered log every policy decision
+/// reproduces byte for byte, whatever reloads happened.
+pub async fn replay_recorded(
+    log: Arc<dyn EventLog>,
+    live: &dyn Store,
+    scratch: Arc<dyn Store>,
+    w: Window,
+    actions: Arc<ActionSettings>,
+) -> Result<Report, ProjectorError> {
+    let policies = Policies::new(Policy::builtin_default(), None);
+    run(
+        log,
+        live,
+        scratch,
+        policies,
+        RECORDED.to_owned(),
+        w,
+        actions,
+    )
+    .await
+}
+
+async fn run(
+    log: Arc<dyn EventLog>,
+    live: &dyn Store,
+    scratch: Arc<dyn Store>,
+    mut policies: Policies,
+    candidate_version: String,
+    w: Window,
+    actions: Arc<ActionSettings>,
+) -> Result<Report, ProjectorError> {
     let mut report = Report {
-        candidate_version: candidate.version().to_owned(),
+        candidate_version,
         categories: Category::ALL
             .iter()
             .map(|c| (c.as_str().to_owned(), 0))
             .collect(),
         ..Report::default()
     };
-    let mut policies = Policies::new(candidate, None);
     policies.graph_window_ms = w.graph_window_ms;
     policies.actions = actions;
     Projector::new(log, scratch.clone(), policies)

@@ -860,3 +860,215 @@ reason = "Take the selfie again"
         .iter()
         .any(|a| a == "didit.update_status:Resubmitted"));
 }
+
+/// A policy unlike the default: every decided session goes to review.
+const REVIEW_ALL: &str = r#"
+name = "review-all"
+description = "Every case to a person"
+[bands]
+approve = 29
+review = 100
+
+[[rule]]
+id = "always_review"
+when = "true"
+outcome = "review"
+reason = "Every case goes to a person"
+"#;
+
+impl Harness {
+    /// Activate `policy` from this position in the log, as the server does
+    /// at start and on SIGHUP.
+    async fn activate(&mut self, policy: &Policy, at: i64) {
+        let at_ms = self.next_ms(at);
+        self.log
+            .append(kycd_engine::projector::policy_activation(
+                policy,
+                "operator:sighup",
+                at_ms,
+            ))
+            .await
+            .unwrap();
+        self.projector.catch_up().await.unwrap();
+    }
+
+    async fn replay(&self, candidate: Option<Policy>) -> kycd_engine::replay::Report {
+        let scratch_dir = tempfile::tempdir().unwrap();
+        let scratch: Arc<dyn Store> =
+            Arc::new(SqliteStore::open_scratch(&scratch_dir.path().join("s.db")).unwrap());
+        let w = kycd_engine::replay::Window {
+            since_ms: None,
+            until_ms: None,
+            max_examples: 10,
+            graph_window_ms: kycd_engine::projector::DEFAULT_GRAPH_WINDOW_MS,
+        };
+        let actions = Arc::new(ActionSettings {
+            didit: true,
+            operator_webhooks: true,
+            step_up_workflows: BTreeMap::from([
+                ("BIOMETRIC_AUTH".to_owned(), "wf-bio".to_owned()),
+                ("PHONE".to_owned(), "wf-phone".to_owned()),
+                ("NFC".to_owned(), "wf-nfc".to_owned()),
+            ]),
+            ..ActionSettings::default()
+        });
+        let log: Arc<dyn EventLog> = self.log.clone();
+        match candidate {
+            Some(p) => kycd_engine::replay::replay_with(log, &*self.store, scratch, p, w, actions)
+                .await
+                .unwrap(),
+            None => kycd_engine::replay::replay_recorded(log, &*self.store, scratch, w, actions)
+                .await
+                .unwrap(),
+        }
+    }
+}
+
+/// A log with policy reloads, step-ups completed and expired, a person's
+/// decision and retroactive re-decisions: replayed with the recorded
+/// policies, every policy decision reproduces byte for byte and every
+/// stored decision is in exactly one category.
+#[tokio::test]
+async fn replay_with_the_recorded_policies_reproduces_a_log_with_reloads() {
+    let mut h = Harness::new();
+    let builtin = Policy::builtin_default();
+    let other = Policy::from_source("review-all.toml", REVIEW_ALL, &[]).unwrap();
+    h.activate(&builtin, 0).await;
+    // A step-up, completed.
+    stepped_up(&mut h).await;
+    h.deliver(&Delivery {
+        face_match: 95.0,
+        step_up_of: Some(("s1", "BIOMETRIC_AUTH")),
+        ..Delivery::new("s1-bio", "Approved", 120)
+    })
+    .await;
+    assert_eq!(h.outcomes("s1").await, ["step_up", "approve"]);
+    // Another policy decides for a while, and a person overrules it.
+    h.activate(&other, 200).await;
+    let s2 = Delivery {
+        vendor: "user-2",
+        document: "B2222222",
+        ..Delivery::new("s2", "Approved", 300)
+    };
+    h.deliver(&s2).await;
+    let decided = h.decisions("s2").await;
+    assert_eq!(decided[0].policy_version, other.version());
+    assert_eq!(decided[0].outcome, "review");
+    h.review("s2", "approve", 400).await;
+    // Back to the default: a step-up whose result comes after its expiry,
+    // and a later session with s2's document re-decides s2.
+    h.activate(&builtin, 500).await;
+    h.deliver(&Delivery {
+        face_match: 60.0,
+        vendor: "user-3",
+        document: "C3333333",
+        ..Delivery::new("s3", "Approved", 600)
+    })
+    .await;
+    h.internal(
+        STEP_UP_CREATED,
+        "s3",
+        601,
+        json!({"original_session_id": "s3", "check": "BIOMETRIC_AUTH",
+               "step_up_session_id": "s3-bio", "url": "https://verify.example/s3-bio",
+               "expires_at_ms": (T0 + 700) * 1000, "workflow_id": "wf-bio"}),
+    )
+    .await;
+    h.deliver(&Delivery {
+        face_match: 95.0,
+        vendor: "user-3",
+        document: "C3333333",
+        step_up_of: Some(("s3", "BIOMETRIC_AUTH")),
+        ..Delivery::new("s3-bio", "Approved", 800)
+    })
+    .await;
+    assert_eq!(h.outcomes("s3").await, ["step_up", "review"]);
+    h.deliver(&Delivery {
+        vendor: "user-4",
+        document: "B2222222",
+        ..Delivery::new("s4", "Approved", 900)
+    })
+    .await;
+    let s2_now = h.decisions("s2").await;
+    assert_eq!(
+        s2_now.last().unwrap().doc["trigger"]["kind"],
+        "retroactive",
+        "{:?}",
+        s2_now.iter().map(|d| &d.outcome).collect::<Vec<_>>()
+    );
+
+    let stored = h
+        .store
+        .list_decisions(DecisionQuery {
+            limit: 1000,
+            ..DecisionQuery::default()
+        })
+        .await
+        .unwrap()
+        .len() as u64;
+    let recorded = h.replay(None).await;
+    assert_eq!(recorded.total, stored);
+    assert_eq!(recorded.categories.values().sum::<u64>(), stored);
+    assert_eq!(recorded.categories["person"], 1);
+    assert_eq!(
+        recorded.categories["reproduced"],
+        stored - 1,
+        "every policy decision reproduces: {recorded:?}"
+    );
+    for trigger in [
+        "delivery",
+        "step_up_completed",
+        "step_up_expired",
+        "retroactive",
+    ] {
+        assert!(
+            recorded.by_trigger[trigger]["reproduced"] > 0,
+            "{trigger}: {recorded:?}"
+        );
+    }
+    // With one candidate instead, the other policy's decision changes:
+    // the switch is what reproduced it.
+    let candidate = h.replay(Some(Policy::builtin_default())).await;
+    assert_eq!(candidate.categories.values().sum::<u64>(), stored);
+    assert!(
+        candidate.categories["changed_outcome"] >= 1,
+        "{candidate:?}"
+    );
+}
+
+/// A projector started later (a restart) over a store that had applied a
+/// reload decides the rest of the backlog with the reloaded policy, not
+/// with the one it was constructed with.
+#[tokio::test]
+async fn a_restarted_projector_keeps_the_policy_the_log_activated() {
+    let mut h = Harness::new();
+    let other = Policy::from_source("review-all.toml", REVIEW_ALL, &[]).unwrap();
+    h.activate(&other, 0).await;
+    h.deliver(&Delivery::new("s1", "Approved", 10)).await;
+    assert_eq!(h.decisions("s1").await[0].policy_version, other.version());
+    // The next delivery is in the log, the projector restarts with the
+    // default policy as its configuration.
+    let at_ms = h.next_ms(20);
+    h.log
+        .append(NewEvent {
+            received_at_ms: at_ms,
+            source: EventSource::Webhook,
+            kind: "status.updated".into(),
+            session_id: Some("s2".into()),
+            didit_event_id: None,
+            dedupe_keys: vec!["restart:s2".into()],
+            body: serde_json::to_vec(&Delivery::new("s2", "Approved", 20).body()).unwrap(),
+            meta: json!({}),
+        })
+        .await
+        .unwrap();
+    let restarted = Projector::new(
+        h.log.clone(),
+        h.store.clone(),
+        Policies::new(Policy::builtin_default(), None),
+    );
+    restarted.catch_up().await.unwrap();
+    let d = h.decisions("s2").await;
+    assert_eq!(d[0].policy_version, other.version());
+    assert_eq!(d[0].outcome, "review");
+}

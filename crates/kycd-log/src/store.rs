@@ -131,7 +131,16 @@ pub struct ProjectionBatch {
     pub step_ups: Vec<StepUpRecord>,
     /// Audit records of the batch's decisions, chained in its transaction.
     pub audit: Vec<audit::NewAudit>,
+    /// The offset of the policy activation the batch applied last, if it
+    /// applied one: kept as the mark `consumer` + [`POLICY_MARK_SUFFIX`],
+    /// so that a projector started later knows which policy is in force
+    /// at the offset it resumes from.
+    pub policy_offset: Option<u64>,
 }
+
+/// Appended to a consumer's name for the mark of its last applied policy
+/// activation (read with [`Store::consumer_offset`]).
+pub const POLICY_MARK_SUFFIX: &str = ".policy";
 
 /// What one projector batch needs from committed history, asked in one
 /// round trip: the subjects linked to each identity value, and each
@@ -815,11 +824,17 @@ impl Store for SqliteStore {
                 outbox::insert_actions(&tx, &batch.actions)?;
                 outbox::upsert_step_ups(&tx, &batch.step_ups)?;
                 appended = audit::append(&tx, &batch.audit, &chain)?;
-                tx.execute(
+                let mut mark = tx.prepare_cached(
                     "INSERT INTO consumer_offsets (consumer, offset) VALUES (?1, ?2)
                      ON CONFLICT(consumer) DO UPDATE SET offset = excluded.offset",
-                    params![consumer, to_offset as i64],
                 )?;
+                mark.execute(params![consumer, to_offset as i64])?;
+                if let Some(policy) = batch.policy_offset {
+                    mark.execute(params![
+                        format!("{consumer}{POLICY_MARK_SUFFIX}"),
+                        policy as i64
+                    ])?;
+                }
             }
             tx.commit()?;
             chain.committed(appended);

@@ -33,5 +33,5 @@ pub use cases::{run_cases, CaseResult, CasesError, Expect, Report};
 pub use error::{Location, PolicyError, Problem};
 pub use eval::{expand_trace, Evaluation, Reason, TraceEntry, TraceKind, ERROR_REASON};
 pub use outcome::{Check, Outcome, ResubmitNode, DIDIT_FEATURES};
-pub use policy::{Band, Policy, Rule};
+pub use policy::{Band, Policy, PolicySource, Rule};
 pub use table::{Table, TableHit};

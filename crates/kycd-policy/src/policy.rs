@@ -7,7 +7,7 @@ use crate::error::{Location, PolicyError, Problem};
 use crate::expr::{Compiler, Projection};
 use crate::outcome::{Check, Outcome, ResubmitNode, DIDIT_FEATURES};
 use crate::table::Table;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::sync::Arc;
@@ -39,6 +39,20 @@ pub struct Policy {
     pub(crate) rules: Vec<Rule>,
     pub(crate) tables: Vec<Table>,
     pub(crate) projection: Projection,
+    /// The text it was loaded from, so that the exact policy can be
+    /// recorded (in the event log, when it is activated) and loaded again.
+    pub(crate) source: Arc<PolicySource>,
+}
+
+/// A policy's text: the policy file and each table file it names, as
+/// `(path as written in the policy, JSON text)` in declaration order.
+/// Loading it again gives the same policy, with the same version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicySource {
+    /// Where it was loaded from (a path, or `builtin:default.toml`).
+    pub name: String,
+    pub policy: String,
+    pub tables: Vec<(String, String)>,
 }
 
 /// A score band: totals up to and including `max` get `outcome`.
@@ -347,6 +361,7 @@ impl Policy {
         }
 
         let mut tables = Vec::with_capacity(raw.table.len());
+        let mut table_texts = Vec::with_capacity(raw.table.len());
         for (i, spanned) in raw.table.into_iter().enumerate() {
             let line = line_of(toml_text, spanned.span().start);
             let table = spanned.into_inner();
@@ -387,6 +402,7 @@ impl Policy {
             }
             let json = load_table(&raw_table.jdm)
                 .map_err(|e| err(at(None), Problem::MissingTableFile(e)))?;
+            table_texts.push((raw_table.jdm.clone(), json.clone()));
             hasher.update(b"\0table\0");
             hasher.update((raw_table.jdm.len() as u64).to_be_bytes());
             hasher.update(raw_table.jdm.as_bytes());
@@ -408,6 +424,11 @@ impl Policy {
             rules,
             tables,
             projection: compiler.into_projection(),
+            source: Arc::new(PolicySource {
+                name: name.to_owned(),
+                policy: toml_text.to_owned(),
+                tables: table_texts,
+            }),
         })
     }
 
@@ -424,6 +445,23 @@ impl Policy {
     /// or for writing a starting point to disk.
     pub fn builtin_default_source() -> (&'static str, &'static [(&'static str, &'static str)]) {
         (DEFAULT_POLICY, DEFAULT_TABLES)
+    }
+
+    /// Loads a policy from its recorded text ([`Policy::source`]).
+    pub fn from_recorded(source: &PolicySource) -> Result<Policy, PolicyError> {
+        Policy::from_source_with(&source.name, &source.policy, |path| {
+            source
+                .tables
+                .iter()
+                .find(|(p, _)| p == path)
+                .map(|(_, text)| text.clone())
+                .ok_or_else(|| "not in the recorded policy".to_owned())
+        })
+    }
+
+    /// The text this policy was loaded from.
+    pub fn source(&self) -> &PolicySource {
+        &self.source
     }
 
     pub fn name(&self) -> &str {

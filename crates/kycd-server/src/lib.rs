@@ -130,13 +130,39 @@ pub fn didit_client(settings: &Settings) -> anyhow::Result<Option<DiditClient>> 
 /// Reload the active policy from its file (on SIGHUP). An invalid file is
 /// refused with its error and the policy in force stays active. Returns the
 /// new version, or `None` when the built-in policy is in use.
-pub fn reload_policy(app: &App) -> Result<Option<String>, String> {
+///
+/// The policy is activated through the event log: it decides every event
+/// after its activation, and the projector switches when it reaches it.
+/// This waits (a few seconds at most) until it has.
+pub async fn reload_policy(app: &App) -> Result<Option<String>, String> {
     let Some(path) = &app.settings.policy else {
         return Ok(None);
     };
     let policy = Policy::from_file(path).map_err(|e| e.to_string())?;
     let version = policy.version().to_owned();
-    app.policies.set_active(policy);
+    let appended = app
+        .log
+        .append(kycd_engine::projector::policy_activation(
+            &policy,
+            "operator:sighup",
+            app.clock.now_millis(),
+        ))
+        .await
+        .map_err(|e| format!("the event log refused the activation: {e}"))?;
+    if let kycd_log::Appended::New { offset, .. } = appended {
+        let mut applied = app.applied.clone();
+        let reached = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            applied.wait_for(|o| *o >= offset),
+        )
+        .await;
+        if !matches!(reached, Ok(Ok(_))) {
+            tracing::warn!(
+                version,
+                "policy recorded; it decides once the projector reaches it"
+            );
+        }
+    }
     Ok(Some(version))
 }
 
@@ -172,7 +198,7 @@ impl App {
 
     /// [`reload_policy`], audited: the new policy, or the refusal.
     pub async fn reload_policy_audited(&self, actor: &str) -> Result<Option<String>, String> {
-        let result = reload_policy(self);
+        let result = reload_policy(self).await;
         match &result {
             Ok(Some(_)) => {
                 let active = self.policies.active();
@@ -389,6 +415,21 @@ pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Run
         version = active.version(),
         "active policy"
     );
+    // The configured policy decides from its position in the log on; the
+    // backlog before it is decided by the policy in force when it arrived
+    // (see `Policies`). Recorded only when it is not already in force.
+    let in_force = kycd_engine::projector::policy_at_head(&*log, &*store)
+        .await
+        .context("read the policy in force from the event log")?;
+    if in_force.as_deref() != Some(active.version()) {
+        log.append(kycd_engine::projector::policy_activation(
+            &active,
+            "kycd",
+            clock.now_millis(),
+        ))
+        .await
+        .context("record the active policy in the event log")?;
+    }
     let projector = Projector::new(log.clone(), store.clone(), policies.clone());
     let applied = projector.applied();
 

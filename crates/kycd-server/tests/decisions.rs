@@ -379,7 +379,9 @@ async fn reloading_refuses_an_invalid_policy_and_keeps_the_active_one() {
         REVIEW_ALL.replace("outcome = \"review\"", "outcome = \"maybe\""),
     )
     .unwrap();
-    let err = kycd_server::reload_policy(&app.running.app).unwrap_err();
+    let err = kycd_server::reload_policy(&app.running.app)
+        .await
+        .unwrap_err();
     assert!(
         err.contains("policy.toml") && err.contains("always_review"),
         "{err}"
@@ -391,6 +393,7 @@ async fn reloading_refuses_an_invalid_policy_and_keeps_the_active_one() {
     );
     std::fs::write(&path, REVIEW_ALL.replace("Every case", "Each case")).unwrap();
     let after = kycd_server::reload_policy(&app.running.app)
+        .await
         .unwrap()
         .unwrap();
     assert_ne!(after, before);

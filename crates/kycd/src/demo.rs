@@ -338,8 +338,13 @@ async fn print_replay(
         max_examples: 0,
         graph_window_ms,
     };
-    let r =
-        crate::replay::replay(data_dir, kycd_policy::Policy::builtin_default(), w, actions).await?;
+    let r = crate::replay::replay(
+        data_dir,
+        Some(kycd_policy::Policy::builtin_default()),
+        w,
+        actions,
+    )
+    .await?;
     println!("\nReplay of this run's log with the built-in policy (kycd replay --policy builtin)");
     println!("  {} decisions: {}", r.total, r.category_counts());
     for (trigger, row) in &r.by_trigger {

@@ -24,7 +24,9 @@ use crate::config::{self, ServeArgs};
 
 #[derive(Debug, clap::Args)]
 pub struct ReplayArgs {
-    /// The candidate policy file (`builtin` for the built-in default).
+    /// The candidate policy file (`builtin` for the built-in default), or
+    /// `recorded`: each event with the policy that was in force for it, as
+    /// the log recorded its activations (reloads included).
     #[arg(long)]
     pub policy: String,
     /// Only decisions at or after this time (RFC 3339 or e.g. 7d).
@@ -47,7 +49,7 @@ pub struct ReplayArgs {
 /// stored decisions in the window.
 pub async fn replay(
     data_dir: &std::path::Path,
-    candidate: Policy,
+    candidate: Option<Policy>,
     w: Window,
     actions: kycd_engine::actions::ActionSettings,
 ) -> anyhow::Result<Report> {
@@ -62,9 +64,11 @@ pub async fn replay(
     let scratch_dir = tempdir()?;
     let scratch: Arc<dyn Store> =
         Arc::new(SqliteStore::open_scratch(&scratch_dir.join("store.db"))?);
-    let report =
-        kycd_engine::replay::replay_with(log, &live, scratch, candidate, w, Arc::new(actions))
-            .await;
+    let actions = Arc::new(actions);
+    let report = match candidate {
+        Some(c) => kycd_engine::replay::replay_with(log, &live, scratch, c, w, actions).await,
+        None => kycd_engine::replay::replay_recorded(log, &live, scratch, w, actions).await,
+    };
     let _ = std::fs::remove_dir_all(&scratch_dir);
     report.context("replay the log")
 }
@@ -101,10 +105,12 @@ fn save_report(
 
 pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let loaded = config::load(&args.serve, &config::process_env())?;
-    let candidate = if args.policy == "builtin" {
-        Policy::builtin_default()
-    } else {
-        Policy::from_file(std::path::Path::new(&args.policy)).map_err(|e| anyhow::anyhow!("{e}"))?
+    let candidate = match args.policy.as_str() {
+        "builtin" => Some(Policy::builtin_default()),
+        kycd_engine::replay::RECORDED => None,
+        file => Some(
+            Policy::from_file(std::path::Path::new(file)).map_err(|e| anyhow::anyhow!("{e}"))?,
+        ),
     };
     let now = kycd_core::Clock::now_millis(&kycd_core::SystemClock);
     let when = |v: &Option<String>| -> anyhow::Result<Option<i64>> {
@@ -131,7 +137,11 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         println!("{}", json!(r));
         return Ok(ExitCode::SUCCESS);
     }
-    println!("replayed with policy version {}", r.candidate_version);
+    if candidate_is_recorded(&r) {
+        println!("replayed with the policies the log recorded");
+    } else {
+        println!("replayed with policy version {}", r.candidate_version);
+    }
     println!(
         "{} decisions stored in the window: {}",
         r.total,
@@ -186,4 +196,8 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn candidate_is_recorded(r: &Report) -> bool {
+    r.candidate_version == kycd_engine::replay::RECORDED
 }
