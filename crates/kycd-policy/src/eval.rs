@@ -196,28 +196,44 @@ impl Tally {
     }
 }
 
+/// How [`Policy::evaluate_with`] runs.
+#[derive(Clone, Copy, PartialEq)]
+pub(crate) enum Mode {
+    /// Production: the projected facts, the direct table evaluator.
+    Direct,
+    /// The whole facts document, the direct table evaluator: differs from
+    /// `Direct` only if the projection leaves out something read.
+    Unprojected,
+    /// The whole facts document, zen-engine's graph evaluator for tables.
+    #[cfg(feature = "zen-reference")]
+    Reference,
+}
+
 impl Policy {
     /// Evaluates the policy over a facts document (docs/facts.md). Pure:
     /// no I/O, no clock; never panics on any facts.
     pub fn evaluate(&self, facts: &serde_json::Value) -> Evaluation {
-        self.evaluate_with(facts, false)
+        self.evaluate_with(facts, Mode::Direct)
     }
 
     /// Evaluates like [`Policy::evaluate`] but runs tables through
-    /// zen-engine's graph evaluator: the reference the direct table
-    /// evaluator must agree with. Slower; used by [`crate::run_cases`].
+    /// zen-engine's graph evaluator, over the whole facts document: the
+    /// reference the direct table evaluator and the projection must agree
+    /// with. Slower; used by [`crate::run_cases`]. Only with the
+    /// `zen-reference` feature.
+    #[cfg(feature = "zen-reference")]
     pub fn evaluate_reference(&self, facts: &serde_json::Value) -> Evaluation {
-        self.evaluate_with(facts, true)
+        self.evaluate_with(facts, Mode::Reference)
     }
 
-    fn evaluate_with(&self, facts: &serde_json::Value, reference: bool) -> Evaluation {
+    pub(crate) fn evaluate_with(&self, facts: &serde_json::Value, mode: Mode) -> Evaluation {
         // One conversion into ZEN's value type, shared by every rule and
-        // table: of only the facts the policy reads, or of everything for
-        // the reference evaluation (which thereby also checks the projection).
-        let env = if reference {
-            Variable::from(facts)
-        } else {
+        // table: of only the facts the policy reads, or of everything
+        // (which thereby also checks the projection).
+        let env = if mode == Mode::Direct {
             self.projection.apply(facts)
+        } else {
+            Variable::from(facts)
         };
         let scope = Scope::new(env.clone());
         let mut vm = VM::new();
@@ -278,10 +294,10 @@ impl Policy {
         }
 
         for table in &self.tables {
-            let result = if reference {
-                table.evaluate_reference(&env)
-            } else {
-                table.evaluate(&env, &mut vm)
+            let result = match mode {
+                Mode::Direct | Mode::Unprojected => table.evaluate(&env, &mut vm),
+                #[cfg(feature = "zen-reference")]
+                Mode::Reference => table.evaluate_reference(&env),
             };
             let entry = match result {
                 Ok(hits) => {

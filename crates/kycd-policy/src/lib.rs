@@ -3,7 +3,9 @@
 //!
 //! A policy is a TOML file of rules whose conditions are GoRules ZEN
 //! expressions, plus optional decision tables as JDM graphs that risk
-//! teams edit in the GoRules editor (evaluated by zen-engine). Each rule
+//! teams edit in the GoRules editor (evaluated with zen-engine's table
+//! semantics; zen-engine itself is the reference behind the
+//! `zen-reference` feature). Each rule
 //! adds to a 0..=100 risk score and/or forces an outcome; score bands map
 //! the total to an outcome; the most severe outcome wins. See `POLICY.md`
 //! for the file format and the built-in default policy, rule by rule.
@@ -34,4 +36,4 @@ pub use error::{Location, PolicyError, Problem};
 pub use eval::{expand_trace, Evaluation, Reason, TraceEntry, TraceKind, ERROR_REASON};
 pub use outcome::{Check, Outcome, ResubmitNode, DIDIT_FEATURES};
 pub use policy::{Band, Policy, PolicySource, Rule};
-pub use table::{Table, TableHit};
+pub use table::{read_graph, JdmGraph, Table, TableHit};

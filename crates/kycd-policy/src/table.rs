@@ -8,6 +8,11 @@
 //! JavaScript, I/O or loaders into what must be a pure function, or change
 //! what the table outputs.
 //!
+//! The graph is read into zen-types' JDM model, the crate zen-engine itself
+//! reads graphs with (it re-exports it as `zen_engine::model`) and which
+//! zen-expression already depends on, so reading a graph costs no crate of
+//! its own and reads every file exactly as zen-engine would.
+//!
 //! Two evaluators, one meaning:
 //! - the direct one (production): every input field and cell compiled once
 //!   by zen-expression at load, evaluated synchronously with zen-engine's
@@ -15,30 +20,30 @@
 //!   an isolate and a walker and rewrites the whole input for dates on
 //!   every call, which cost several times the table itself (see
 //!   BENCHMARKS.md);
-//! - zen-engine's own graph evaluator, the reference. Its `evaluate` is an
-//!   `async fn`, but a graph of these three node kinds never awaits, so
-//!   [`poll_once`] polls it a single time with a no-op waker instead of
-//!   running an executor; a future still pending is an error, never spun on.
-//!   `run_cases` evaluates every golden case both ways and fails a case on
-//!   any difference, so the two cannot drift apart unnoticed.
+//! - with the `zen-reference` feature, zen-engine's own graph evaluator,
+//!   the reference. Its `evaluate` is an `async fn`, but a graph of these
+//!   three node kinds never awaits, so `poll_once` polls it a single time
+//!   with a no-op waker instead of running an executor; a future still
+//!   pending is an error, never spun on. `run_cases` then evaluates every
+//!   golden case both ways and fails a case on any difference, so the two
+//!   cannot drift apart unnoticed (CI runs with the feature on).
 
 use crate::error::Problem;
 use crate::expr::Compiler;
 use crate::outcome::{Check, Outcome, ResubmitNode};
 use crate::policy::parse_effect;
 use serde::{Deserialize, Serialize};
-use std::future::Future;
-use std::pin::pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
-use zen_engine::model::{
-    DecisionContent, DecisionNodeKind, DecisionTableHitPolicy, GraphContent, TransformExecutionMode,
-};
-use zen_engine::Decision;
 use zen_expression::compiler::Opcode;
 use zen_expression::expression::{Standard, Unary};
 use zen_expression::vm::VM;
 use zen_expression::{Expression, Scope, Variable};
+use zen_types::decision::{
+    BaseDecisionContent, DecisionNodeKind, DecisionTableHitPolicy, TransformExecutionMode,
+};
+
+/// The JDM graph model, zen-types' (see the module comment).
+pub use zen_types::decision::BaseDecisionContent as JdmGraph;
 
 /// The output fields a table may write.
 const OUTPUT_FIELDS: [&str; 5] = ["score", "outcome", "reason", "checks", "nodes"];
@@ -50,7 +55,8 @@ pub struct Table {
     /// The JDM file as written in the policy.
     pub path: String,
     compiled: CompiledTable,
-    decision: Decision,
+    #[cfg(feature = "zen-reference")]
+    decision: zen_engine::Decision,
 }
 
 /// One matched row's output, validated.
@@ -107,13 +113,30 @@ enum NodeSpec {
 }
 
 /// Polls a future once. See the module comment for why that is enough.
-fn poll_once<F: Future>(future: F) -> Option<F::Output> {
-    let mut future = pin!(future);
+#[cfg(feature = "zen-reference")]
+fn poll_once<F: std::future::Future>(future: F) -> Option<F::Output> {
+    use std::task::{Context, Poll, Waker};
+    let mut future = std::pin::pin!(future);
     let mut cx = Context::from_waker(Waker::noop());
     match future.as_mut().poll(&mut cx) {
         Poll::Ready(out) => Some(out),
         Poll::Pending => None,
     }
+}
+
+/// Reads a JDM file as a decision graph, the way zen-engine's
+/// `DecisionContent` does: a document with `blocks` is a GoRules policy
+/// document, anything else a graph, and a graph's errors name the path of
+/// the field they are about.
+pub fn read_graph(json: &str) -> Result<JdmGraph, String> {
+    let value: serde_json::Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    if value
+        .as_object()
+        .is_some_and(|object| object.contains_key("blocks"))
+    {
+        return Err("this is a GoRules policy document, not a decision graph".into());
+    }
+    serde_path_to_error::deserialize::<_, BaseDecisionContent>(value).map_err(|e| e.to_string())
 }
 
 /// Validates one row output (a JSON object) into a hit; `None` when the row
@@ -291,14 +314,7 @@ impl Table {
         compiler: &mut Compiler,
     ) -> Result<Table, LoadError> {
         let bad = |msg: String| (None, Problem::BadJdm(msg));
-        let content: DecisionContent =
-            serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
-        let DecisionContent::Graph(graph) = content else {
-            return Err(bad(
-                "this is a GoRules policy document, not a decision graph".into(),
-            ));
-        };
-        let mut graph: GraphContent = Arc::unwrap_or_clone(graph);
+        let graph = read_graph(json).map_err(bad)?;
 
         // The one shape accepted: input -> decision table -> output. Several
         // tables are several [[table]] entries, each its own file.
@@ -449,32 +465,13 @@ impl Table {
             rows,
         };
 
-        // zen-engine's own evaluator is kept as the reference (see
-        // `evaluate_reference`); compile its caches once, here.
-        graph.compile();
-        // zen-engine's cache holds the cells but not the input columns'
-        // field expressions, which it would otherwise lex, parse and compile
-        // on every evaluation; add them.
-        if let Some(cache) = graph.compiled_cache.as_mut() {
-            let cache = Arc::make_mut(cache);
-            for i in content.inputs.iter() {
-                let Some(field) = &i.field else { continue };
-                if cache.standard.contains_key(field) {
-                    continue;
-                }
-                if let Ok(code) = compiler.standard(field, false) {
-                    cache
-                        .standard
-                        .insert(field.clone(), code.bytecode().clone());
-                }
-            }
-        }
-        let decision = Decision::from(Arc::new(graph));
-        decision.validate().map_err(|e| bad(e.to_string()))?;
+        #[cfg(feature = "zen-reference")]
+        let decision = reference_decision(json, &content, compiler).map_err(bad)?;
         Ok(Table {
             id,
             path,
             compiled,
+            #[cfg(feature = "zen-reference")]
             decision,
         })
     }
@@ -487,12 +484,50 @@ impl Table {
 
     /// Evaluates the table through zen-engine's graph evaluator, the
     /// reference the direct path must agree with (golden cases check both).
+    #[cfg(feature = "zen-reference")]
     pub(crate) fn evaluate_reference(&self, facts: &Variable) -> Result<Vec<TableHit>, String> {
         let response = poll_once(self.decision.evaluate(facts.clone()))
             .ok_or_else(|| "table evaluation suspended (the graph awaited something)".to_owned())?
             .map_err(|e| format!("table evaluation failed: {e}"))?;
         hits_from_output(response.result.to_value())
     }
+}
+
+/// zen-engine's evaluator for a graph already checked by [`Table::load`],
+/// read by zen-engine itself from the same text, its caches compiled once.
+#[cfg(feature = "zen-reference")]
+fn reference_decision(
+    json: &str,
+    content: &zen_types::decision::DecisionTableContent,
+    compiler: &mut Compiler,
+) -> Result<zen_engine::Decision, String> {
+    use zen_engine::model::DecisionContent;
+    let read: DecisionContent = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    let DecisionContent::Graph(graph) = read else {
+        return Err("this is a GoRules policy document, not a decision graph".into());
+    };
+    let mut graph = Arc::unwrap_or_clone(graph);
+    graph.compile();
+    // zen-engine's cache holds the cells but not the input columns' field
+    // expressions, which it would otherwise lex, parse and compile on every
+    // evaluation; add them.
+    if let Some(cache) = graph.compiled_cache.as_mut() {
+        let cache = Arc::make_mut(cache);
+        for i in content.inputs.iter() {
+            let Some(field) = &i.field else { continue };
+            if cache.standard.contains_key(field) {
+                continue;
+            }
+            if let Ok(code) = compiler.standard(field, false) {
+                cache
+                    .standard
+                    .insert(field.clone(), code.bytecode().clone());
+            }
+        }
+    }
+    let decision = zen_engine::Decision::from(Arc::new(graph));
+    decision.validate().map_err(|e| e.to_string())?;
+    Ok(decision)
 }
 
 /// A table's output (`null`, one row object or a list of them) as hits.

@@ -1,7 +1,10 @@
 //! Golden cases for the built-in default policy, and the policy loader's
 //! contract: errors that name the file, the rule and the problem; versions
 //! that follow content; deterministic output; evaluation errors that fail
-//! closed; and the direct table evaluator agreeing with zen-engine's.
+//! closed; and, with the `zen-reference` feature (CI runs this file with
+//! it: `cargo test --workspace --locked --features kycd-policy/zen-reference
+//! --test golden`), the direct table evaluator agreeing with zen-engine's
+//! and every shipped JDM table read identically by both.
 
 mod support;
 
@@ -9,7 +12,9 @@ use kycd_policy::{
     run_cases, Check, Location, Outcome, Policy, PolicyError, Problem, TraceKind, ERROR_REASON,
 };
 use serde_json::json;
-use support::{clean_facts, with, Rng};
+#[cfg(feature = "zen-reference")]
+use support::Rng;
+use support::{clean_facts, with};
 
 const CASES: &str = include_str!("cases/default.toml");
 const NULL_CASES: &str = include_str!("cases/default_nulls.json");
@@ -307,6 +312,7 @@ fn evaluation_never_panics_on_malformed_facts() {
     ] {
         let e = policy.evaluate(&facts);
         assert_ne!(e.outcome, Outcome::Approve, "{facts}");
+        #[cfg(feature = "zen-reference")]
         assert_eq!(e, policy.evaluate_reference(&facts), "{facts}");
     }
 }
@@ -330,6 +336,7 @@ fn evaluating_twice_gives_byte_identical_json() {
     assert_eq!(a, c);
 }
 
+#[cfg(feature = "zen-reference")]
 #[test]
 fn direct_tables_and_projection_agree_with_zen_engine_on_random_facts() {
     let policy = Policy::builtin_default();
@@ -684,6 +691,49 @@ fn table_graph_with_a_function_node_is_refused() {
 }
 
 #[test]
+fn every_node_type_but_input_table_and_output_is_refused_by_its_type() {
+    let others = [
+        json!({"type": "functionNode", "content": {"source": "export const handler = () => ({})"}}),
+        json!({"type": "functionNode", "content": "module.exports = () => ({})"}),
+        json!({"type": "switchNode", "content": {"statements": [{"id": "s", "condition": "true"}]}}),
+        json!({"type": "expressionNode", "content": {"expressions": [{"id": "x", "key": "outcome", "value": "'review'"}]}}),
+        json!({"type": "customNode", "content": {"kind": "http", "config": {}}}),
+        json!({"type": "decisionNode", "content": {"key": "other.json"}}),
+    ];
+    for other in others {
+        let mut graph: serde_json::Value =
+            serde_json::from_str(&table_json("\"DEU\"", "'review'", "'r'", false)).expect("json");
+        let mut node = other.clone();
+        node["id"] = json!("dt");
+        node["name"] = json!("Risk");
+        graph["nodes"][1] = node;
+        let e = table_policy(&graph.to_string()).expect_err("refused");
+        assert!(
+            matches!(&*e.problem, Problem::BadJdm(m) if m.starts_with("a table graph must be exactly input node -> decision table node -> output node")),
+            "{}: {e}",
+            other["type"]
+        );
+    }
+    // A type no GoRules release has is not a graph at all.
+    let text =
+        table_json("\"DEU\"", "'review'", "'r'", false).replace("decisionTableNode", "tableNode");
+    let e = table_policy(&text).expect_err("refused");
+    assert!(
+        matches!(&*e.problem, Problem::BadJdm(m) if m.contains("unknown variant `tableNode`")),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_gorules_policy_document_is_not_a_table() {
+    let e = table_policy(r#"{"blocks": []}"#).expect_err("refused");
+    assert_eq!(
+        *e.problem,
+        Problem::BadJdm("this is a GoRules policy document, not a decision graph".into())
+    );
+}
+
+#[test]
 fn table_that_is_not_json_is_an_error() {
     let e = table_policy("{ not json").expect_err("bad");
     assert!(matches!(*e.problem, Problem::BadJdm(_)), "{e:?}");
@@ -723,6 +773,7 @@ fn a_table_row_with_an_invalid_computed_output_fails_closed_to_review() {
             .is_some_and(|m| m.contains("unknown outcome \"Passport\"")),
         "{entry:?}"
     );
+    #[cfg(feature = "zen-reference")]
     assert_eq!(e, policy.evaluate_reference(&clean_facts()));
 }
 
@@ -734,4 +785,71 @@ fn a_constant_output_cell_that_cannot_evaluate_is_a_load_error() {
         "{e}"
     );
     assert!(e.to_string().contains("fails to evaluate"), "{e}");
+}
+
+/// Every JDM table the repository ships, read by kycd (zen-types' model,
+/// [`kycd_policy::read_graph`]) and by zen-engine: the same nodes, with the
+/// same rules, inputs, outputs and hit policy, and the same edges.
+#[cfg(feature = "zen-reference")]
+#[test]
+fn every_shipped_jdm_table_is_read_identically_by_kycd_and_zen_engine() {
+    use zen_engine::model::{DecisionContent, DecisionNodeKind};
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut files = Vec::new();
+    let mut dirs = vec![
+        root.join("config"),
+        root.join("examples"),
+        root.join("crates/kycd-policy/policies"),
+        root.join("crates/kycd-policy/tests/cases"),
+    ];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.expect("dir entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "json") {
+                let text = std::fs::read_to_string(&path).expect("read");
+                let value: serde_json::Value = serde_json::from_str(&text).expect("json");
+                if value.get("nodes").is_some() {
+                    files.push((path, text));
+                }
+            }
+        }
+    }
+    assert!(
+        files.len() >= 2,
+        "the default policy's two tables at least: {files:?}"
+    );
+    for (path, text) in files {
+        let ours = kycd_policy::read_graph(&text).expect("kycd reads it");
+        let DecisionContent::Graph(theirs) =
+            serde_json::from_str::<DecisionContent>(&text).expect("zen-engine reads it")
+        else {
+            panic!("{}: zen-engine reads a policy document", path.display());
+        };
+        assert_eq!(ours.edges, theirs.edges, "{}", path.display());
+        assert_eq!(ours.nodes.len(), theirs.nodes.len(), "{}", path.display());
+        let mut tables = 0;
+        for (a, b) in ours.nodes.iter().zip(&theirs.nodes) {
+            // DecisionNode's own == compares ids only.
+            assert_eq!((&a.id, &a.name), (&b.id, &b.name), "{}", path.display());
+            assert_eq!(a.kind, b.kind, "{}: node {}", path.display(), a.id);
+            if let (
+                DecisionNodeKind::DecisionTableNode { content: x },
+                DecisionNodeKind::DecisionTableNode { content: y },
+            ) = (&a.kind, &b.kind)
+            {
+                assert_eq!(x.hit_policy, y.hit_policy);
+                assert_eq!(x.inputs, y.inputs);
+                assert_eq!(x.outputs, y.outputs);
+                assert_eq!(x.rules, y.rules);
+                assert!(!x.rules.is_empty(), "{}", path.display());
+                tables += 1;
+            }
+        }
+        assert_eq!(tables, 1, "{}", path.display());
+    }
 }

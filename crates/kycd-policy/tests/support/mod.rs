@@ -31,9 +31,11 @@ fn merge(base: &mut Value, patch: Value) {
 }
 
 /// A tiny deterministic generator (xorshift), so that randomised tests
-/// replay exactly.
+/// replay exactly. Used by the differential tests (`zen-reference`).
+#[cfg_attr(not(feature = "zen-reference"), allow(dead_code))]
 pub struct Rng(u64);
 
+#[cfg_attr(not(feature = "zen-reference"), allow(dead_code))]
 impl Rng {
     pub fn new(seed: u64) -> Self {
         Rng(seed.max(1))
