@@ -348,7 +348,7 @@ pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Run
         &store_path,
         &log_path,
         &settings.data_dir,
-        &settings.audit,
+        &settings.audit(),
         clock.now_millis(),
     )
     .await?;
@@ -526,8 +526,8 @@ pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Run
             readiness::AuditFiles {
                 store_db: store_path.clone(),
                 events_db: log_path.clone(),
-                key_file: app.settings.audit.key_path(&app.settings.data_dir),
-                anchor_file: app.settings.audit.anchor_file.clone(),
+                key_file: app.settings.audit().key_path(&app.settings.data_dir),
+                anchor_file: app.settings.audit_anchor_file.clone(),
             },
             stop_rx.clone(),
         )),

@@ -28,7 +28,7 @@ pub enum AuditCmd {
 /// chain on. A missing key file is fine while the chain has no keyed
 /// record (the store then refuses to append after one).
 pub fn key_store(store: &SqliteStore, settings: &Settings) -> anyhow::Result<()> {
-    match AuditKey::load(&settings.audit.key_path(&settings.data_dir)) {
+    match AuditKey::load(&settings.audit().key_path(&settings.data_dir)) {
         Ok(key) => store.set_audit_key(key),
         Err(KeyError::Missing(_)) => {}
         Err(e) => return Err(e.into()),
@@ -102,7 +102,7 @@ pub fn run(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("open store {}", store_db.display()))?;
         return run(AuditCmd::Verify(args));
     }
-    let key_path = settings.audit.key_path(dir);
+    let key_path = settings.audit().key_path(dir);
     let key = match AuditKey::load(&key_path) {
         Ok(key) => Some(key),
         Err(KeyError::Missing(_)) => None,
@@ -141,7 +141,7 @@ pub fn run(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
         }
         checked = Some(&a.head);
     }
-    if let Some(path) = &settings.audit.anchor_file {
+    if let Some(path) = &settings.audit_anchor_file {
         match anchor::read_anchor_file(path) {
             Ok(Some(head)) => {
                 let source = format!("the anchor file {}", path.display());

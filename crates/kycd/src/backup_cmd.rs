@@ -226,8 +226,8 @@ pub fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
     }
 
     // The audit key, when it is part of the data directory.
-    let key_path = settings.audit.key_path(dir);
-    let in_dir = settings.audit.key_file.is_none();
+    let key_path = settings.audit().key_path(dir);
+    let in_dir = settings.audit_key_file.is_none();
     let key_note = if in_dir && key_path.is_file() {
         let key_out = to.join("audit.key");
         std::fs::copy(&key_path, &key_out)
@@ -260,7 +260,7 @@ pub fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
         }
     );
     println!("{key_note}");
-    if settings.audit.anchor_file.is_some() {
+    if settings.audit_anchor_file.is_some() {
         println!(
             "note: the anchor file (KYCD_AUDIT_ANCHOR_FILE) is not copied; it will name a newer \
              head than a restored backup holds (see README, Backups)"

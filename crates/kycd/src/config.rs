@@ -1,490 +1,368 @@
 //! Configuration layering: compiled-in defaults, then an optional TOML file
 //! (`--config`, or `KYCD_CONFIG`), then `KYCD_*` environment variables, then
 //! flags. Unknown keys in the file are an error; unknown `KYCD_*` variables
-//! are warnings. Secrets are held in [`Secret`], whose `Debug` redacts them,
-//! and only ever printed as `<hidden>`.
+//! are warnings.
+//!
+//! Every setting is declared once, in `kycd_server::settings` (read its
+//! module doc to add one); this module only walks that table. From it come
+//! the flags of `serve` and the commands that share them ([`ServeArgs`]),
+//! `config check` ([`render_check`]: the effective configuration as TOML,
+//! with where each value came from), `config default` ([`render_default`],
+//! checked in as `config/default.toml`) and `config docs` ([`render_docs`],
+//! checked in as `docs/settings.md`). Secrets are held in `Secret`, whose
+//! `Debug` redacts them, and only ever printed as `<hidden>`.
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
-use didit::signature::Secret;
-use kycd_log::sqlite_log::Durability;
+use anyhow::{anyhow, bail, Context};
+use kycd_server::settings::{setting, Setting, SETTINGS};
 use kycd_server::Settings;
-use serde::Deserialize;
 
-/// Flags shared by `serve` and `config check`.
-#[derive(Debug, Clone, Default, clap::Args)]
+/// The variable naming the configuration file.
+const CONFIG_ENV: &str = "KYCD_CONFIG";
+
+/// Flags shared by `serve`, `config check` and the commands that open a
+/// data directory: `--config FILE` and one flag for each setting that
+/// declares one.
+#[derive(Debug, Clone, Default)]
 pub struct ServeArgs {
-    /// A TOML configuration file (see config/default.toml).
-    #[arg(long, value_name = "FILE")]
+    /// A TOML configuration file.
     pub config: Option<PathBuf>,
-    /// Address to listen on [env: KYCD_LISTEN] [default: 127.0.0.1:8080].
-    #[arg(long)]
-    pub listen: Option<String>,
-    /// Serve the API, console and metrics here only [env: KYCD_ADMIN_LISTEN] [default: unset].
-    #[arg(long, value_name = "ADDR")]
-    pub admin_listen: Option<String>,
-    /// Data directory [env: KYCD_DATA_DIR] [default: ./kycd-data].
-    #[arg(long, value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// Webhook freshness tolerance in seconds [env: KYCD_WEBHOOK_TOLERANCE_SECS] [default: 300].
-    #[arg(long, value_name = "SECS")]
-    pub webhook_tolerance_secs: Option<i64>,
-    /// Accept deliveries that only pass X-Signature-Simple [env: KYCD_ACCEPT_SIMPLE_SIGNATURE].
-    #[arg(long, value_name = "BOOL")]
-    pub accept_simple_signature: Option<bool>,
-    /// Act on sandbox and test deliveries [env: KYCD_ACT_ON_SANDBOX].
-    #[arg(long, value_name = "BOOL")]
-    pub act_on_sandbox: Option<bool>,
-    /// `full` (a commit survives power loss) or `normal` (survives a crash) [env: KYCD_DURABILITY].
-    #[arg(long, value_name = "MODE")]
-    pub durability: Option<String>,
-    /// (serve) Start even if the audit chain is broken; the start is itself
-    /// recorded in the audit trail [env: KYCD_ALLOW_BROKEN_AUDIT].
-    #[arg(long)]
-    pub allow_broken_audit: bool,
+    /// Settings given as flags, by file key, as typed.
+    pub flags: Vec<(&'static str, String)>,
 }
 
-/// The configuration file. Every key is optional; unknown keys are refused.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    listen: Option<String>,
-    admin_listen: Option<String>,
-    header_read_timeout_secs: Option<u64>,
-    body_read_timeout_secs: Option<u64>,
-    idle_timeout_secs: Option<u64>,
-    max_connections: Option<usize>,
-    projector_stall_secs: Option<u64>,
-    data_dir: Option<PathBuf>,
-    webhook_secrets: Option<Vec<String>>,
-    webhook_tolerance_secs: Option<i64>,
-    api_token: Option<String>,
-    accept_simple_signature: Option<bool>,
-    didit_api_key: Option<String>,
-    didit_base_url: Option<String>,
-    act_on_sandbox: Option<bool>,
-    durability: Option<String>,
-    policy: Option<PathBuf>,
-    shadow_policy: Option<PathBuf>,
-    graph_window_days: Option<u32>,
-    operator_webhook_url: Option<String>,
-    operator_webhook_secrets: Option<Vec<String>>,
-    operator_webhook_allow_private: Option<bool>,
-    writeback: Option<bool>,
-    writeback_allow_loosening: Option<bool>,
-    blocklist_items: Option<String>,
-    step_up_workflows: Option<std::collections::BTreeMap<String, String>>,
-    step_up_expiry_secs: Option<u64>,
-    reconcile_interval_secs: Option<u64>,
-    reconcile_after_secs: Option<u64>,
-    action_max_attempts: Option<u32>,
-    console_cookie_secure: Option<bool>,
-    audit_key_file: Option<PathBuf>,
-    audit_anchor_file: Option<PathBuf>,
+impl clap::FromArgMatches for ServeArgs {
+    fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        let mut args = Self::default();
+        args.update_from_arg_matches(matches)?;
+        Ok(args)
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+        if let Some(path) = matches.get_one::<PathBuf>("config") {
+            self.config = Some(path.clone());
+        }
+        for s in SETTINGS.iter().filter(|s| s.meta.flag.is_some()) {
+            let given = match s.meta.value_name {
+                Some(_) => matches.get_one::<String>(s.key).cloned(),
+                None => matches.get_flag(s.key).then(|| "true".to_owned()),
+            };
+            if let Some(text) = given {
+                self.flags.retain(|(k, _)| *k != s.key);
+                self.flags.push((s.key, text));
+            }
+        }
+        Ok(())
+    }
 }
 
-/// Every `KYCD_*` variable kycd reads; others draw a warning.
-pub const KNOWN_ENV: &[&str] = &[
-    "KYCD_CONFIG",
-    "KYCD_LOG",
-    "KYCD_LISTEN",
-    "KYCD_ADMIN_LISTEN",
-    "KYCD_HEADER_READ_TIMEOUT_SECS",
-    "KYCD_BODY_READ_TIMEOUT_SECS",
-    "KYCD_IDLE_TIMEOUT_SECS",
-    "KYCD_MAX_CONNECTIONS",
-    "KYCD_PROJECTOR_STALL_SECS",
-    "KYCD_DATA_DIR",
-    "KYCD_WEBHOOK_SECRETS",
-    "KYCD_WEBHOOK_TOLERANCE_SECS",
-    "KYCD_API_TOKEN",
-    "KYCD_ACCEPT_SIMPLE_SIGNATURE",
-    "KYCD_DIDIT_API_KEY",
-    "KYCD_DIDIT_BASE_URL",
-    "KYCD_ACT_ON_SANDBOX",
-    "KYCD_DURABILITY",
-    "KYCD_BENCH_SECRET",
-    "KYCD_POLICY",
-    "KYCD_SHADOW_POLICY",
-    "KYCD_GRAPH_WINDOW_DAYS",
-    "KYCD_OPERATOR_WEBHOOK_URL",
-    "KYCD_OPERATOR_WEBHOOK_SECRETS",
-    "KYCD_OPERATOR_WEBHOOK_ALLOW_PRIVATE",
-    "KYCD_WRITEBACK",
-    "KYCD_WRITEBACK_ALLOW_LOOSENING",
-    "KYCD_BLOCKLIST_ITEMS",
-    "KYCD_STEP_UP_WORKFLOW_NFC",
-    "KYCD_STEP_UP_WORKFLOW_PHONE",
-    "KYCD_STEP_UP_WORKFLOW_BIOMETRIC_AUTH",
-    "KYCD_STEP_UP_EXPIRY_SECS",
-    "KYCD_RECONCILE_INTERVAL_SECS",
-    "KYCD_RECONCILE_AFTER_SECS",
-    "KYCD_ACTION_MAX_ATTEMPTS",
-    "KYCD_RETRY_TIME_SCALE",
-    "KYCD_CONSOLE_COOKIE_SECURE",
-    "KYCD_API_URL",
-    "KYCD_AUDIT_KEY_FILE",
-    "KYCD_AUDIT_ANCHOR_FILE",
-    "KYCD_ALLOW_BROKEN_AUDIT",
-];
+impl clap::Args for ServeArgs {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        let mut cmd = cmd.arg(
+            clap::Arg::new("config")
+                .long("config")
+                .value_name("FILE")
+                .value_parser(clap::value_parser!(PathBuf))
+                .help(format!(
+                    "A TOML configuration file (see config/default.toml) [env: {CONFIG_ENV}]"
+                )),
+        );
+        for s in SETTINGS {
+            let Some(flag) = s.meta.flag else { continue };
+            let tail = format!("[env: {}] [default: {}]", s.meta.env, default_text(s));
+            let arg = clap::Arg::new(s.key)
+                .long(flag)
+                .help(format!("{} {tail}", s.summary()))
+                .long_help(format!("{}\n\n{tail}", s.help()));
+            cmd = cmd.arg(match s.meta.value_name {
+                Some(value_name) => arg.value_name(value_name),
+                None => arg.action(clap::ArgAction::SetTrue),
+            });
+        }
+        cmd
+    }
 
-/// The checks a step-up can ask for, as named in `KYCD_STEP_UP_WORKFLOW_*`.
-const STEP_UP_CHECKS: [&str; 3] = ["NFC", "PHONE", "BIOMETRIC_AUTH"];
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
 
-fn parse_num<T: std::str::FromStr>(name: &str, v: &str) -> anyhow::Result<T> {
-    v.trim()
-        .parse()
-        .map_err(|_| anyhow::anyhow!("{name}: expected a whole number"))
+/// Where a setting's value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    File,
+    Env(String),
+    Flag(String),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::File => f.write_str("the file"),
+            Source::Env(name) => f.write_str(name),
+            Source::Flag(name) => write!(f, "--{name}"),
+        }
+    }
 }
 
 /// The effective settings, and warnings to log once logging is up.
 pub struct Loaded {
     pub settings: Settings,
     pub warnings: Vec<String>,
+    /// The configuration file read, if any.
+    pub file: Option<PathBuf>,
+    /// By file key, the layers that set each value; absent: the default.
+    pub sources: BTreeMap<&'static str, Vec<Source>>,
 }
 
-fn parse_bool(name: &str, v: &str) -> anyhow::Result<bool> {
-    match v.trim().to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" | "on" => Ok(true),
-        "false" | "0" | "no" | "off" | "" => Ok(false),
-        _ => bail!("{name}: expected true or false"),
+impl Loaded {
+    fn set(&mut self, key: &'static str, source: Source, replace: bool) {
+        let list = self.sources.entry(key).or_default();
+        if replace {
+            list.clear();
+        }
+        list.push(source);
     }
 }
 
-fn parse_durability(name: &str, v: &str) -> anyhow::Result<Durability> {
-    match v.trim().to_ascii_lowercase().as_str() {
-        "full" => Ok(Durability::Full),
-        "normal" => Ok(Durability::Normal),
-        _ => bail!("{name}: expected full or normal"),
+/// The variable (or variables, for a map) a setting is read from, as an
+/// error message names it.
+fn env_label(s: &Setting) -> String {
+    if s.meta.entries.is_empty() {
+        s.meta.env.to_owned()
+    } else {
+        format!("{}*", s.meta.env)
     }
 }
 
-fn secrets(list: impl IntoIterator<Item = String>) -> Vec<Secret> {
-    list.into_iter()
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .map(Secret::new)
-        .collect()
+/// `key (KYCD_KEY)`, how error messages name a setting.
+fn named(key: &str) -> String {
+    match setting(key) {
+        Some(s) => format!("{key} ({})", env_label(s)),
+        None => key.to_owned(),
+    }
+}
+
+/// Every `KYCD_*` variable kycd reads: the settings', the file's, and those
+/// other commands' flags read (found in the command line's definition).
+pub fn known_env() -> Vec<String> {
+    fn walk(cmd: &clap::Command, out: &mut Vec<String>) {
+        for arg in cmd.get_arguments() {
+            if let Some(env) = arg.get_env() {
+                out.push(env.to_string_lossy().into_owned());
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            walk(sub, out);
+        }
+    }
+    let mut out = vec![CONFIG_ENV.to_owned()];
+    for s in SETTINGS {
+        out.extend(s.env_names());
+        out.extend(s.meta.alias.map(str::to_owned));
+    }
+    walk(&crate::cli(), &mut out);
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// Build the settings from every layer. `env` is passed in so tests can
 /// supply their own.
 pub fn load(args: &ServeArgs, env: &[(String, String)]) -> anyhow::Result<Loaded> {
     let var = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-    let mut warnings = Vec::new();
+    let mut loaded = Loaded {
+        settings: Settings::default(),
+        warnings: Vec::new(),
+        file: None,
+        sources: BTreeMap::new(),
+    };
+    let known = known_env();
     for (name, _) in env {
-        if name.starts_with("KYCD_") && !KNOWN_ENV.contains(&name.as_str()) {
-            warnings.push(format!("unknown environment variable {name} is ignored"));
+        if name.starts_with("KYCD_") && !known.contains(name) {
+            loaded
+                .warnings
+                .push(format!("unknown environment variable {name} is ignored"));
         }
     }
-    let mut s = Settings::default();
 
     // The file.
     let path = args
         .config
         .clone()
-        .or_else(|| var("KYCD_CONFIG").map(PathBuf::from));
+        .or_else(|| var(CONFIG_ENV).filter(|v| !v.is_empty()).map(PathBuf::from));
     if let Some(path) = path {
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("read config file {}", path.display()))?;
-        let f: FileConfig =
-            toml::from_str(&text).with_context(|| format!("config file {}", path.display()))?;
-        if let Some(v) = f.listen {
-            s.listen = v;
-        }
-        if let Some(v) = f.admin_listen {
-            s.admin_listen = Some(v);
-        }
-        if let Some(v) = f.header_read_timeout_secs {
-            s.header_read_timeout_secs = v;
-        }
-        if let Some(v) = f.body_read_timeout_secs {
-            s.body_read_timeout_secs = v;
-        }
-        if let Some(v) = f.idle_timeout_secs {
-            s.idle_timeout_secs = v;
-        }
-        if let Some(v) = f.max_connections {
-            s.max_connections = v;
-        }
-        if let Some(v) = f.projector_stall_secs {
-            s.projector_stall_secs = v;
-        }
-        if let Some(v) = f.data_dir {
-            s.data_dir = v;
-        }
-        if let Some(v) = f.webhook_secrets {
-            s.webhook_secrets = secrets(v);
-        }
-        if let Some(v) = f.webhook_tolerance_secs {
-            s.webhook_tolerance_secs = v;
-        }
-        if let Some(v) = f.api_token {
-            s.api_token = Some(Secret::new(v));
-        }
-        if let Some(v) = f.accept_simple_signature {
-            s.accept_simple_signature = v;
-        }
-        if let Some(v) = f.didit_api_key {
-            s.didit_api_key = Some(Secret::new(v));
-        }
-        if let Some(v) = f.didit_base_url {
-            s.didit_base_url = v;
-        }
-        if let Some(v) = f.act_on_sandbox {
-            s.act_on_sandbox = v;
-        }
-        if let Some(v) = f.console_cookie_secure {
-            s.console_cookie_secure = v;
-        }
-        if let Some(v) = f.durability {
-            s.durability = parse_durability("durability", &v)?;
-        }
-        if let Some(v) = f.policy {
-            s.policy = Some(v);
-        }
-        if let Some(v) = f.shadow_policy {
-            s.shadow_policy = Some(v);
-        }
-        if let Some(v) = f.graph_window_days {
-            s.graph_window_days = v;
-        }
-        if let Some(v) = f.operator_webhook_url {
-            s.operator_webhook_url = Some(v);
-        }
-        if let Some(v) = f.operator_webhook_secrets {
-            s.operator_webhook_secrets = secrets(v);
-        }
-        if let Some(v) = f.operator_webhook_allow_private {
-            s.operator_webhook_allow_private = v;
-        }
-        if let Some(v) = f.writeback {
-            s.writeback = v;
-        }
-        if let Some(v) = f.writeback_allow_loosening {
-            s.writeback_allow_loosening = v;
-        }
-        if let Some(v) = f.blocklist_items {
-            s.blocklist_items = v;
-        }
-        if let Some(v) = f.step_up_workflows {
-            for k in v.keys() {
-                if !STEP_UP_CHECKS.contains(&k.as_str()) {
-                    bail!("step_up_workflows: unknown check {k:?} (NFC, PHONE or BIOMETRIC_AUTH)");
-                }
-            }
-            s.step_up_workflows = v;
-        }
-        if let Some(v) = f.step_up_expiry_secs {
-            s.step_up_expiry_secs = v;
-        }
-        if let Some(v) = f.reconcile_interval_secs {
-            s.reconcile_interval_secs = v;
-        }
-        if let Some(v) = f.reconcile_after_secs {
-            s.reconcile_after_secs = v;
-        }
-        if let Some(v) = f.action_max_attempts {
-            s.action_max_attempts = v;
-        }
-        if let Some(v) = f.audit_key_file {
-            s.audit.key_file = Some(v);
-        }
-        if let Some(v) = f.audit_anchor_file {
-            s.audit.anchor_file = Some(v);
-        }
+        apply_file(&mut loaded, &path)
+            .with_context(|| format!("config file {}", path.display()))?;
+        loaded.file = Some(path);
     }
 
     // The environment.
-    if let Some(v) = var("KYCD_LISTEN") {
-        s.listen = v;
-    }
-    if let Some(v) = var("KYCD_ADMIN_LISTEN").filter(|v| !v.is_empty()) {
-        s.admin_listen = Some(v);
-    }
-    if let Some(v) = var("KYCD_HEADER_READ_TIMEOUT_SECS") {
-        s.header_read_timeout_secs = parse_num("KYCD_HEADER_READ_TIMEOUT_SECS", &v)?;
-    }
-    if let Some(v) = var("KYCD_BODY_READ_TIMEOUT_SECS") {
-        s.body_read_timeout_secs = parse_num("KYCD_BODY_READ_TIMEOUT_SECS", &v)?;
-    }
-    if let Some(v) = var("KYCD_IDLE_TIMEOUT_SECS") {
-        s.idle_timeout_secs = parse_num("KYCD_IDLE_TIMEOUT_SECS", &v)?;
-    }
-    if let Some(v) = var("KYCD_MAX_CONNECTIONS") {
-        s.max_connections = parse_num("KYCD_MAX_CONNECTIONS", &v)?;
-    }
-    if let Some(v) = var("KYCD_PROJECTOR_STALL_SECS") {
-        s.projector_stall_secs = parse_num("KYCD_PROJECTOR_STALL_SECS", &v)?;
-    }
-    if let Some(v) = var("KYCD_DATA_DIR") {
-        s.data_dir = PathBuf::from(v);
-    }
-    if let Some(v) = var("KYCD_WEBHOOK_SECRETS") {
-        s.webhook_secrets = secrets(v.split(',').map(str::to_owned));
-    }
-    if let Some(v) = var("KYCD_WEBHOOK_TOLERANCE_SECS") {
-        s.webhook_tolerance_secs = v
-            .trim()
-            .parse()
-            .context("KYCD_WEBHOOK_TOLERANCE_SECS: expected a whole number of seconds")?;
-    }
-    if let Some(v) = var("KYCD_API_TOKEN").filter(|v| !v.is_empty()) {
-        s.api_token = Some(Secret::new(v));
-    }
-    if let Some(v) = var("KYCD_ACCEPT_SIMPLE_SIGNATURE") {
-        s.accept_simple_signature = parse_bool("KYCD_ACCEPT_SIMPLE_SIGNATURE", &v)?;
-    }
-    if let Some(v) = var("KYCD_DIDIT_API_KEY").filter(|v| !v.is_empty()) {
-        s.didit_api_key = Some(Secret::new(v));
-    }
-    if let Some(v) = var("KYCD_DIDIT_BASE_URL") {
-        s.didit_base_url = v;
-    }
-    if let Some(v) = var("KYCD_ACT_ON_SANDBOX") {
-        s.act_on_sandbox = parse_bool("KYCD_ACT_ON_SANDBOX", &v)?;
-    }
-    if let Some(v) = var("KYCD_POLICY").filter(|v| !v.is_empty()) {
-        s.policy = Some(PathBuf::from(v));
-    }
-    if let Some(v) = var("KYCD_SHADOW_POLICY").filter(|v| !v.is_empty()) {
-        s.shadow_policy = Some(PathBuf::from(v));
-    }
-    if let Some(v) = var("KYCD_GRAPH_WINDOW_DAYS") {
-        s.graph_window_days = v
-            .trim()
-            .parse()
-            .context("KYCD_GRAPH_WINDOW_DAYS: expected a whole number of days")?;
-    }
-    if let Some(v) = var("KYCD_DURABILITY") {
-        s.durability = parse_durability("KYCD_DURABILITY", &v)?;
-    }
-    if let Some(v) = var("KYCD_OPERATOR_WEBHOOK_URL").filter(|v| !v.is_empty()) {
-        s.operator_webhook_url = Some(v);
-    }
-    if let Some(v) = var("KYCD_OPERATOR_WEBHOOK_SECRETS") {
-        s.operator_webhook_secrets = secrets(v.split(',').map(str::to_owned));
-    }
-    if let Some(v) = var("KYCD_OPERATOR_WEBHOOK_ALLOW_PRIVATE") {
-        s.operator_webhook_allow_private = parse_bool("KYCD_OPERATOR_WEBHOOK_ALLOW_PRIVATE", &v)?;
-    }
-    if let Some(v) = var("KYCD_WRITEBACK") {
-        s.writeback = parse_bool("KYCD_WRITEBACK", &v)?;
-    }
-    if let Some(v) = var("KYCD_WRITEBACK_ALLOW_LOOSENING") {
-        s.writeback_allow_loosening = parse_bool("KYCD_WRITEBACK_ALLOW_LOOSENING", &v)?;
-    }
-    if let Some(v) = var("KYCD_BLOCKLIST_ITEMS") {
-        s.blocklist_items = v;
-    }
-    for check in STEP_UP_CHECKS {
-        if let Some(v) = var(&format!("KYCD_STEP_UP_WORKFLOW_{check}")).filter(|v| !v.is_empty()) {
-            s.step_up_workflows.insert(check.to_owned(), v);
-        }
-    }
-    if let Some(v) = var("KYCD_STEP_UP_EXPIRY_SECS") {
-        s.step_up_expiry_secs = parse_num("KYCD_STEP_UP_EXPIRY_SECS", &v)?;
-    }
-    if let Some(v) = var("KYCD_RECONCILE_INTERVAL_SECS") {
-        s.reconcile_interval_secs = parse_num("KYCD_RECONCILE_INTERVAL_SECS", &v)?;
-    }
-    if let Some(v) = var("KYCD_RECONCILE_AFTER_SECS") {
-        s.reconcile_after_secs = parse_num("KYCD_RECONCILE_AFTER_SECS", &v)?;
-    }
-    if let Some(v) = var("KYCD_ACTION_MAX_ATTEMPTS") {
-        s.action_max_attempts = parse_num("KYCD_ACTION_MAX_ATTEMPTS", &v)?;
-    }
-    if let Some(v) = var("KYCD_CONSOLE_COOKIE_SECURE") {
-        s.console_cookie_secure = parse_bool("KYCD_CONSOLE_COOKIE_SECURE", &v)?;
-    }
-    if let Some(v) = var("KYCD_AUDIT_KEY_FILE").filter(|v| !v.is_empty()) {
-        s.audit.key_file = Some(PathBuf::from(v));
-    }
-    if let Some(v) = var("KYCD_AUDIT_ANCHOR_FILE").filter(|v| !v.is_empty()) {
-        s.audit.anchor_file = Some(PathBuf::from(v));
-    }
-    // Not a file setting on purpose: serving over a broken chain is a
-    // decision for one start, not a standing configuration.
-    if let Some(v) = var("KYCD_ALLOW_BROKEN_AUDIT") {
-        s.audit.allow_broken = parse_bool("KYCD_ALLOW_BROKEN_AUDIT", &v)?;
-    }
-    if let Some(v) = var("KYCD_RETRY_TIME_SCALE") {
-        s.retry_time_scale = v
-            .trim()
-            .parse::<f64>()
-            .ok()
-            .filter(|x| x.is_finite() && *x > 0.0)
-            .context("KYCD_RETRY_TIME_SCALE: expected a positive number")?;
-    }
+    apply_env(&mut loaded, env)?;
 
     // The flags.
-    if let Some(v) = &args.listen {
-        s.listen = v.clone();
-    }
-    if let Some(v) = &args.admin_listen {
-        s.admin_listen = Some(v.clone());
-    }
-    if let Some(v) = &args.data_dir {
-        s.data_dir = v.clone();
-    }
-    if let Some(v) = args.webhook_tolerance_secs {
-        s.webhook_tolerance_secs = v;
-    }
-    if let Some(v) = args.accept_simple_signature {
-        s.accept_simple_signature = v;
-    }
-    if let Some(v) = args.act_on_sandbox {
-        s.act_on_sandbox = v;
-    }
-    if let Some(v) = &args.durability {
-        s.durability = parse_durability("--durability", v)?;
-    }
-    if args.allow_broken_audit {
-        s.audit.allow_broken = true;
+    for (key, text) in &args.flags {
+        let s = setting(key).with_context(|| format!("no setting {key}"))?;
+        let flag = s.meta.flag.unwrap_or(s.key);
+        if (s.set_text)(&mut loaded.settings, text)
+            .map_err(|e| anyhow!("--{flag} ({}, {}): {e}", s.key, s.meta.env))?
+        {
+            loaded.set(s.key, Source::Flag(flag.to_owned()), true);
+        }
     }
 
+    validate(&loaded.settings)?;
+    Ok(loaded)
+}
+
+/// The settings from the environment alone, unchecked: for commands that
+/// have no configuration file but log like the server (`kycd sim`).
+pub fn env_only(env: &[(String, String)]) -> anyhow::Result<Settings> {
+    let mut loaded = Loaded {
+        settings: Settings::default(),
+        warnings: Vec::new(),
+        file: None,
+        sources: BTreeMap::new(),
+    };
+    apply_env(&mut loaded, env)?;
+    Ok(loaded.settings)
+}
+
+fn apply_file(loaded: &mut Loaded, path: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path).context("read it")?;
+    let table: toml::Table = text.parse()?;
+    for (key, value) in &table {
+        let s = match setting(key) {
+            Some(s) if s.meta.file => s,
+            Some(s) => bail!(
+                "{key} is not a file key: set {} (or its flag) for one start",
+                s.meta.env
+            ),
+            None => bail!("{}", unknown_key(key)),
+        };
+        (s.set_toml)(&mut loaded.settings, value, &s.meta)
+            .map_err(|e| anyhow!("{key} ({}): {e}", env_label(s)))?;
+        loaded.set(s.key, Source::File, true);
+    }
+    Ok(())
+}
+
+fn unknown_key(key: &str) -> String {
+    let closest = SETTINGS
+        .iter()
+        .filter(|s| s.meta.file)
+        .map(|s| (edit_distance(key, s.key), s.key))
+        .min();
+    let hint = match closest {
+        Some((d, near)) if d <= 3 => format!(" (did you mean {near}?)"),
+        _ => String::new(),
+    };
+    format!("unknown key {key}{hint}; `kycd config default` lists every key")
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+fn apply_env(loaded: &mut Loaded, env: &[(String, String)]) -> anyhow::Result<()> {
+    let var = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    for s in SETTINGS {
+        if s.meta.entries.is_empty() {
+            // The alias first, so that the setting's own variable wins.
+            for name in s.meta.alias.into_iter().chain([s.meta.env]) {
+                let Some(text) = var(name) else { continue };
+                if (s.set_text)(&mut loaded.settings, &text)
+                    .map_err(|e| anyhow!("{name} ({}): {e}", s.key))?
+                {
+                    loaded.set(s.key, Source::Env(name.to_owned()), true);
+                }
+            }
+        } else {
+            for entry in s.meta.entries {
+                let name = format!("{}{entry}", s.meta.env);
+                let Some(text) = var(&name) else { continue };
+                if (s.set_entry)(&mut loaded.settings, entry, &text)
+                    .map_err(|e| anyhow!("{name} ({}): {e}", s.key))?
+                {
+                    loaded.set(s.key, Source::Env(name), false);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks of a value's range or of settings together; each names the
+/// setting and its variable.
+fn validate(s: &Settings) -> anyhow::Result<()> {
     kycd_engine::actions::BlocklistItems::parse(&s.blocklist_items)
-        .map_err(|e| anyhow::anyhow!("blocklist items: {e}"))?;
+        .map_err(|e| anyhow!("{}: {e}", named("blocklist_items")))?;
     for secret in &s.operator_webhook_secrets {
-        kycd_server::operator_webhook::SigningSecret::parse(secret.expose()).map_err(|_| {
-            anyhow::anyhow!("operator webhook secrets must each be whsec_ followed by base64")
-        })?;
+        // The error never contains the secret.
+        kycd_server::operator_webhook::SigningSecret::parse(secret.expose())
+            .map_err(|e| anyhow!("{}: {e}", named("operator_webhook_secrets")))?;
     }
     if s.operator_webhook_url.is_some() && s.operator_webhook_secrets.is_empty() {
-        bail!("KYCD_OPERATOR_WEBHOOK_URL needs KYCD_OPERATOR_WEBHOOK_SECRETS (whsec_...) to sign with");
+        bail!(
+            "{} needs {} (whsec_...) to sign with",
+            named("operator_webhook_url"),
+            named("operator_webhook_secrets")
+        );
     }
-    for (name, secs) in [
-        ("header read timeout", s.header_read_timeout_secs),
-        ("body read timeout", s.body_read_timeout_secs),
-        ("idle timeout", s.idle_timeout_secs),
-        ("projector stall limit", s.projector_stall_secs),
+    for (key, secs) in [
+        ("header_read_timeout_secs", s.header_read_timeout_secs),
+        ("body_read_timeout_secs", s.body_read_timeout_secs),
+        ("idle_timeout_secs", s.idle_timeout_secs),
+        ("projector_stall_secs", s.projector_stall_secs),
     ] {
         if secs == 0 {
-            bail!("{name} must be at least 1 second");
+            bail!("{} must be at least 1 second", named(key));
         }
     }
     if s.max_connections == 0 {
-        bail!("max connections must be at least 1");
+        bail!("{} must be at least 1", named("max_connections"));
     }
     // Port 0 picks a free port for each, so the same text is fine there.
     if s.admin_listen.as_deref() == Some(s.listen.as_str()) && !s.listen.ends_with(":0") {
-        bail!("the admin listener must have an address of its own, not the listen address");
+        bail!(
+            "{} must have an address of its own, not the listen address",
+            named("admin_listen")
+        );
     }
     if s.action_max_attempts == 0 {
-        bail!("action max attempts must be at least 1");
+        bail!("{} must be at least 1", named("action_max_attempts"));
     }
     if s.webhook_tolerance_secs <= 0 {
-        bail!("webhook tolerance must be a positive number of seconds");
+        bail!(
+            "{} must be a positive number of seconds",
+            named("webhook_tolerance_secs")
+        );
     }
     if !s.didit_base_url.starts_with("http://") && !s.didit_base_url.starts_with("https://") {
-        bail!("didit base url must start with http:// or https://");
+        bail!(
+            "{} must start with http:// or https://",
+            named("didit_base_url")
+        );
     }
-    Ok(Loaded {
-        settings: s,
-        warnings,
-    })
+    if s.retry_time_scale <= 0.0 {
+        bail!("{}: expected a positive number", named("retry_time_scale"));
+    }
+    crate::logging::filter(&s.log).map_err(|e| anyhow!("{}: {e}", named("log")))?;
+    Ok(())
 }
 
 pub fn process_env() -> Vec<(String, String)> {
@@ -493,121 +371,165 @@ pub fn process_env() -> Vec<(String, String)> {
         .collect()
 }
 
-fn hidden(present: bool) -> &'static str {
-    if present {
-        "\"<hidden>\""
-    } else {
-        "# not set"
+/// A setting's default as TOML, or `unset`.
+fn default_text(s: &Setting) -> String {
+    match (s.get)(&Settings::default()) {
+        Some(v) => v.to_string(),
+        None => "unset".to_owned(),
     }
 }
 
-/// The effective configuration as TOML, secrets hidden.
-pub fn render(s: &Settings) -> String {
-    let q = |v: &str| toml::Value::String(v.to_owned()).to_string();
-    let durability = match s.durability {
-        Durability::Full => "full",
-        Durability::Normal => "normal",
+/// `# ` before each line of a setting's help.
+fn comment(text: &str) -> String {
+    text.lines()
+        .map(|l| {
+            if l.is_empty() {
+                "#\n".to_owned()
+            } else {
+                format!("# {l}\n")
+            }
+        })
+        .collect()
+}
+
+/// Where a setting is read from besides the file, as one comment line.
+fn spellings(s: &Setting) -> String {
+    let env = if s.meta.entries.is_empty() {
+        s.meta.env.to_owned()
+    } else {
+        s.env_names().join(", ")
     };
-    let mut out = String::new();
-    out.push_str(&format!("listen = {}\n", q(&s.listen)));
-    match &s.admin_listen {
-        Some(a) => out.push_str(&format!("admin_listen = {}\n", q(a))),
-        None => out.push_str("admin_listen = # not set\n"),
+    let mut out = format!("Environment: {env}");
+    if let Some(alias) = s.meta.alias {
+        out.push_str(&format!(" (or {alias})"));
     }
-    out.push_str(&format!(
-        "header_read_timeout_secs = {}\n",
-        s.header_read_timeout_secs
+    if let Some(flag) = s.meta.flag {
+        out.push_str(&format!(". Flag: --{flag}"));
+        if let Some(v) = s.meta.value_name {
+            out.push_str(&format!(" {v}"));
+        }
+    }
+    if !s.meta.file {
+        out.push_str(". Not a file key");
+    }
+    out.push('.');
+    out
+}
+
+const LAYERING: &str = "\
+Layering: compiled-in defaults, then this file (--config FILE or
+KYCD_CONFIG), then KYCD_* environment variables, then flags. Unknown keys
+are an error.";
+
+/// `config/default.toml`: every setting with its help, at its default (or,
+/// when it has none, an example commented out).
+pub fn render_default() -> String {
+    let mut out = comment(&format!(
+        "kycd's configuration, with every key at its compiled-in default.\n\
+         Generated by `kycd config default` from the settings' declarations\n\
+         (crates/kycd-server/src/settings.rs): change those, not this file.\n\
+         {LAYERING}\n\
+         Secrets are better given through the environment than written here."
     ));
-    out.push_str(&format!(
-        "body_read_timeout_secs = {}\n",
-        s.body_read_timeout_secs
-    ));
-    out.push_str(&format!("idle_timeout_secs = {}\n", s.idle_timeout_secs));
-    out.push_str(&format!("max_connections = {}\n", s.max_connections));
-    out.push_str(&format!(
-        "projector_stall_secs = {}\n",
-        s.projector_stall_secs
-    ));
-    out.push_str(&format!(
-        "data_dir = {}\n",
-        q(&s.data_dir.to_string_lossy())
-    ));
-    out.push_str(&format!(
-        "webhook_secrets = [{}]\n",
-        vec!["\"<hidden>\""; s.webhook_secrets.len()].join(", ")
-    ));
-    out.push_str(&format!(
-        "webhook_tolerance_secs = {}\n",
-        s.webhook_tolerance_secs
-    ));
-    out.push_str(&format!("api_token = {}\n", hidden(s.api_token.is_some())));
-    out.push_str(&format!(
-        "accept_simple_signature = {}\n",
-        s.accept_simple_signature
-    ));
-    out.push_str(&format!(
-        "didit_api_key = {}\n",
-        hidden(s.didit_api_key.is_some())
-    ));
-    out.push_str(&format!("didit_base_url = {}\n", q(&s.didit_base_url)));
-    out.push_str(&format!("act_on_sandbox = {}\n", s.act_on_sandbox));
-    out.push_str(&format!(
-        "console_cookie_secure = {}\n",
-        s.console_cookie_secure
-    ));
-    out.push_str(&format!("durability = {}\n", q(durability)));
-    let path = |p: &Option<PathBuf>| match p {
-        Some(p) => q(&p.to_string_lossy()),
-        None => "# not set".to_owned(),
+    for s in SETTINGS {
+        out.push('\n');
+        out.push_str(&comment(&s.help()));
+        out.push_str(&comment(&spellings(s)));
+        if !s.meta.file {
+            out.push_str(&format!("# ({} cannot be set here.)\n", s.key));
+            continue;
+        }
+        match ((s.get)(&Settings::default()), s.meta.example) {
+            (Some(v), _) if !s.meta.secret => out.push_str(&format!("{} = {v}\n", s.key)),
+            (_, Some(example)) => out.push_str(&format!("# {} = {example}\n", s.key)),
+            (_, None) => out.push_str(&format!("# {} =\n", s.key)),
+        }
+    }
+    out
+}
+
+/// `config check`: the effective configuration as TOML. Each line says
+/// where its value came from; secrets and settings that are not file keys
+/// stay commented out, so the output read back as a configuration file
+/// gives the same settings except those.
+pub fn render_check(loaded: &Loaded) -> String {
+    let file = match &loaded.file {
+        Some(path) => format!("Configuration file read: {}.", path.display()),
+        None => "No configuration file was read.".to_owned(),
     };
-    out.push_str(&format!("policy = {}\n", path(&s.policy)));
-    out.push_str(&format!("shadow_policy = {}\n", path(&s.shadow_policy)));
-    out.push_str(&format!("graph_window_days = {}\n", s.graph_window_days));
-    match &s.operator_webhook_url {
-        Some(u) => out.push_str(&format!("operator_webhook_url = {}\n", q(u))),
-        None => out.push_str("operator_webhook_url = # not set\n"),
+    let mut out = comment(&format!(
+        "kycd's effective configuration (`kycd config check`). Each value says\n\
+         where it came from. Secrets are hidden and commented out, so read back\n\
+         as a configuration file this gives the same settings, without the\n\
+         secrets.\n\
+         {file}\n"
+    ));
+    for s in SETTINGS {
+        let from = match loaded.sources.get(s.key) {
+            Some(list) if !list.is_empty() => {
+                let names: Vec<String> = list.iter().map(ToString::to_string).collect();
+                format!("from {}", names.join(", "))
+            }
+            _ => "default".to_owned(),
+        };
+        let line = match (s.get)(&loaded.settings) {
+            None => format!("# {}: not set ({from})\n", s.key),
+            Some(v) if s.meta.secret => format!("# {} = {v}  # {from}\n", s.key),
+            Some(v) if !s.meta.file => {
+                format!("# {} = {v}  # {from}; not a file key\n", s.key)
+            }
+            Some(v) => format!("{} = {v}  # {from}\n", s.key),
+        };
+        out.push_str(&line);
     }
-    out.push_str(&format!(
-        "operator_webhook_secrets = [{}]\n",
-        vec!["\"<hidden>\""; s.operator_webhook_secrets.len()].join(", ")
-    ));
-    out.push_str(&format!(
-        "operator_webhook_allow_private = {}\n",
-        s.operator_webhook_allow_private
-    ));
-    out.push_str(&format!("writeback = {}\n", s.writeback));
-    out.push_str(&format!(
-        "writeback_allow_loosening = {}\n",
-        s.writeback_allow_loosening
-    ));
-    out.push_str(&format!("blocklist_items = {}\n", q(&s.blocklist_items)));
-    out.push_str(&format!(
-        "step_up_expiry_secs = {}\n",
-        s.step_up_expiry_secs
-    ));
-    out.push_str(&format!(
-        "reconcile_interval_secs = {}\n",
-        s.reconcile_interval_secs
-    ));
-    out.push_str(&format!(
-        "reconcile_after_secs = {}\n",
-        s.reconcile_after_secs
-    ));
-    out.push_str(&format!(
-        "action_max_attempts = {}\n",
-        s.action_max_attempts
-    ));
-    out.push_str(&format!(
-        "audit_key_file = {}\n",
-        q(&s.audit.key_path(&s.data_dir).to_string_lossy())
-    ));
-    out.push_str(&format!(
-        "audit_anchor_file = {}\n",
-        path(&s.audit.anchor_file)
-    ));
-    out.push_str("[step_up_workflows]\n");
-    for (check, wf) in &s.step_up_workflows {
-        out.push_str(&format!("{check} = {}\n", q(wf)));
+    out
+}
+
+/// `docs/settings.md`: the table of every setting.
+pub fn render_docs() -> String {
+    let cell = |text: &str| {
+        text.split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .replace('|', "\\|")
+    };
+    let mut out = String::from(
+        "# Settings\n\n\
+         Every setting of `kycd serve` (and of the commands that open its data\n\
+         directory). Generated by `kycd config docs` from the declarations in\n\
+         `crates/kycd-server/src/settings.rs`; `config/default.toml` (from\n\
+         `kycd config default`) has the same settings as a configuration file.\n\
+         See [configuration.md](configuration.md) for how the layers combine.\n\n\
+         | File key | Environment | Flag | Default | What it does |\n\
+         | --- | --- | --- | --- | --- |\n",
+    );
+    for s in SETTINGS {
+        let key = if s.meta.file {
+            format!("`{}`", s.key)
+        } else {
+            format!("({}: not a file key)", s.key)
+        };
+        let mut env: Vec<String> = s.env_names().iter().map(|e| format!("`{e}`")).collect();
+        if let Some(alias) = s.meta.alias {
+            env.push(format!("`{alias}`"));
+        }
+        let flag = match (s.meta.flag, s.meta.value_name) {
+            (Some(f), Some(v)) => format!("`--{f} {v}`"),
+            (Some(f), None) => format!("`--{f}`"),
+            (None, _) => String::new(),
+        };
+        let default = match (s.get)(&Settings::default()) {
+            Some(v) if !s.meta.secret => format!("`{}`", cell(&v.to_string())),
+            _ => "unset".to_owned(),
+        };
+        let mut help = cell(&s.help());
+        if s.meta.secret {
+            help.push_str(" (A secret: never printed.)");
+        }
+        out.push_str(&format!(
+            "| {key} | {} | {flag} | {default} | {help} |\n",
+            env.join(", ")
+        ));
     }
     out
 }
@@ -617,7 +539,7 @@ pub fn check(args: ServeArgs) -> anyhow::Result<ExitCode> {
     for w in &loaded.warnings {
         eprintln!("warning: {w}");
     }
-    print!("{}", render(&loaded.settings));
+    print!("{}", render_check(&loaded));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -632,20 +554,54 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn layers_apply_defaults_then_file_then_env_then_flags() {
+    /// `kycd serve ARGS` as the command line parses it.
+    fn flags(args: &[&str]) -> ServeArgs {
+        use clap::{Args, FromArgMatches};
+        let cmd = ServeArgs::augment_args(clap::Command::new("serve"));
+        let m = cmd
+            .try_get_matches_from(std::iter::once("serve").chain(args.iter().copied()))
+            .unwrap();
+        ServeArgs::from_arg_matches(&m).unwrap()
+    }
+
+    fn with_file(text: &str) -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("kycd.toml");
-        std::fs::write(
-            &file,
-            "listen = \"127.0.0.1:1\"\ndata_dir = \"/from/file\"\nwebhook_tolerance_secs = 60\n",
-        )
-        .unwrap();
+        std::fs::write(&file, text).unwrap();
+        (dir, file)
+    }
+
+    fn load_file(text: &str, env: &[(String, String)]) -> anyhow::Result<Loaded> {
+        let (_dir, file) = with_file(text);
         let args = ServeArgs {
             config: Some(file),
-            listen: Some("127.0.0.1:3".into()),
             ..Default::default()
         };
+        load(&args, env)
+    }
+
+    fn repo_file(path: &str) -> String {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
+            .join(path);
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    /// Every setting's value as TOML text, by key (`None`: unset).
+    fn values(s: &Settings) -> Vec<(&'static str, Option<String>)> {
+        SETTINGS
+            .iter()
+            .map(|x| (x.key, (x.get)(s).map(|v| v.to_string())))
+            .collect()
+    }
+
+    #[test]
+    fn layers_apply_defaults_then_file_then_env_then_flags() {
+        let (_dir, file) = with_file(
+            "listen = \"127.0.0.1:1\"\ndata_dir = \"/from/file\"\nwebhook_tolerance_secs = 60\n",
+        );
+        let mut args = flags(&["--listen", "127.0.0.1:3"]);
+        args.config = Some(file);
         let l = load(
             &args,
             &env(&[
@@ -657,6 +613,9 @@ mod tests {
         assert_eq!(l.settings.listen, "127.0.0.1:3");
         assert_eq!(l.settings.data_dir, PathBuf::from("/from/env"));
         assert_eq!(l.settings.webhook_tolerance_secs, 60);
+        assert_eq!(l.sources["listen"], [Source::Flag("listen".into())]);
+        assert_eq!(l.sources["data_dir"], [Source::Env("KYCD_DATA_DIR".into())]);
+        assert_eq!(l.sources["webhook_tolerance_secs"], [Source::File]);
         let d = load(&ServeArgs::default(), &[]).unwrap().settings;
         assert_eq!(d.listen, "127.0.0.1:8080");
         assert_eq!(d.data_dir, PathBuf::from("./kycd-data"));
@@ -664,25 +623,308 @@ mod tests {
         assert!(!d.accept_simple_signature && !d.act_on_sandbox);
     }
 
+    /// The public spellings from before the table, each still doing what it
+    /// did: every `KYCD_*` variable, every file key, every flag.
+    #[test]
+    fn every_existing_variable_key_and_flag_still_works() {
+        let e = env(&[
+            ("KYCD_LISTEN", "127.0.0.1:7001"),
+            ("KYCD_ADMIN_LISTEN", "127.0.0.1:7002"),
+            ("KYCD_HEADER_READ_TIMEOUT_SECS", "11"),
+            ("KYCD_BODY_READ_TIMEOUT_SECS", "31"),
+            ("KYCD_IDLE_TIMEOUT_SECS", "61"),
+            ("KYCD_MAX_CONNECTIONS", "99"),
+            ("KYCD_PROJECTOR_STALL_SECS", "62"),
+            ("KYCD_DATA_DIR", "/d"),
+            ("KYCD_WEBHOOK_SECRETS", "a, b,,"),
+            ("KYCD_WEBHOOK_TOLERANCE_SECS", "301"),
+            ("KYCD_API_TOKEN", "tok"),
+            ("KYCD_ACCEPT_SIMPLE_SIGNATURE", "yes"),
+            ("KYCD_DIDIT_API_KEY", "key"),
+            ("KYCD_DIDIT_BASE_URL", "http://127.0.0.1:9"),
+            ("KYCD_ACT_ON_SANDBOX", "on"),
+            ("KYCD_CONSOLE_COOKIE_SECURE", "0"),
+            ("KYCD_DURABILITY", "NORMAL"),
+            ("KYCD_POLICY", "/p.toml"),
+            ("KYCD_SHADOW_POLICY", "/s.toml"),
+            ("KYCD_GRAPH_WINDOW_DAYS", "30"),
+            ("KYCD_OPERATOR_WEBHOOK_URL", "https://app.example/hook"),
+            (
+                "KYCD_OPERATOR_WEBHOOK_SECRETS",
+                "whsec_MDEyMzQ1Njc4OWFiY2RlZg==",
+            ),
+            ("KYCD_OPERATOR_WEBHOOK_ALLOW_PRIVATE", "true"),
+            ("KYCD_WRITEBACK", "false"),
+            ("KYCD_WRITEBACK_ALLOW_LOOSENING", "1"),
+            ("KYCD_BLOCKLIST_ITEMS", "face,email"),
+            ("KYCD_STEP_UP_WORKFLOW_NFC", "wf-n"),
+            ("KYCD_STEP_UP_WORKFLOW_PHONE", "wf-p"),
+            ("KYCD_STEP_UP_WORKFLOW_BIOMETRIC_AUTH", "wf-b"),
+            ("KYCD_STEP_UP_EXPIRY_SECS", "600"),
+            ("KYCD_RECONCILE_INTERVAL_SECS", "0"),
+            ("KYCD_RECONCILE_AFTER_SECS", "120"),
+            ("KYCD_ACTION_MAX_ATTEMPTS", "3"),
+            ("KYCD_RETRY_TIME_SCALE", "600"),
+            ("KYCD_AUDIT_KEY_FILE", "/k"),
+            ("KYCD_AUDIT_ANCHOR_FILE", "/a"),
+            ("KYCD_ALLOW_BROKEN_AUDIT", "true"),
+            ("KYCD_LOG", "debug"),
+            ("KYCD_LOG_FORMAT", "json"),
+        ]);
+        let l = load(&ServeArgs::default(), &e).unwrap();
+        assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+        let s = l.settings;
+        assert_eq!(
+            (s.listen.as_str(), s.admin_listen.as_deref()),
+            ("127.0.0.1:7001", Some("127.0.0.1:7002"))
+        );
+        assert_eq!(
+            (
+                s.header_read_timeout_secs,
+                s.body_read_timeout_secs,
+                s.idle_timeout_secs,
+                s.max_connections,
+                s.projector_stall_secs
+            ),
+            (11, 31, 61, 99, 62)
+        );
+        assert_eq!(s.data_dir, PathBuf::from("/d"));
+        let exposed: Vec<&str> = s.webhook_secrets.iter().map(|x| x.expose()).collect();
+        assert_eq!(exposed, ["a", "b"]);
+        assert_eq!(s.webhook_tolerance_secs, 301);
+        assert_eq!(s.api_token.as_ref().map(|x| x.expose()), Some("tok"));
+        assert!(s.accept_simple_signature && s.act_on_sandbox && !s.console_cookie_secure);
+        assert_eq!(s.didit_api_key.as_ref().map(|x| x.expose()), Some("key"));
+        assert_eq!(s.didit_base_url, "http://127.0.0.1:9");
+        assert_eq!(s.durability, kycd_log::sqlite_log::Durability::Normal);
+        assert_eq!(s.policy, Some(PathBuf::from("/p.toml")));
+        assert_eq!(s.shadow_policy, Some(PathBuf::from("/s.toml")));
+        assert_eq!(s.graph_window_days, 30);
+        assert_eq!(
+            s.operator_webhook_url.as_deref(),
+            Some("https://app.example/hook")
+        );
+        assert_eq!(s.operator_webhook_secrets.len(), 1);
+        assert!(s.operator_webhook_allow_private && !s.writeback && s.writeback_allow_loosening);
+        assert_eq!(s.blocklist_items, "face,email");
+        assert_eq!(
+            s.step_up_workflows,
+            BTreeMap::from([
+                ("BIOMETRIC_AUTH".to_owned(), "wf-b".to_owned()),
+                ("NFC".to_owned(), "wf-n".to_owned()),
+                ("PHONE".to_owned(), "wf-p".to_owned()),
+            ])
+        );
+        assert_eq!(
+            (
+                s.step_up_expiry_secs,
+                s.reconcile_interval_secs,
+                s.reconcile_after_secs,
+                s.action_max_attempts
+            ),
+            (600, 0, 120, 3)
+        );
+        assert_eq!(s.retry_time_scale, 600.0);
+        let audit = s.audit();
+        assert_eq!(audit.key_file, Some(PathBuf::from("/k")));
+        assert_eq!(audit.anchor_file, Some(PathBuf::from("/a")));
+        assert!(audit.allow_broken);
+        assert_eq!(s.log, "debug");
+        assert_eq!(s.log_format, kycd_server::settings::LogFormat::Json);
+
+        // Empty optional variables mean unset, as they always did.
+        let s = load(
+            &ServeArgs::default(),
+            &env(&[
+                ("KYCD_ADMIN_LISTEN", ""),
+                ("KYCD_API_TOKEN", ""),
+                ("KYCD_POLICY", ""),
+                ("KYCD_STEP_UP_WORKFLOW_NFC", ""),
+            ]),
+        )
+        .unwrap()
+        .settings;
+        assert!(s.admin_listen.is_none() && s.api_token.is_none() && s.policy.is_none());
+        assert!(s.step_up_workflows.is_empty());
+
+        // The file keys.
+        let s = load_file(
+            "listen = \"127.0.0.1:7001\"\nadmin_listen = \"127.0.0.1:7002\"\n\
+             header_read_timeout_secs = 11\nbody_read_timeout_secs = 31\n\
+             idle_timeout_secs = 61\nmax_connections = 99\nprojector_stall_secs = 62\n\
+             data_dir = \"/d\"\nwebhook_secrets = [\"a\", \" b \", \"\"]\n\
+             webhook_tolerance_secs = 301\napi_token = \"tok\"\n\
+             accept_simple_signature = true\ndidit_api_key = \"key\"\n\
+             didit_base_url = \"http://127.0.0.1:9\"\nact_on_sandbox = true\n\
+             console_cookie_secure = false\ndurability = \"normal\"\n\
+             policy = \"/p.toml\"\nshadow_policy = \"/s.toml\"\ngraph_window_days = 30\n\
+             operator_webhook_url = \"https://app.example/hook\"\n\
+             operator_webhook_secrets = [\"whsec_MDEyMzQ1Njc4OWFiY2RlZg==\"]\n\
+             operator_webhook_allow_private = true\nwriteback = false\n\
+             writeback_allow_loosening = true\nblocklist_items = \"face,email\"\n\
+             step_up_expiry_secs = 600\nreconcile_interval_secs = 0\n\
+             reconcile_after_secs = 120\naction_max_attempts = 3\n\
+             audit_key_file = \"/k\"\naudit_anchor_file = \"/a\"\n\
+             [step_up_workflows]\nNFC = \"wf-n\"\n",
+            &env(&[("KYCD_STEP_UP_WORKFLOW_PHONE", "wf-p")]),
+        )
+        .unwrap()
+        .settings;
+        assert_eq!(s.admin_listen.as_deref(), Some("127.0.0.1:7002"));
+        assert_eq!((s.max_connections, s.projector_stall_secs), (99, 62));
+        let exposed: Vec<&str> = s.webhook_secrets.iter().map(|x| x.expose()).collect();
+        assert_eq!(exposed, ["a", "b"]);
+        assert_eq!(s.api_token.as_ref().map(|x| x.expose()), Some("tok"));
+        assert_eq!(s.durability, kycd_log::sqlite_log::Durability::Normal);
+        assert!(s.accept_simple_signature && s.act_on_sandbox && !s.console_cookie_secure);
+        assert!(s.operator_webhook_allow_private && !s.writeback && s.writeback_allow_loosening);
+        // The file's table, with the environment's entry added.
+        assert_eq!(
+            s.step_up_workflows,
+            BTreeMap::from([
+                ("NFC".to_owned(), "wf-n".to_owned()),
+                ("PHONE".to_owned(), "wf-p".to_owned()),
+            ])
+        );
+        assert_eq!(s.audit_key_file, Some(PathBuf::from("/k")));
+        assert_eq!(s.audit_anchor_file, Some(PathBuf::from("/a")));
+        assert_eq!((s.action_max_attempts, s.reconcile_interval_secs), (3, 0));
+
+        // The flags.
+        let s = load(
+            &flags(&[
+                "--listen",
+                "127.0.0.1:7001",
+                "--admin-listen",
+                "127.0.0.1:7002",
+                "--data-dir",
+                "/d",
+                "--webhook-tolerance-secs",
+                "301",
+                "--accept-simple-signature",
+                "true",
+                "--act-on-sandbox",
+                "true",
+                "--durability",
+                "normal",
+                "--allow-broken-audit",
+            ]),
+            &[],
+        )
+        .unwrap()
+        .settings;
+        assert_eq!(s.listen, "127.0.0.1:7001");
+        assert_eq!(s.admin_listen.as_deref(), Some("127.0.0.1:7002"));
+        assert_eq!(s.data_dir, PathBuf::from("/d"));
+        assert_eq!(s.webhook_tolerance_secs, 301);
+        assert!(s.accept_simple_signature && s.act_on_sandbox && s.allow_broken_audit);
+        assert_eq!(s.durability, kycd_log::sqlite_log::Durability::Normal);
+        let flag = |name| {
+            SETTINGS
+                .iter()
+                .filter_map(|s| s.meta.flag)
+                .any(|f| f == name)
+        };
+        for name in [
+            "listen",
+            "admin-listen",
+            "data-dir",
+            "webhook-tolerance-secs",
+            "accept-simple-signature",
+            "act-on-sandbox",
+            "durability",
+            "allow-broken-audit",
+        ] {
+            assert!(flag(name), "--{name}");
+        }
+    }
+
     #[test]
     fn unknown_file_keys_are_errors_and_unknown_env_vars_are_warnings() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("kycd.toml");
-        std::fs::write(&file, "listne = \"x\"\n").unwrap();
-        let args = ServeArgs {
-            config: Some(file),
-            ..Default::default()
-        };
-        let e = load(&args, &[]).err().unwrap();
-        assert!(format!("{e:#}").contains("listne"), "{e:#}");
+        let e = load_file("listne = \"x\"\n", &[]).err().unwrap();
+        let msg = format!("{e:#}");
+        assert!(msg.contains("unknown key listne"), "{msg}");
+        assert!(msg.contains("did you mean listen?"), "{msg}");
+        let e = load_file("allow_broken_audit = true\n", &[]).err().unwrap();
+        let msg = format!("{e:#}");
+        assert!(
+            msg.contains("not a file key") && msg.contains("KYCD_ALLOW_BROKEN_AUDIT"),
+            "{msg}"
+        );
+        let e = load_file("[step_up_workflows]\nNCF = \"wf\"\n", &[])
+            .err()
+            .unwrap();
+        let msg = format!("{e:#}");
+        assert!(
+            msg.contains("step_up_workflows") && msg.contains("NCF"),
+            "{msg}"
+        );
         let l = load(
             &ServeArgs::default(),
-            &env(&[("KYCD_LISTN", "x"), ("OTHER", "y")]),
+            &env(&[
+                ("KYCD_LISTN", "x"),
+                ("OTHER", "y"),
+                // Read by other commands' flags: not unknown.
+                ("KYCD_API_URL", "http://x"),
+                ("KYCD_BENCH_SECRET", "x"),
+                ("KYCD_CONFIG", ""),
+            ]),
         )
         .unwrap();
         assert_eq!(
             l.warnings,
             vec!["unknown environment variable KYCD_LISTN is ignored"]
+        );
+    }
+
+    #[test]
+    fn malformed_values_name_the_setting_and_its_variable() {
+        for (k, v, key) in [
+            (
+                "KYCD_ACCEPT_SIMPLE_SIGNATURE",
+                "maybe",
+                "accept_simple_signature",
+            ),
+            (
+                "KYCD_WEBHOOK_TOLERANCE_SECS",
+                "five",
+                "webhook_tolerance_secs",
+            ),
+            ("KYCD_DURABILITY", "sometimes", "durability"),
+            ("KYCD_DIDIT_BASE_URL", "ftp://x", "didit_base_url"),
+            (
+                "KYCD_HEADER_READ_TIMEOUT_SECS",
+                "soon",
+                "header_read_timeout_secs",
+            ),
+            ("KYCD_IDLE_TIMEOUT_SECS", "0", "idle_timeout_secs"),
+            ("KYCD_MAX_CONNECTIONS", "0", "max_connections"),
+            ("KYCD_ADMIN_LISTEN", "127.0.0.1:8080", "admin_listen"),
+            ("KYCD_RETRY_TIME_SCALE", "-1", "retry_time_scale"),
+            ("KYCD_LOG_FORMAT", "xml", "log_format"),
+            ("KYCD_LOG", "kycd=loud", "log"),
+        ] {
+            let e = load(&ServeArgs::default(), &env(&[(k, v)])).err().unwrap();
+            let msg = format!("{e:#}");
+            assert!(msg.contains(k) && msg.contains(key), "{k}={v}: {msg}");
+        }
+        // In the file too; and the value itself is never echoed.
+        let e = load_file("max_connections = \"lots-of-them\"\n", &[])
+            .err()
+            .unwrap();
+        let msg = format!("{e:#}");
+        assert!(
+            msg.contains("max_connections")
+                && msg.contains("KYCD_MAX_CONNECTIONS")
+                && msg.contains("expected a whole number")
+                && !msg.contains("lots-of-them"),
+            "{msg}"
+        );
+        let e = load(&flags(&["--durability", "often"]), &[]).err().unwrap();
+        let msg = format!("{e:#}");
+        assert!(
+            msg.contains("--durability") && msg.contains("KYCD_DURABILITY"),
+            "{msg}"
         );
     }
 
@@ -699,7 +941,7 @@ mod tests {
         .unwrap();
         assert_eq!(l.settings.webhook_secrets.len(), 2);
         assert_eq!(l.settings.webhook_secrets[0].expose(), "current-secret");
-        let shown = format!("{}{:?}", render(&l.settings), l.settings);
+        let shown = format!("{}{:?}", render_check(&l), l.settings);
         for secret in [
             "current-secret",
             "previous-secret",
@@ -708,130 +950,177 @@ mod tests {
         ] {
             assert!(!shown.contains(secret), "{secret} leaked");
         }
-        assert!(shown.contains("webhook_secrets = [\"<hidden>\", \"<hidden>\"]"));
-    }
-
-    #[test]
-    fn the_reference_config_file_loads_with_the_defaults() {
-        let path = PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../config/default.toml"
+        assert!(shown.contains(
+            "# webhook_secrets = [\"<hidden>\", \"<hidden>\"]  # from KYCD_WEBHOOK_SECRETS"
         ));
-        let args = ServeArgs {
-            config: Some(path),
-            ..Default::default()
-        };
-        let s = load(&args, &[]).unwrap().settings;
-        let d = Settings::default();
-        assert_eq!(
-            (s.listen, s.data_dir, s.graph_window_days),
-            (d.listen, d.data_dir, d.graph_window_days)
-        );
-        assert_eq!(s.webhook_tolerance_secs, d.webhook_tolerance_secs);
-        assert_eq!(
-            (
-                s.admin_listen,
-                s.header_read_timeout_secs,
-                s.body_read_timeout_secs,
-                s.idle_timeout_secs,
-                s.max_connections,
-                s.projector_stall_secs
-            ),
-            (
-                d.admin_listen,
-                d.header_read_timeout_secs,
-                d.body_read_timeout_secs,
-                d.idle_timeout_secs,
-                d.max_connections,
-                d.projector_stall_secs
-            )
-        );
+        assert!(shown.contains("# api_token = \"<hidden>\"  # from KYCD_API_TOKEN"));
     }
 
+    /// `config check` prints TOML that, read back as the only layer, gives
+    /// the same settings (secrets, which it hides, and settings that are not
+    /// file keys aside).
     #[test]
-    fn serving_limits_layer_and_are_rendered() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("kycd.toml");
-        std::fs::write(
-            &file,
-            "admin_listen = \"127.0.0.1:9\"\nheader_read_timeout_secs = 3\nmax_connections = 50\n",
-        )
-        .unwrap();
-        let args = ServeArgs {
-            config: Some(file),
-            ..Default::default()
-        };
-        let s = load(
+    fn config_check_output_parses_and_round_trips() {
+        let (_dir, file) = with_file(
+            "max_connections = 50\nwebhook_secrets = [\"s1\"]\n[step_up_workflows]\nNFC = \"wf-1\"\n",
+        );
+        let mut args = flags(&["--durability", "normal", "--data-dir", "/tmp/x y\"z"]);
+        args.config = Some(file);
+        let l = load(
             &args,
             &env(&[
-                ("KYCD_IDLE_TIMEOUT_SECS", "7"),
-                ("KYCD_BODY_READ_TIMEOUT_SECS", "4"),
-                ("KYCD_MAX_CONNECTIONS", "60"),
-                ("KYCD_PROJECTOR_STALL_SECS", "9"),
+                ("KYCD_ADMIN_LISTEN", "127.0.0.1:9"),
+                ("KYCD_RETRY_TIME_SCALE", "2.5"),
+                ("KYCD_STEP_UP_WORKFLOW_PHONE", "wf-2"),
+                ("KYCD_API_TOKEN", "tok-123456"),
+                ("KYCD_ALLOW_BROKEN_AUDIT", "true"),
+                ("KYCD_LOG_FORMAT", "json"),
             ]),
         )
-        .unwrap()
-        .settings;
-        assert_eq!(s.admin_listen.as_deref(), Some("127.0.0.1:9"));
-        assert_eq!(
-            (
-                s.header_read_timeout_secs,
-                s.body_read_timeout_secs,
-                s.idle_timeout_secs,
-                s.max_connections,
-                s.projector_stall_secs
-            ),
-            (3, 4, 7, 60, 9)
-        );
-        let shown = render(&s);
-        for line in [
-            "admin_listen = \"127.0.0.1:9\"",
-            "header_read_timeout_secs = 3",
-            "body_read_timeout_secs = 4",
-            "idle_timeout_secs = 7",
-            "max_connections = 60",
-            "projector_stall_secs = 9",
-        ] {
-            assert!(shown.contains(line), "{line} missing from\n{shown}");
+        .unwrap();
+        let shown = render_check(&l);
+        let parsed: toml::Table = shown.parse().unwrap_or_else(|e| panic!("{e}\n{shown}"));
+        for s in SETTINGS {
+            let expect = s.meta.file && !s.meta.secret && (s.get)(&l.settings).is_some();
+            assert_eq!(parsed.contains_key(s.key), expect, "{}\n{shown}", s.key);
+            assert!(shown.contains(s.key), "{} missing", s.key);
         }
-        let d = load(&ServeArgs::default(), &[]).unwrap().settings;
-        assert_eq!(d.admin_listen, None);
-        assert_eq!(
-            (
-                d.header_read_timeout_secs,
-                d.body_read_timeout_secs,
-                d.idle_timeout_secs,
-                d.max_connections
-            ),
-            (10, 30, 60, 1024)
+        assert!(
+            shown.contains("max_connections = 50  # from the file"),
+            "{shown}"
         );
-        for (k, v) in [
-            ("KYCD_IDLE_TIMEOUT_SECS", "0"),
-            ("KYCD_MAX_CONNECTIONS", "0"),
-            ("KYCD_HEADER_READ_TIMEOUT_SECS", "soon"),
-            ("KYCD_ADMIN_LISTEN", "127.0.0.1:8080"),
-        ] {
+        assert!(
+            shown.contains("durability = \"normal\"  # from --durability"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("# from the file, KYCD_STEP_UP_WORKFLOW_PHONE"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("listen = \"127.0.0.1:8080\"  # default"),
+            "{shown}"
+        );
+
+        let again = load_file(&shown, &[]).unwrap();
+        let strip = |s: &Settings| -> Vec<(&'static str, Option<String>)> {
+            values(s)
+                .into_iter()
+                .filter(|(k, _)| setting(k).is_some_and(|x| x.meta.file && !x.meta.secret))
+                .collect()
+        };
+        assert_eq!(strip(&again.settings), strip(&l.settings));
+        // The secrets and the one-start switch are not carried over.
+        assert!(again.settings.api_token.is_none() && again.settings.webhook_secrets.is_empty());
+        assert!(!again.settings.allow_broken_audit);
+        // And the second rendering is the first, but for where values came from.
+        let twice = render_check(&again);
+        let shape = |t: &str| -> Vec<String> {
+            t.lines()
+                .filter(|l| !l.starts_with('#'))
+                .map(|l| l.split("  # ").next().unwrap_or("").to_owned())
+                .collect()
+        };
+        assert_eq!(shape(&twice), shape(&shown));
+    }
+
+    #[test]
+    fn the_checked_in_default_toml_is_the_generated_one() {
+        let generated = render_default();
+        assert!(
+            repo_file("config/default.toml") == generated,
+            "config/default.toml is stale: run `cargo run -p kycd -- config default > config/default.toml`"
+        );
+        // Every setting appears in it, and it loads to the defaults.
+        let table: toml::Table = generated.parse().unwrap();
+        for s in SETTINGS {
             assert!(
-                load(&ServeArgs::default(), &env(&[(k, v)])).is_err(),
-                "{k}={v}"
+                generated.contains(&format!("\n{} = ", s.key))
+                    || generated.contains(&format!("\n# {} = ", s.key))
+                    || (!s.meta.file && generated.contains(&format!("({} cannot", s.key))),
+                "{} missing",
+                s.key
             );
+            assert!(
+                table.contains_key(s.key)
+                    || (s.get)(&Settings::default()).is_none()
+                    || !s.meta.file,
+                "{} has a default but is commented out",
+                s.key
+            );
+        }
+        let l = load_file(&generated, &[]).unwrap();
+        assert_eq!(values(&l.settings), values(&Settings::default()));
+    }
+
+    /// Each commented-out example in config/default.toml is a valid value
+    /// of its setting, so uncommenting one is safe.
+    #[test]
+    fn every_example_is_a_valid_value() {
+        for s in SETTINGS {
+            let unset = (s.get)(&Settings::default()).is_none() || s.meta.secret;
+            if unset && s.meta.file {
+                let example = s
+                    .meta
+                    .example
+                    .unwrap_or_else(|| panic!("{} has no example", s.key));
+                let table: toml::Table = format!("{} = {example}", s.key).parse().unwrap();
+                let mut settings = Settings::default();
+                (s.set_toml)(&mut settings, &table[s.key], &s.meta)
+                    .unwrap_or_else(|e| panic!("{}: {e}", s.key));
+                assert!((s.get)(&settings).is_some(), "{}", s.key);
+            }
         }
     }
 
     #[test]
-    fn bad_values_name_their_variable() {
-        for (k, v) in [
-            ("KYCD_ACCEPT_SIMPLE_SIGNATURE", "maybe"),
-            ("KYCD_WEBHOOK_TOLERANCE_SECS", "five"),
-            ("KYCD_DURABILITY", "sometimes"),
-            ("KYCD_DIDIT_BASE_URL", "ftp://x"),
-        ] {
-            let e = load(&ServeArgs::default(), &env(&[(k, v)])).err().unwrap();
-            let msg = format!("{e:#}").to_lowercase();
-            assert!(
-                msg.contains(&k.to_lowercase()) || msg.contains("base url"),
-                "{msg}"
-            );
+    fn the_checked_in_settings_table_is_the_generated_one() {
+        let generated = render_docs();
+        assert!(
+            repo_file("docs/settings.md") == generated,
+            "docs/settings.md is stale: run `cargo run -p kycd -- config docs > docs/settings.md`"
+        );
+        for s in SETTINGS {
+            assert!(generated.contains(s.key), "{}", s.key);
+        }
+    }
+
+    #[test]
+    fn every_setting_is_declared_once_and_spelled_consistently() {
+        let mut keys: Vec<&str> = SETTINGS.iter().map(|s| s.key).collect();
+        let mut envs: Vec<String> = SETTINGS.iter().flat_map(|s| s.env_names()).collect();
+        let mut flags: Vec<&str> = SETTINGS.iter().filter_map(|s| s.meta.flag).collect();
+        for list in [&mut keys] {
+            let n = list.len();
+            list.sort();
+            list.dedup();
+            assert_eq!(list.len(), n, "a key is declared twice");
+        }
+        let n = envs.len();
+        envs.sort();
+        envs.dedup();
+        assert_eq!(envs.len(), n, "a variable is declared twice");
+        let n = flags.len();
+        flags.sort();
+        flags.dedup();
+        assert_eq!(flags.len(), n, "a flag is declared twice");
+        for s in SETTINGS {
+            assert!(s.meta.env.starts_with("KYCD_"), "{}", s.key);
+            assert!(!s.help().is_empty(), "{} has no help", s.key);
+            if s.meta.entries.is_empty() {
+                assert_eq!(
+                    s.meta.env,
+                    format!("KYCD_{}", s.key.to_ascii_uppercase()),
+                    "the variable is the key in capitals"
+                );
+            }
+            if let Some(flag) = s.meta.flag {
+                assert_eq!(
+                    flag,
+                    s.key.replace('_', "-"),
+                    "the flag is the key with dashes"
+                );
+            }
         }
     }
 }

@@ -1,7 +1,9 @@
 //! `kycd`: the command line. Subcommands:
 //!
 //! - `serve`: the webhook intake, event log, session projection and API;
-//! - `config check`: the effective configuration, secrets hidden;
+//! - `config check`: the effective configuration, secrets hidden (and
+//!   `config default`, `config docs`: every setting, as a file and a table);
+//! - `completions`: shell completions;
 //! - `backup`: an online-consistent copy of the data directory;
 //! - `webhook verify|sign`: tools for people integrating with Didit;
 //! - `bench`: a load generator for the intake.
@@ -9,7 +11,7 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// mimalloc rather than the system allocator: deciding a session builds and
 /// drops thousands of small JSON values, and glibc's malloc and free were
@@ -23,6 +25,7 @@ mod backup_cmd;
 mod bench;
 mod config;
 mod demo;
+mod logging;
 mod ops_cmd;
 mod policy_cmd;
 mod replay;
@@ -30,10 +33,30 @@ mod serve;
 mod sim_cmd;
 mod webhook;
 
+/// The git revision the binary was built from (build.rs: `git rev-parse`,
+/// or `KYCD_GIT_REVISION` set by a packager; `unknown` without either).
+pub const GIT_REVISION: &str = env!("KYCD_GIT_REVISION");
+
+/// The backends compiled in. Each is fixed today; one that becomes a cargo
+/// feature gets a `#[cfg(feature = ...)]` entry here.
+pub const BACKENDS: &[&str] = &["event-log:sqlite", "store:sqlite"];
+
+/// What `kycd --version` prints after the name.
+fn version() -> &'static str {
+    static VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    VERSION.get_or_init(|| {
+        format!(
+            "{} (revision {GIT_REVISION}; backends: {})",
+            env!("CARGO_PKG_VERSION"),
+            BACKENDS.join(", ")
+        )
+    })
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "kycd",
-    version,
+    version = version(),
     about = "Real-time KYC decisioning behind Didit"
 )]
 struct Cli {
@@ -82,12 +105,32 @@ enum Command {
     /// Copy the data directory (store and event log, and the audit key kept
     /// there) consistently, while the server runs.
     Backup(backup_cmd::BackupArgs),
+    /// Print a shell completion script: `kycd completions bash >
+    /// /etc/bash_completion.d/kycd`, `... zsh > ~/.zfunc/_kycd`, `... fish >
+    /// ~/.config/fish/completions/kycd.fish`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+/// The command line's definition (for completions and the list of
+/// variables kycd reads).
+pub fn cli() -> clap::Command {
+    Cli::command()
 }
 
 #[derive(Debug, Subcommand)]
 enum ConfigCommand {
-    /// Print the effective configuration with secrets hidden.
+    /// Print the effective configuration as TOML, with where each value
+    /// came from, secrets hidden.
     Check(config::ServeArgs),
+    /// Print every setting at its default, with its help, as a
+    /// configuration file (config/default.toml is this output).
+    Default,
+    /// Print the table of every setting in Markdown (docs/settings.md is
+    /// this output).
+    Docs,
 }
 
 fn main() -> ExitCode {
@@ -95,6 +138,25 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Config(ConfigCommand::Check(args)) => config::check(args),
+        Command::Config(ConfigCommand::Default) => {
+            print!("{}", config::render_default());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config(ConfigCommand::Docs) => {
+            print!("{}", config::render_docs());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completions { shell } => {
+            // Into memory first: clap_complete panics on a write error (a
+            // closed pipe), where an error and its exit code are better.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut crate::cli(), "kycd", &mut script);
+            let mut out = std::io::stdout().lock();
+            std::io::Write::write_all(&mut out, &script)
+                .and_then(|()| std::io::Write::flush(&mut out))
+                .map(|()| ExitCode::SUCCESS)
+                .map_err(|e| anyhow::anyhow!("write the completion script: {e}"))
+        }
         Command::Webhook(cmd) => webhook::run(cmd),
         Command::Bench(args) => bench::run(args),
         Command::Policy(cmd) => policy_cmd::run(cmd),

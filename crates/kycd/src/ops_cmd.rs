@@ -58,7 +58,8 @@ pub struct ReconcileArgs {
 
 fn base(target: &Target) -> String {
     let url = target.url.clone().unwrap_or_else(|| {
-        let listen = std::env::var("KYCD_LISTEN").unwrap_or_else(|_| "127.0.0.1:8080".into());
+        let listen = std::env::var("KYCD_LISTEN")
+            .unwrap_or_else(|_| kycd_server::settings::DEFAULT_LISTEN.into());
         format!("http://{listen}")
     });
     url.trim_end_matches('/').to_owned()

@@ -10,19 +10,6 @@ use kycd_core::SystemClock;
 
 use crate::config::{self, ServeArgs};
 
-pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KYCD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // A log line that cannot be written (stderr on a full disk) is
-        // dropped. Reporting it would go through eprintln!, which panics
-        // when stderr fails: the request logging it would get no answer.
-        .log_internal_errors(false)
-        .try_init();
-}
-
 async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -47,7 +34,7 @@ async fn shutdown_signal() {
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let loaded = config::load(&args, &config::process_env())?;
-    init_tracing();
+    crate::logging::init(&loaded.settings);
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }

@@ -67,7 +67,7 @@ fn destination(spec: &str) -> anyhow::Result<DestinationConfig> {
 }
 
 pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
-    crate::serve::init_tracing();
+    crate::logging::init(&crate::config::env_only(&crate::config::process_env())?);
     let mut faults = match args.faults.as_str() {
         "none" => Faults::none(),
         "demo" => Faults::demo_default(),
