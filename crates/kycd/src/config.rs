@@ -1090,12 +1090,10 @@ mod tests {
         let mut keys: Vec<&str> = SETTINGS.iter().map(|s| s.key).collect();
         let mut envs: Vec<String> = SETTINGS.iter().flat_map(|s| s.env_names()).collect();
         let mut flags: Vec<&str> = SETTINGS.iter().filter_map(|s| s.meta.flag).collect();
-        for list in [&mut keys] {
-            let n = list.len();
-            list.sort();
-            list.dedup();
-            assert_eq!(list.len(), n, "a key is declared twice");
-        }
+        let n = keys.len();
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), n, "a key is declared twice");
         let n = envs.len();
         envs.sort();
         envs.dedup();
