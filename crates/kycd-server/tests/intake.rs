@@ -104,7 +104,10 @@ impl TestApp {
         let events = log.read(0, 100_000).await.unwrap();
         events
             .iter()
-            .filter(|e| e.kind != kycd_log::anchor::ANCHOR_KIND)
+            .filter(|e| {
+                e.kind != kycd_log::anchor::ANCHOR_KIND
+                    && e.kind != kycd_engine::projector::POLICY_ACTIVATED
+            })
             .count() as u64
     }
 
