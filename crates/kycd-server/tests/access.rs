@@ -223,3 +223,21 @@ async fn a_revoked_token_stops_working_and_secrets_are_never_listed() {
     assert!(!audit.to_string().contains(&read));
     r.shutdown().await.unwrap();
 }
+
+/// The scope comes from the route a request matched, not from the text of
+/// its path: `DELETE /tokens/{id}` is an admin route whatever the id, even
+/// one that ends like the review route (`/sessions/{id}/review`).
+#[tokio::test]
+async fn the_scope_is_the_routes_not_the_paths() {
+    let (r, _dir) = server().await;
+    let (_, review) = mint(&r, "review").await;
+    let (_, admin) = mint(&r, "admin").await;
+    for path in ["/tokens/review", "/tokens/x%2Fsubjects%2Fy"] {
+        let (status, e) = call(&r, "DELETE", path, Some(&review), None).await;
+        assert_eq!(status, 403, "{path}: {e}");
+        assert_eq!(e["error"]["code"], "forbidden", "{path}");
+        // The route exists: an admin gets as far as the handler.
+        assert_eq!(call(&r, "DELETE", path, Some(&admin), None).await.0, 404);
+    }
+    r.shutdown().await.unwrap();
+}
