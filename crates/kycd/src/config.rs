@@ -1087,21 +1087,24 @@ mod tests {
 
     #[test]
     fn every_setting_is_declared_once_and_spelled_consistently() {
-        let mut keys: Vec<&str> = SETTINGS.iter().map(|s| s.key).collect();
-        let mut envs: Vec<String> = SETTINGS.iter().flat_map(|s| s.env_names()).collect();
-        let mut flags: Vec<&str> = SETTINGS.iter().filter_map(|s| s.meta.flag).collect();
-        let n = keys.len();
-        keys.sort();
-        keys.dedup();
-        assert_eq!(keys.len(), n, "a key is declared twice");
-        let n = envs.len();
-        envs.sort();
-        envs.dedup();
-        assert_eq!(envs.len(), n, "a variable is declared twice");
-        let n = flags.len();
-        flags.sort();
-        flags.dedup();
-        assert_eq!(flags.len(), n, "a flag is declared twice");
+        fn once(what: &str, mut list: Vec<String>) {
+            let n = list.len();
+            list.sort();
+            list.dedup();
+            assert_eq!(list.len(), n, "a {what} is declared twice");
+        }
+        once("key", SETTINGS.iter().map(|s| s.key.to_owned()).collect());
+        once(
+            "variable",
+            SETTINGS.iter().flat_map(|s| s.env_names()).collect(),
+        );
+        once(
+            "flag",
+            SETTINGS
+                .iter()
+                .filter_map(|s| s.meta.flag.map(str::to_owned))
+                .collect(),
+        );
         for s in SETTINGS {
             assert!(s.meta.env.starts_with("KYCD_"), "{}", s.key);
             assert!(!s.help().is_empty(), "{} has no help", s.key);
