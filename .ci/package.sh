@@ -163,7 +163,7 @@ echo "a secret in /etc/kycd/kycd.env reaches kycd, hidden"
 echo 'KYCD_WEBHOOK_SECRETS=ci-package-secret' >>/etc/kycd/kycd.env
 out=$(config_check) || fail "kycd config check failed with a secret set"
 echo "$out" | grep -q 'ci-package-secret' && fail "config check printed the secret"
-echo "$out" | grep -q '^webhook_secrets = .*<hidden>' || fail "the env file's secret did not reach kycd"
+echo "$out" | grep -q '^# webhook_secrets = .*<hidden>.*from KYCD_WEBHOOK_SECRETS' || fail "the env file's secret did not reach kycd"
 
 echo "kycd serve, as the kycd user, on the installed files"
 log=$(mktemp)

@@ -125,6 +125,21 @@ impl Delivery {
     }
 }
 
+/// What the server's decisions do in these tests: write back to Didit,
+/// tell the operator, and step up with a workflow for each check.
+fn actions() -> Arc<ActionSettings> {
+    Arc::new(ActionSettings {
+        didit: true,
+        operator_webhooks: true,
+        step_up_workflows: BTreeMap::from([
+            ("BIOMETRIC_AUTH".to_owned(), "wf-bio".to_owned()),
+            ("PHONE".to_owned(), "wf-phone".to_owned()),
+            ("NFC".to_owned(), "wf-nfc".to_owned()),
+        ]),
+        ..ActionSettings::default()
+    })
+}
+
 impl Harness {
     fn new() -> Self {
         Self::with_policy(Policy::builtin_default())
@@ -137,16 +152,7 @@ impl Harness {
         );
         let store = Arc::new(SqliteStore::open(&dir.path().join("store.db"), false).unwrap());
         let mut policies = Policies::new(policy, None);
-        policies.actions = Arc::new(ActionSettings {
-            didit: true,
-            operator_webhooks: true,
-            step_up_workflows: BTreeMap::from([
-                ("BIOMETRIC_AUTH".to_owned(), "wf-bio".to_owned()),
-                ("PHONE".to_owned(), "wf-phone".to_owned()),
-                ("NFC".to_owned(), "wf-nfc".to_owned()),
-            ]),
-            ..ActionSettings::default()
-        });
+        policies.actions = actions();
         let projector = Projector::new(log.clone(), store.clone(), policies);
         Self {
             _dir: dir,
@@ -902,16 +908,7 @@ impl Harness {
             max_examples: 10,
             graph_window_ms: kycd_engine::projector::DEFAULT_GRAPH_WINDOW_MS,
         };
-        let actions = Arc::new(ActionSettings {
-            didit: true,
-            operator_webhooks: true,
-            step_up_workflows: BTreeMap::from([
-                ("BIOMETRIC_AUTH".to_owned(), "wf-bio".to_owned()),
-                ("PHONE".to_owned(), "wf-phone".to_owned()),
-                ("NFC".to_owned(), "wf-nfc".to_owned()),
-            ]),
-            ..ActionSettings::default()
-        });
+        let actions = actions();
         let log: Arc<dyn EventLog> = self.log.clone();
         match candidate {
             Some(p) => kycd_engine::replay::replay_with(log, &*self.store, scratch, p, w, actions)
