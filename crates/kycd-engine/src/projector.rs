@@ -1416,18 +1416,8 @@ impl Projector {
         if !self.policies.follow_log || self.resumed.load(Ordering::Acquire) {
             return Ok(());
         }
-        let mark = format!("{CONSUMER}{}", kycd_log::store::POLICY_MARK_SUFFIX);
-        let at = self.store.consumer_offset(&mark).await?;
-        if at > 0 {
-            if let Some(event) = self
-                .log
-                .read(at - 1, 1)
-                .await?
-                .into_iter()
-                .find(|e| e.offset == at)
-            {
-                self.activate(&event);
-            }
+        if let Some(event) = last_applied_activation(&*self.log, &*self.store).await? {
+            self.activate(&event);
         }
         self.resumed.store(true, Ordering::Release);
         Ok(())
@@ -1511,6 +1501,24 @@ pub fn policy_activation(policy: &Policy, actor: &str, at_ms: i64) -> kycd_log::
     }
 }
 
+/// The activation the projector applied last (the store's mark), read back
+/// from the log.
+async fn last_applied_activation(
+    log: &dyn EventLog,
+    store: &dyn Store,
+) -> Result<Option<StoredEvent>, ProjectorError> {
+    let mark = format!("{CONSUMER}{}", kycd_log::store::POLICY_MARK_SUFFIX);
+    let at = store.consumer_offset(&mark).await?;
+    if at == 0 {
+        return Ok(None);
+    }
+    Ok(log
+        .read(at - 1, 1)
+        .await?
+        .into_iter()
+        .find(|e| e.offset == at))
+}
+
 /// The version of the policy in force at the head of `log`: the last
 /// activation after the projector's mark, else the one the mark names, else
 /// none. The server activates its configured policy only when it differs.
@@ -1523,20 +1531,13 @@ pub async fn policy_at_head(
             .ok()
             .map(|a| a.version)
     };
-    let mark = format!("{CONSUMER}{}", kycd_log::store::POLICY_MARK_SUFFIX);
-    let at = store.consumer_offset(&mark).await?;
-    let mut version = None;
-    if at > 0 {
-        version = log
-            .read(at - 1, 1)
-            .await?
-            .iter()
-            .find(|e| e.offset == at)
-            .and_then(version_of);
-    }
+    let mut version = last_applied_activation(log, store)
+        .await?
+        .as_ref()
+        .and_then(version_of);
     // Activations not yet projected: the backlog after the projector's
-    // offset.
-    let mut after = store.consumer_offset(CONSUMER).await?.max(at);
+    // offset (the mark commits with that offset, so it is never past it).
+    let mut after = store.consumer_offset(CONSUMER).await?;
     loop {
         let page = log.read(after, BATCH).await?;
         let Some(last) = page.last() else { break };
