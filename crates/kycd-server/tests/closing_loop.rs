@@ -6,7 +6,7 @@
 //! session.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -112,6 +112,97 @@ async fn operator_app(received: Received) -> String {
     format!("http://{addr}/hooks")
 }
 
+/// A proxy in front of kycd's webhook endpoint, where Didit's confirming
+/// delivery can be made to fail. Armed for a session and a status, it
+/// answers the first delivery of that status 503 and holds every later
+/// attempt (Didit's retries) until released, then forwards each one; all
+/// other deliveries pass straight through.
+struct Gate {
+    kycd: Mutex<String>,
+    trap: Mutex<Option<(String, String)>>,
+    refused: AtomicUsize,
+    held: AtomicUsize,
+    release: tokio::sync::watch::Sender<bool>,
+    /// kycd's answers to the held attempts, once released.
+    forwarded: Mutex<Vec<u16>>,
+    http: reqwest::Client,
+}
+
+impl Gate {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            kycd: Mutex::new(String::new()),
+            trap: Mutex::new(None),
+            refused: AtomicUsize::new(0),
+            held: AtomicUsize::new(0),
+            release: tokio::sync::watch::Sender::new(false),
+            forwarded: Mutex::new(Vec::new()),
+            http: reqwest::Client::new(),
+        })
+    }
+
+    fn arm(&self, session: &str, status: &str) {
+        *self.trap.lock().unwrap() = Some((session.to_owned(), status.to_owned()));
+    }
+
+    /// Serve the proxy for kycd's webhook URL `kycd`; returns its own URL.
+    async fn serve(self: Arc<Self>, kycd: String) -> String {
+        *self.kycd.lock().unwrap() = kycd;
+        let gate = self.clone();
+        let app = axum::Router::new().route(
+            "/webhooks/didit",
+            axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
+                let gate = gate.clone();
+                async move { gate.pass(headers, body).await }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        format!("http://{addr}/webhooks/didit")
+    }
+
+    async fn pass(
+        self: Arc<Self>,
+        headers: HeaderMap,
+        body: axum::body::Bytes,
+    ) -> axum::http::StatusCode {
+        let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let trapped = self.trap.lock().unwrap().as_ref().is_some_and(|(s, st)| {
+            v["session_id"].as_str() == Some(s) && v["status"].as_str() == Some(st)
+        });
+        if trapped {
+            if self.refused.fetch_add(1, Ordering::SeqCst) == 0 {
+                return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+            }
+            self.refused.fetch_sub(1, Ordering::SeqCst);
+            self.held.fetch_add(1, Ordering::SeqCst);
+            let mut released = self.release.subscribe();
+            let _ = released.wait_for(|r| *r).await;
+        }
+        // Forwarded from a task of its own, so that a held attempt reaches
+        // kycd even if Didit stopped waiting for its answer meanwhile.
+        let gate = self.clone();
+        let forward = tokio::spawn(async move {
+            let mut req = gate.http.post(gate.kycd.lock().unwrap().clone());
+            for (name, value) in &headers {
+                if !matches!(name.as_str(), "host" | "content-length" | "connection") {
+                    req = req.header(name, value);
+                }
+            }
+            let status = match req.body(body).send().await {
+                Ok(r) => r.status().as_u16(),
+                Err(_) => 502,
+            };
+            if trapped {
+                gate.forwarded.lock().unwrap().push(status);
+            }
+            status
+        });
+        axum::http::StatusCode::from_u16(forward.await.unwrap_or(502)).unwrap()
+    }
+}
+
 /// The shared stack, with what the operator's application received.
 type Stack = support::Stack<Received>;
 
@@ -125,6 +216,8 @@ struct Options {
     step_up_workflows: bool,
     operator_status: u16,
     allow_loosening: bool,
+    /// A proxy between the simulator and kycd.
+    gate: Option<Arc<Gate>>,
 }
 
 impl Default for Options {
@@ -139,6 +232,7 @@ impl Default for Options {
             step_up_workflows: true,
             operator_status: 200,
             allow_loosening: false,
+            gate: None,
         }
     }
 }
@@ -173,14 +267,30 @@ async fn stack(seed: u64, o: Options) -> Stack {
         writeback_allow_loosening: o.allow_loosening,
         ..support::settings(&sim, SECRET, dir.path().join("data"))
     };
-    support::Stack::start(sim, settings, dir, WebhookVersion::V3)
-        .await
-        .with(received)
+    let gate = o.gate.clone();
+    support::Stack::start_behind(sim, settings, dir, WebhookVersion::V3, |kycd| async move {
+        match gate {
+            Some(gate) => gate.serve(kycd).await,
+            None => kycd,
+        }
+    })
+    .await
+    .with(received)
 }
 
 impl Stack {
     fn outcome_of(doc: &Value) -> Option<&str> {
         doc.pointer("/decision/outcome").and_then(Value::as_str)
+    }
+
+    /// The session's status at Didit now.
+    fn status_at_didit(&self, session: &str) -> String {
+        self.sim
+            .truth()
+            .into_iter()
+            .find(|t| t.session_id == session)
+            .expect("the simulator knows the session")
+            .final_status
     }
 
     /// Operator messages by type, each verified with the reference library.
@@ -1044,13 +1154,7 @@ async fn a_reviewers_decision_acts_through_the_outbox_and_is_audited() {
     let changed = s.changes_of(&case);
     assert_eq!(changed.len(), 1);
     assert_eq!(changed[0].request["new_status"], "Approved");
-    let final_status = s
-        .sim
-        .truth()
-        .into_iter()
-        .find(|t| t.session_id == case)
-        .unwrap()
-        .final_status;
+    let final_status = s.status_at_didit(&case);
     assert_eq!(final_status, "Approved");
     // Audited under the reviewer, with the comment as the reason.
     let (_, audit) = s
@@ -1079,6 +1183,126 @@ async fn a_reviewers_decision_acts_through_the_outbox_and_is_audited() {
             .unwrap()
             .first_broken,
         None
+    );
+    s.sim.shutdown().await;
+}
+
+/// The reconcile race, end to end: a reviewer approves over Didit's
+/// `Declined` and kycd writes `Approved` to Didit. Didit's confirming
+/// `status.updated Approved` fails its first attempt (503 from the proxy),
+/// a reconciliation pass polls `Approved` first, and then Didit's retry
+/// arrives. Every copy of the echo is kycd's own write-back, recognised by
+/// its content: the person's approval stands, and kycd never writes
+/// `Declined` back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reviewers_approval_survives_a_reconcile_pass_racing_didits_retry() {
+    let gate = Gate::new();
+    let s = stack(
+        71,
+        Options {
+            gate: Some(gate.clone()),
+            ..Options::default()
+        },
+    )
+    .await;
+    s.sim.run(40);
+    s.settle(Duration::from_secs(90)).await;
+    let case = s
+        .sim
+        .truth()
+        .into_iter()
+        .find(|t| t.final_status == "Declined")
+        .map(|t| t.session_id)
+        .expect("a customer Didit declined");
+    let before = s.session(&case).await;
+    assert_eq!(Stack::outcome_of(&before), Some("decline"));
+    assert!(s.changes_of(&case).is_empty(), "kycd agreed with Didit");
+
+    gate.arm(&case, "Approved");
+    let (status, r) = s
+        .api(
+            reqwest::Method::POST,
+            &format!("/sessions/{case}/review"),
+            Some(TOKEN),
+            Some(serde_json::json!({"outcome": "approve", "comment": "Checked the documents by hand"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{r}");
+    // kycd's write-back reaches Didit, whose confirming delivery is
+    // refused once, and whose retry is then held at the proxy.
+    s.eventually("Didit's retry is held", Duration::from_secs(30), || async {
+        gate.held.load(Ordering::SeqCst) > 0
+    })
+    .await;
+    assert_eq!(s.changes_of(&case).len(), 1);
+    assert_eq!(gate.refused.load(Ordering::SeqCst), 1);
+
+    // Reconciliation sees Didit's Approved before the retry does.
+    let (status, r) = s
+        .api(
+            reqwest::Method::POST,
+            "/reconcile",
+            Some(TOKEN),
+            Some(serde_json::json!({"since": "1h"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{r}");
+    assert!(r["appended"].as_u64().unwrap() >= 1, "the poll is new: {r}");
+    let head = s.running.app.log.head().await.unwrap();
+    let mut applied = s.running.app.applied.clone();
+    s.eventually("the poll is projected", Duration::from_secs(30), || {
+        let now = *applied.borrow_and_update();
+        async move { now >= head }
+    })
+    .await;
+    let polled = s
+        .running
+        .app
+        .store
+        .get_session(&case)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(polled.status, "Approved", "the poll was applied");
+
+    // Then Didit's retry arrives.
+    gate.release.send_replace(true);
+    s.eventually(
+        "the retry reaches kycd",
+        Duration::from_secs(30),
+        || async { !gate.forwarded.lock().unwrap().is_empty() },
+    )
+    .await;
+    assert!(gate.forwarded.lock().unwrap().iter().all(|c| *c == 200));
+    s.settle(Duration::from_secs(60)).await;
+
+    let doc = s.session(&case).await;
+    assert_eq!(
+        Stack::outcome_of(&doc),
+        Some("approve"),
+        "decision {}, history {}",
+        doc["decision"],
+        doc["history"]
+    );
+    assert_eq!(doc["decision"]["policy_version"], "reviewer");
+    let writes: Vec<String> = s
+        .changes_of(&case)
+        .iter()
+        .map(|c| c.request["new_status"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(writes, ["Approved"], "kycd never writes Declined back");
+    let final_status = s.status_at_didit(&case);
+    assert_eq!(final_status, "Approved");
+    let by_kycd = doc["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e.get("by_kycd").is_some())
+        .count();
+    assert!(
+        by_kycd >= 2,
+        "the poll and the retry are both recognised as kycd's own: {}",
+        doc["history"]
     );
     s.sim.shutdown().await;
 }

@@ -78,19 +78,36 @@ pub struct Stack<X = ()> {
 impl Stack {
     /// Start kycd with `settings` (its data under `dir`, kept as long as
     /// the stack) and send the simulator's deliveries to it.
+    #[allow(dead_code)] // each test binary compiles this module; not all use both
     pub async fn start(
         sim: Sim,
         settings: Settings,
         dir: tempfile::TempDir,
         version: WebhookVersion,
     ) -> Stack {
+        Self::start_behind(sim, settings, dir, version, |url| async move { url }).await
+    }
+
+    /// [`Stack::start`], with the simulator delivering to the address
+    /// `front` returns for kycd's webhook URL (a proxy in front of it).
+    pub async fn start_behind<F, Fut>(
+        sim: Sim,
+        settings: Settings,
+        dir: tempfile::TempDir,
+        version: WebhookVersion,
+        front: F,
+    ) -> Stack
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: std::future::Future<Output = String>,
+    {
         // The simulator stamps deliveries with the wall clock, so kycd must
         // check freshness against it too.
         let running = kycd_server::start(settings, Arc::new(SystemClock))
             .await
             .unwrap();
-        sim.add_destination(&format!("http://{}/webhooks/didit", running.addr), version)
-            .unwrap();
+        let url = front(format!("http://{}/webhooks/didit", running.addr)).await;
+        sim.add_destination(&url, version).unwrap();
         Stack {
             sim,
             running,
