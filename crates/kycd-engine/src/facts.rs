@@ -7,7 +7,7 @@
 //! handed in, never read from a clock. That is what lets a replay rebuild
 //! a decision's facts exactly.
 
-use didit::payload::{Decision, Feature, FeatureStatus, LogType};
+use didit::payload::{Decision, Feature, FeatureStatus, LogType, SessionStatus};
 use kycd_core::when::format_millis;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
@@ -272,6 +272,16 @@ const TAMPERING: [&str; 4] = [
 ];
 const LIVENESS_ATTACK: [&str; 2] = ["LIVENESS_FACE_ATTACK", "NO_FACE_DETECTED"];
 
+/// The status the newest entry of Didit's `reviews[]` set: a decision made
+/// in Didit's console or through its API, not by Didit's automatic checks.
+/// Who made it (often an email address) never enters the facts.
+fn last_review_status(d: &Decision) -> Option<&str> {
+    d.reviews
+        .last()
+        .and_then(|r| r.new_status.as_ref())
+        .map(SessionStatus::as_str)
+}
+
 /// Build the facts document.
 pub fn build(input: &FactsInput<'_>) -> Value {
     let d = input.decision;
@@ -442,6 +452,7 @@ pub fn build(input: &FactsInput<'_>) -> Value {
             "risks": risks,
             "declining_risks": declining,
             "review_risks": review,
+            "last_review_status": last_review_status(d),
         },
         "document": document,
         "liveness": liveness,
@@ -461,7 +472,7 @@ mod tests {
 
     const NOW_MS: i64 = 1_774_970_000_000;
 
-    fn vector(name: &str) -> Envelope {
+    fn vector_body(name: &str) -> String {
         let v: Value = didit::testdata::vectors();
         let case = v["cases"]
             .as_array()
@@ -469,7 +480,11 @@ mod tests {
             .iter()
             .find(|c| c["name"] == name)
             .unwrap();
-        Envelope::from_slice(case["body"].as_str().unwrap().as_bytes()).unwrap()
+        case["body"].as_str().unwrap().to_owned()
+    }
+
+    fn vector(name: &str) -> Envelope {
+        Envelope::from_slice(vector_body(name).as_bytes()).unwrap()
     }
 
     fn facts_of(env: &Envelope, graph: GraphSignals, attrs: Option<&Value>) -> Value {
@@ -553,6 +568,29 @@ mod tests {
             f["ip"]["country_mismatch"],
             Value::Null,
             "unknown is not a mismatch"
+        );
+    }
+
+    #[test]
+    fn the_newest_review_at_didit_is_a_fact_without_its_author() {
+        let f = facts_of(
+            &vector("approved_full_decision"),
+            GraphSignals::default(),
+            None,
+        );
+        assert_eq!(f["didit"]["last_review_status"], Value::Null, "no reviews");
+        let mut body: Value =
+            serde_json::from_str(vector_body("approved_full_decision").as_str()).unwrap();
+        body["decision"]["reviews"] = json!([
+            {"user": "api", "new_status": "Approved", "comment": "x", "created_at": "2026-03-31T15:13:14.123456Z"},
+            {"user": "analyst@operator.example", "new_status": "Declined", "comment": "y", "created_at": "2026-03-31T16:13:14.123456Z"}
+        ]);
+        let env = Envelope::from_slice(&serde_json::to_vec(&body).unwrap()).unwrap();
+        let f = facts_of(&env, GraphSignals::default(), None);
+        assert_eq!(f["didit"]["last_review_status"], "Declined");
+        assert!(
+            !f.to_string().contains("analyst@"),
+            "the reviewer is not a fact"
         );
     }
 

@@ -42,7 +42,13 @@ const FACTS: &[(&str, &[&str])] = &[
     ("subject", &["id", "attributes", "blocklisted"]),
     (
         "didit",
-        &["features", "risks", "declining_risks", "review_risks"],
+        &[
+            "features",
+            "risks",
+            "declining_risks",
+            "review_risks",
+            "last_review_status",
+        ],
     ),
     (
         "document",
