@@ -535,7 +535,7 @@ impl Sim {
         }
     }
 
-    fn plan(&self, st: &mut State, customer: usize, arrival: Duration) -> Plan {
+    fn plan(&self, st: &mut State, customer: usize, mut arrival: Duration) -> Plan {
         let inner = &self.inner;
         let today = inner.today;
         let mut rng = rng_for(inner.seed, "customer", &customer.to_string());
@@ -544,7 +544,7 @@ impl Sim {
         let mut persona =
             Persona::generate(&mut rng_for(inner.seed, "persona", &vendor_data), today);
         if matches!(scenario, Scenario::DocumentRing | Scenario::MultiAccount) {
-            persona = session::ring_member(st, scenario, persona, &mut rng, customer);
+            persona = session::ring_member(st, scenario, persona, &mut rng, customer, &mut arrival);
         }
         session::apply_scenario(&mut persona, scenario, &mut rng, today);
         st.people.insert(vendor_data.clone(), persona.clone());

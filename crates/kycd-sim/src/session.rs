@@ -1052,6 +1052,7 @@ pub(crate) fn ring_member(
     own: Persona,
     rng: &mut SimRng,
     customer: usize,
+    arrival: &mut std::time::Duration,
 ) -> Persona {
     // One open ring per kind: a document ring drawn in between does not
     // cut a multi-account ring short.
@@ -1067,11 +1068,14 @@ pub(crate) fn ring_member(
             members: 1,
             leader: own.clone(),
             leader_customer: customer,
+            next_arrival: *arrival + crate::state::RING_MEMBER_GAP,
         });
         return own;
     };
     let ring = &mut st.rings[at];
     ring.members += 1;
+    *arrival = (*arrival).max(ring.next_arrival);
+    ring.next_arrival = *arrival + crate::state::RING_MEMBER_GAP;
     let leader = &ring.leader;
     let mut p = match scenario {
         // One person, many accounts: everything but the contact details.

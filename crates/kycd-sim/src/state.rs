@@ -247,7 +247,19 @@ pub(crate) struct Ring {
     pub leader: Persona,
     /// The customer number of the ring's first member.
     pub leader_customer: usize,
+    /// The earliest the next member arrives (simulated time since the
+    /// run's start): [`RING_MEMBER_GAP`] after the newest one.
+    pub next_arrival: std::time::Duration,
 }
+
+/// How long after one ring member the next one arrives at the earliest,
+/// simulated: longer than a member's whole flow (under 300 simulated
+/// seconds, deliveries' delays included), so that members finish one after
+/// another. kycd decides each member on the members it has heard of so
+/// far; two finishing within a moment of each other would be decided in
+/// whatever order real timing picked, and the same seed would not give the
+/// same decisions.
+pub(crate) const RING_MEMBER_GAP: std::time::Duration = std::time::Duration::from_secs(600);
 
 pub(crate) struct State {
     pub workflows: Vec<Workflow>,
