@@ -335,6 +335,7 @@ settings! {
     console_cookie_secure: bool = true,
         Meta::env("KYCD_CONSOLE_COOKIE_SECURE");
 
+
     /// "full": a committed event survives power loss (fsync per group
     /// commit). "normal": survives a crash of kycd; the last commits may be
     /// lost on power loss, for more throughput on slow disks.
@@ -373,6 +374,15 @@ settings! {
     /// application on the same host).
     operator_webhook_allow_private: bool = false,
         Meta::env("KYCD_OPERATOR_WEBHOOK_ALLOW_PRIVATE");
+
+    /// A PEM file of extra root certificates that every outbound HTTPS
+    /// connection trusts besides the built-in (Mozilla) roots: Didit's API,
+    /// the decision webhooks, Didit's media links. For an endpoint whose
+    /// certificate a private CA issued (else it fails with UnknownIssuer).
+    /// Read at start; a file that cannot be read or holds no valid
+    /// certificate stops the start.
+    ca_bundle: Option<PathBuf> = None,
+        Meta::env("KYCD_CA_BUNDLE").example("\"/etc/kycd/ca.pem\"");
 
     /// Write decisions back to Didit and create step-up sessions (needs
     /// `didit_api_key`; until then the actions wait).

@@ -361,6 +361,10 @@ fn validate(s: &Settings) -> anyhow::Result<()> {
     if s.retry_time_scale <= 0.0 {
         bail!("{}: expected a positive number", named("retry_time_scale"));
     }
+    // Read here too, so that `config check` finds a bad bundle before a
+    // start does.
+    kycd_server::ca_bundle::CaBundle::from_settings(s)
+        .map_err(|e| anyhow!("{}: {e}", named("ca_bundle")))?;
     crate::logging::filter(&s.log).map_err(|e| anyhow!("{}: {e}", named("log")))?;
     Ok(())
 }
