@@ -19,6 +19,7 @@ pub mod decisions;
 pub mod error;
 pub mod intake;
 pub mod operator_webhook;
+pub mod proxy;
 pub mod readiness;
 pub mod reconcile;
 pub mod serving;
