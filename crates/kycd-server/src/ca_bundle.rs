@@ -128,13 +128,15 @@ mod tests {
         assert!(matches!(e, CaBundleError::Empty { .. }), "{e}");
         assert!(e.to_string().contains(&*path.to_string_lossy()), "{e}");
 
-        let key = b"-----BEGIN PRIVATE KEY-----\nc2VjcmV0LWtleS1ieXRlcw==\n-----END PRIVATE KEY-----\n";
+        let key =
+            b"-----BEGIN PRIVATE KEY-----\nc2VjcmV0LWtleS1ieXRlcw==\n-----END PRIVATE KEY-----\n";
         let (_d, path) = file(key);
         let e = CaBundle::load(&path).unwrap_err();
         assert!(matches!(e, CaBundleError::Empty { .. }), "{e}");
         assert!(!e.to_string().contains("c2VjcmV0"), "never echoes the file");
 
-        let (_d, path) = file(b"-----BEGIN CERTIFICATE-----\n!!!not base64!!!\n-----END CERTIFICATE-----\n");
+        let (_d, path) =
+            file(b"-----BEGIN CERTIFICATE-----\n!!!not base64!!!\n-----END CERTIFICATE-----\n");
         let e = CaBundle::load(&path).unwrap_err();
         assert!(matches!(e, CaBundleError::Malformed { .. }), "{e}");
 
@@ -143,10 +145,15 @@ mod tests {
         assert!(matches!(e, CaBundleError::Malformed { .. }), "{e}");
 
         // Good base64, but not a certificate.
-        let (_d, path) = file(b"-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n");
+        let (_d, path) = file(
+            b"-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n",
+        );
         let e = CaBundle::load(&path).unwrap_err();
         assert!(matches!(e, CaBundleError::Invalid { index: 1, .. }), "{e}");
-        assert!(e.to_string().contains("certificate 1 is not a valid X.509"), "{e}");
+        assert!(
+            e.to_string().contains("certificate 1 is not a valid X.509"),
+            "{e}"
+        );
     }
 
     #[test]
