@@ -184,7 +184,11 @@ impl DiditClient {
         headers.insert("x-api-key", api_key);
         let user_agent =
             HeaderValue::from_str(&config.user_agent).map_err(|_| ConfigError::UserAgent)?;
-        let http = reqwest::Client::builder()
+        let http = config
+            .root_certificates
+            .iter()
+            .cloned()
+            .fold(reqwest::Client::builder(), |b, c| b.add_root_certificate(c))
             .default_headers(headers)
             .user_agent(user_agent)
             .timeout(config.timeout)

@@ -13,11 +13,13 @@ pub mod access_api;
 pub mod actions_api;
 pub mod api;
 mod background;
+pub mod ca_bundle;
 mod console;
 pub mod decisions;
 pub mod error;
 pub mod intake;
 pub mod operator_webhook;
+pub mod proxy;
 pub mod readiness;
 pub mod reconcile;
 pub mod serving;
@@ -110,13 +112,18 @@ pub fn action_settings(settings: &Settings) -> anyhow::Result<ActionSettings> {
     })
 }
 
-/// A Didit API client when a key is configured.
-pub fn didit_client(settings: &Settings) -> anyhow::Result<Option<DiditClient>> {
+/// A Didit API client when a key is configured, trusting `roots` besides
+/// the built-in roots.
+pub fn didit_client(
+    settings: &Settings,
+    roots: &ca_bundle::CaBundle,
+) -> anyhow::Result<Option<DiditClient>> {
     let Some(key) = &settings.didit_api_key else {
         return Ok(None);
     };
     let mut config = ClientConfig::new(key.expose().to_owned());
     config.base_url = settings.didit_base_url.clone();
+    config.root_certificates = roots.certificates().to_vec();
     // Didit's limits are per minute; a faster clock (the demo against the
     // simulator, whose minutes are as short) shortens the window too.
     if settings.retry_time_scale > 1.0 {
@@ -317,6 +324,15 @@ fn ignore_file_size_signal() {
 /// `settings.listen`.
 pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Running> {
     let metrics = telemetry::Metrics::install();
+    // Read once: every outbound HTTPS client trusts these roots as well.
+    let roots = ca_bundle::CaBundle::from_settings(&settings)
+        .map_err(|e| anyhow::anyhow!("ca_bundle (KYCD_CA_BUNDLE): {e}"))?;
+    if !roots.is_empty() {
+        tracing::info!(
+            certificates = roots.len(),
+            "outbound HTTPS trusts the CA bundle besides the built-in roots"
+        );
+    }
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("create data directory {}", settings.data_dir.display()))?;
     let log_path = settings.data_dir.join("events.db");
@@ -357,7 +373,7 @@ pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Run
     let access: Arc<dyn Access> = store.clone();
     let cases: Arc<dyn kycd_log::cases::Cases> = store.clone();
     let store: Arc<dyn Store> = store;
-    let didit = didit_client(&settings)?;
+    let didit = didit_client(&settings, &roots)?;
     let operator = match &settings.operator_webhook_url {
         Some(url) => {
             let secrets = settings
@@ -369,11 +385,12 @@ pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Run
                     anyhow::anyhow!("operator webhook secrets must be whsec_ followed by base64")
                 })?;
             Some(
-                operator_webhook::Sender::new(
+                operator_webhook::Sender::with_ca_bundle(
                     url,
                     secrets,
                     settings.operator_webhook_allow_private,
                     std::time::Duration::from_secs(10),
+                    &roots,
                 )
                 .map_err(|e| anyhow::anyhow!("operator webhook url: {e}"))?,
             )
@@ -460,10 +477,7 @@ pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Run
             step_up_workflows: settings.step_up_workflows.clone(),
             step_up_expiry_ms: settings.scaled_ms(settings.step_up_expiry_secs as f64 * 1000.0),
         },
-        http: reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(15))
-            .build()
-            .context("http client")?,
+        http: worker::media_client(&roots).context("http client")?,
     });
     let app = Arc::new(App {
         settings,

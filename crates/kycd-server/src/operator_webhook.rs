@@ -19,11 +19,16 @@
 //! ([`is_public`]) both when it is built and at each connection: DNS
 //! answers are filtered by a custom resolver, since a name that was public
 //! yesterday may resolve to `127.0.0.1` today.
+//!
+//! An endpoint whose certificate a private CA issued is trusted through
+//! `KYCD_CA_BUNDLE` ([`Sender::with_ca_bundle`], [`crate::ca_bundle`]).
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+
+use crate::ca_bundle::CaBundle;
 
 /// The prefix of a Standard Webhooks secret.
 pub const SECRET_PREFIX: &str = "whsec_";
@@ -293,6 +298,18 @@ impl Sender {
         allow_private: bool,
         timeout: std::time::Duration,
     ) -> Result<Sender, EndpointError> {
+        Self::with_ca_bundle(url, secrets, allow_private, timeout, &CaBundle::default())
+    }
+
+    /// [`Sender::new`], trusting `roots` (`KYCD_CA_BUNDLE`) besides the
+    /// built-in roots: an endpoint behind the operator's private CA.
+    pub fn with_ca_bundle(
+        url: &str,
+        secrets: Vec<SigningSecret>,
+        allow_private: bool,
+        timeout: std::time::Duration,
+        roots: &CaBundle,
+    ) -> Result<Sender, EndpointError> {
         let url = reqwest::Url::parse(url.trim())
             .map_err(|e| EndpointError::InvalidUrl(e.to_string()))?;
         match url.scheme() {
@@ -309,7 +326,8 @@ impl Sender {
                 }
             }
         }
-        let mut builder = reqwest::Client::builder()
+        let mut builder = roots
+            .apply(reqwest::Client::builder())
             // A redirect would let the endpoint send the signed body (and
             // our connection) anywhere, past the address check.
             .redirect(reqwest::redirect::Policy::none())

@@ -24,12 +24,16 @@
 //!   carries on; any other error (a connection reset before it was
 //!   accepted) is skipped.
 //!
+//! Each request carries its connection's TCP peer as axum's
+//! `ConnectInfo<SocketAddr>` extension, as under `axum::serve`.
+//!
 //! On shutdown the loop stops accepting, every connection finishes the
 //! request it has in flight and closes, and [`serve`] returns when all have.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -37,7 +41,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -381,7 +385,7 @@ pub async fn serve(
             _ = stop.wait_for(|s| *s) => break,
         };
         match accepted {
-            Ok((stream, _peer)) => {
+            Ok((stream, peer)) => {
                 // Room is made when a connection has arrived, not ahead of
                 // one: below the cap nothing is closed.
                 let Some(permit) = registry.slot(&mut stop).await else {
@@ -391,6 +395,7 @@ pub async fn serve(
                 let registered = registry.open();
                 connections.spawn(connection(
                     stream,
+                    peer,
                     router.clone(),
                     registered,
                     permit,
@@ -422,6 +427,7 @@ pub async fn serve(
 
 async fn connection(
     stream: TcpStream,
+    peer: SocketAddr,
     router: Router,
     registered: Registered,
     _permit: OwnedSemaphorePermit,
@@ -434,9 +440,12 @@ async fn connection(
         conn: conn.clone(),
     });
     let on_request = conn.clone();
-    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+    let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
         let in_flight = on_request.request_started();
         let router = router.clone();
+        // What axum::serve would give handlers: the TCP peer, for the
+        // console's trusted proxies (`proxy`).
+        request.extensions_mut().insert(ConnectInfo(peer));
         async move {
             let response = router.oneshot(request.map(Body::new)).await;
             drop(in_flight);

@@ -46,6 +46,8 @@ use std::path::PathBuf;
 use didit::signature::Secret;
 use kycd_log::sqlite_log::Durability;
 
+pub use crate::proxy::{PublicUrl, TrustedProxies};
+
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATA_DIR: &str = "./kycd-data";
 pub const DEFAULT_DIDIT_BASE_URL: &str = "https://verification.didit.me";
@@ -335,6 +337,23 @@ settings! {
     console_cookie_secure: bool = true,
         Meta::env("KYCD_CONSOLE_COOKIE_SECURE");
 
+    /// The console's address as browsers reach it through a reverse proxy,
+    /// an origin such as https://kyc.example.com. When set, a console form
+    /// (the sign-in included) is accepted only if its Origin is exactly this
+    /// URL's scheme, host and port, whatever Host or X-Forwarded-Host say.
+    /// Unset: the request's Host, or X-Forwarded-Host from a trusted proxy.
+    public_url: Option<PublicUrl> = None,
+        Meta::env("KYCD_PUBLIC_URL").example("\"https://kyc.example.com\"");
+
+    /// The reverse proxies in front of kycd, as IP addresses or CIDR ranges
+    /// (in the environment: comma-separated). On a connection from one of
+    /// them the console's origin check takes the host from X-Forwarded-Host
+    /// (and the scheme from X-Forwarded-Proto, when sent) instead of Host;
+    /// from any other address those headers are ignored. `public_url`, when
+    /// set, wins over both.
+    trusted_proxies: TrustedProxies = TrustedProxies::default(),
+        Meta::env("KYCD_TRUSTED_PROXIES").example("[\"127.0.0.1\", \"10.0.0.0/8\"]");
+
     /// "full": a committed event survives power loss (fsync per group
     /// commit). "normal": survives a crash of kycd; the last commits may be
     /// lost on power loss, for more throughput on slow disks.
@@ -373,6 +392,15 @@ settings! {
     /// application on the same host).
     operator_webhook_allow_private: bool = false,
         Meta::env("KYCD_OPERATOR_WEBHOOK_ALLOW_PRIVATE");
+
+    /// A PEM file of extra root certificates that every outbound HTTPS
+    /// connection trusts besides the built-in (Mozilla) roots: Didit's API,
+    /// the decision webhooks, Didit's media links. For an endpoint whose
+    /// certificate a private CA issued (else it fails with UnknownIssuer).
+    /// Read at start; a file that cannot be read or holds no valid
+    /// certificate stops the start.
+    ca_bundle: Option<PathBuf> = None,
+        Meta::env("KYCD_CA_BUNDLE").example("\"/etc/kycd/ca.pem\"");
 
     /// Write decisions back to Didit and create step-up sessions (needs
     /// `didit_api_key`; until then the actions wait).

@@ -35,6 +35,7 @@ use rand::Rng;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
+use crate::ca_bundle::CaBundle;
 use crate::operator_webhook::{self, Message, SendError, Sender};
 
 /// How long a claim holds an action before another worker may take it.
@@ -70,6 +71,15 @@ impl WorkerConfig {
         let jittered = rand::thread_rng().gen_range(exp / 2..=exp.max(1));
         self.scaled(jittered)
     }
+}
+
+/// The client that fetches Didit's signed media links (a step-up's
+/// portrait), trusting `roots` besides the built-in roots.
+pub fn media_client(roots: &CaBundle) -> reqwest::Result<reqwest::Client> {
+    roots
+        .apply(reqwest::Client::builder())
+        .timeout(Duration::from_secs(15))
+        .build()
 }
 
 pub struct Worker {

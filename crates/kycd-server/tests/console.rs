@@ -2,7 +2,8 @@
 //! redirects): sign-in and its cookie, the queue, a reviewer's decision,
 //! and every refusal: no sign-in, a viewer deciding, a form without its
 //! CSRF token or from another origin, repeated failed sign-ins, tokens
-//! revoked from the console.
+//! revoked from the console. And behind a reverse proxy that rewrites
+//! Host: the public URL, and forwarded headers from trusted peers only.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,8 +11,9 @@ use std::time::{Duration, Instant};
 use didit::signature::Secret;
 use kycd_core::FixedClock;
 use kycd_log::access::UserInfo;
+use kycd_server::settings::{PublicUrl, TrustedProxies};
 use kycd_server::{Running, Settings};
-use reqwest::header::{HeaderMap, COOKIE, LOCATION, SET_COOKIE};
+use reqwest::header::{HeaderMap, COOKIE, HOST, LOCATION, ORIGIN, SET_COOKIE};
 use serde_json::{json, Value};
 
 mod deliveries;
@@ -94,11 +96,16 @@ async fn try_login_at(
 
 impl Console {
     async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// The console with settings of the test's own on top.
+    async fn start_with(configure: impl FnOnce(&mut Settings)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let policy = dir.path().join("review-all.toml");
         std::fs::write(&policy, REVIEW_ALL).unwrap();
         let clock = Arc::new(FixedClock::at_secs(NOW));
-        let settings = Settings {
+        let mut settings = Settings {
             listen: "127.0.0.1:0".into(),
             data_dir: dir.path().join("data"),
             webhook_secrets: vec![Secret::new(SECRET)],
@@ -106,6 +113,7 @@ impl Console {
             policy: Some(policy),
             ..Settings::default()
         };
+        configure(&mut settings);
         let running = kycd_server::start(settings, clock.clone()).await.unwrap();
         for (name, role) in [("rita", "reviewer"), ("vic", "viewer"), ("ada", "admin")] {
             let user = UserInfo {
@@ -499,6 +507,176 @@ async fn a_form_without_its_csrf_token_or_from_another_origin_is_refused() {
         .unwrap();
     assert_eq!(r.status(), 403, "login without its cookie");
     assert!(set_cookie(r.headers(), "kycd_console").is_none());
+}
+
+/// Headers as a reverse proxy passes a browser's request on: `Host`
+/// rewritten to kycd's own address, the browser's `Origin` kept, and the
+/// forwarded headers given.
+fn proxied(
+    req: reqwest::RequestBuilder,
+    forwarded: &[(&'static str, &'static str)],
+) -> reqwest::RequestBuilder {
+    let mut req = req
+        .header(HOST, "internal:8080")
+        .header(ORIGIN, "https://kyc.example.com");
+    for (name, value) in forwarded {
+        req = req.header(*name, *value);
+    }
+    req
+}
+
+impl Console {
+    /// The login form posted through a proxy (`proxied`).
+    async fn proxied_login(&self, forwarded: &[(&'static str, &'static str)]) -> reqwest::Response {
+        let (cookie, csrf) = self.login_form().await;
+        let req = self
+            .http
+            .post(format!("{}/console/login", self.base))
+            .header(COOKIE, cookie)
+            .form(&[
+                ("csrf", csrf.as_str()),
+                ("username", "rita"),
+                ("password", PASSWORD),
+            ]);
+        proxied(req, forwarded).send().await.unwrap()
+    }
+
+    /// A reviewer's approval of `session` posted through a proxy.
+    async fn proxied_decide(
+        &self,
+        b: &Browser,
+        session: &str,
+        forwarded: &[(&'static str, &'static str)],
+    ) -> reqwest::Response {
+        let req = self
+            .http
+            .post(format!("{}/console/cases/{session}/decide", self.base))
+            .header(COOKIE, &b.cookie)
+            .form(&[
+                ("csrf", b.csrf.as_str()),
+                ("outcome", "approve"),
+                ("comment", "checked by hand"),
+            ]);
+        proxied(req, forwarded).send().await.unwrap()
+    }
+}
+
+#[tokio::test]
+async fn behind_a_proxy_that_rewrites_host_forms_are_refused_until_the_public_url_is_set() {
+    // Without KYCD_PUBLIC_URL the browser's origin is not the Host kycd
+    // sees, so the sign-in and a decision are refused as cross-origin.
+    let c = Console::start().await;
+    c.case("s-1", "u-1").await;
+    let r = c.proxied_login(&[]).await;
+    assert_eq!(r.status(), 403);
+    assert!(set_cookie(r.headers(), "kycd_console").is_none());
+    let b = c.login("rita").await;
+    assert_eq!(c.proxied_decide(&b, "s-1", &[]).await.status(), 403);
+    assert_eq!(c.outcome("s-1").await.as_deref(), Some("review"));
+
+    // With it, the same requests are accepted. (The peer, 127.0.0.1, is a
+    // trusted proxy too, to show below that the public URL wins.)
+    let c = Console::start_with(|s| {
+        s.public_url = Some(PublicUrl::parse("https://kyc.example.com").unwrap());
+        s.trusted_proxies = TrustedProxies::parse("127.0.0.1").unwrap();
+    })
+    .await;
+    c.case("s-1", "u-1").await;
+    let r = c.proxied_login(&[]).await;
+    assert_eq!(r.status(), 303, "signed in through the proxy");
+    let (cookie, _) = set_cookie(r.headers(), "kycd_console").expect("a sign-in cookie");
+    let mut b = Browser {
+        cookie,
+        csrf: String::new(),
+    };
+    b.csrf = csrf_in(&c.page(&b, "/console/").await.1);
+    let r = c.proxied_decide(&b, "s-1", &[]).await;
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()[LOCATION], "/console/?decided=s-1");
+    assert_eq!(c.outcome("s-1").await.as_deref(), Some("approve"));
+
+    // Only that origin: another one, or Host's own, is refused now, even
+    // when the trusted proxy's forwarded headers name it.
+    c.case("s-2", "u-2").await;
+    for (scheme, host) in [
+        ("https", "evil.example"),
+        ("http", "kyc.example.com"),
+        ("http", "internal:8080"),
+    ] {
+        let r = c
+            .http
+            .post(format!("{}/console/cases/s-2/decide", c.base))
+            .header(COOKIE, &b.cookie)
+            .header(HOST, "internal:8080")
+            .header(ORIGIN, format!("{scheme}://{host}"))
+            .header("x-forwarded-host", host)
+            .header("x-forwarded-proto", scheme)
+            .form(&[
+                ("csrf", b.csrf.as_str()),
+                ("outcome", "approve"),
+                ("comment", "x"),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "{scheme}://{host}");
+    }
+    assert_eq!(c.outcome("s-2").await.as_deref(), Some("review"));
+}
+
+#[tokio::test]
+async fn x_forwarded_host_counts_only_from_a_trusted_proxy() {
+    let forwarded = [
+        ("x-forwarded-host", "kyc.example.com"),
+        ("x-forwarded-proto", "https"),
+    ];
+    // The test's connections come from 127.0.0.1: listed here...
+    let trusted = Console::start_with(|s| {
+        s.trusted_proxies = TrustedProxies::parse("10.0.0.0/8, 127.0.0.1").unwrap();
+    })
+    .await;
+    // ...and not here.
+    let untrusted = Console::start_with(|s| {
+        s.trusted_proxies = TrustedProxies::parse("10.0.0.0/8").unwrap();
+    })
+    .await;
+    for c in [&trusted, &untrusted] {
+        c.case("s-1", "u-1").await;
+    }
+
+    let r = untrusted.proxied_login(&forwarded).await;
+    assert_eq!(
+        r.status(),
+        403,
+        "an untrusted peer's X-Forwarded-Host is ignored"
+    );
+    let b = untrusted.login("rita").await;
+    assert_eq!(
+        untrusted
+            .proxied_decide(&b, "s-1", &forwarded)
+            .await
+            .status(),
+        403
+    );
+    assert_eq!(untrusted.outcome("s-1").await.as_deref(), Some("review"));
+
+    assert_eq!(trusted.proxied_login(&forwarded).await.status(), 303);
+    let b = trusted.login("rita").await;
+    // The proxy's scheme must be the origin's.
+    let plain = [
+        ("x-forwarded-host", "kyc.example.com"),
+        ("x-forwarded-proto", "http"),
+    ];
+    assert_eq!(
+        trusted.proxied_decide(&b, "s-1", &plain).await.status(),
+        403
+    );
+    // Without forwarded headers, even a trusted peer is held to Host.
+    assert_eq!(trusted.proxied_decide(&b, "s-1", &[]).await.status(), 403);
+    assert_eq!(trusted.outcome("s-1").await.as_deref(), Some("review"));
+    let r = trusted.proxied_decide(&b, "s-1", &forwarded).await;
+    assert_eq!(r.status(), 303);
+    assert_eq!(trusted.outcome("s-1").await.as_deref(), Some("approve"));
 }
 
 #[tokio::test]

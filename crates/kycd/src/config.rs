@@ -361,6 +361,10 @@ fn validate(s: &Settings) -> anyhow::Result<()> {
     if s.retry_time_scale <= 0.0 {
         bail!("{}: expected a positive number", named("retry_time_scale"));
     }
+    // Read here too, so that `config check` finds a bad bundle before a
+    // start does.
+    kycd_server::ca_bundle::CaBundle::from_settings(s)
+        .map_err(|e| anyhow!("{}: {e}", named("ca_bundle")))?;
     crate::logging::filter(&s.log).map_err(|e| anyhow!("{}: {e}", named("log")))?;
     Ok(())
 }
@@ -903,6 +907,14 @@ mod tests {
             ("KYCD_RETRY_TIME_SCALE", "-1", "retry_time_scale"),
             ("KYCD_LOG_FORMAT", "xml", "log_format"),
             ("KYCD_LOG", "kycd=loud", "log"),
+            ("KYCD_PUBLIC_URL", "kyc.example.com", "public_url"),
+            (
+                "KYCD_PUBLIC_URL",
+                "https://kyc.example.com/kyc",
+                "public_url",
+            ),
+            ("KYCD_TRUSTED_PROXIES", "10.0.0.0/33", "trusted_proxies"),
+            ("KYCD_CA_BUNDLE", "/nonexistent/ca.pem", "ca_bundle"),
         ] {
             let e = load(&ServeArgs::default(), &env(&[(k, v)])).err().unwrap();
             let msg = format!("{e:#}");
@@ -924,6 +936,61 @@ mod tests {
         let msg = format!("{e:#}");
         assert!(
             msg.contains("--durability") && msg.contains("KYCD_DURABILITY"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn public_url_trusted_proxies_and_ca_bundle_are_read_and_checked_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("ca.pem");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let ca = rcgen::CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        std::fs::write(&pem, ca.pem()).unwrap();
+        let s = load(
+            &ServeArgs::default(),
+            &env(&[
+                ("KYCD_PUBLIC_URL", "https://KYC.example.com/"),
+                ("KYCD_TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1"),
+                ("KYCD_CA_BUNDLE", pem.to_str().unwrap()),
+            ]),
+        )
+        .unwrap()
+        .settings;
+        assert_eq!(
+            s.public_url.as_ref().map(|u| u.origin()),
+            Some("https://kyc.example.com")
+        );
+        assert!(s.trusted_proxies.contains("10.1.2.3".parse().unwrap()));
+        assert!(!s.trusted_proxies.contains("192.168.0.1".parse().unwrap()));
+        assert_eq!(s.ca_bundle.as_deref(), Some(pem.as_path()));
+        // In the file: an array (or one comma-separated string).
+        for proxies in [
+            "[\"10.0.0.0/8\", \"127.0.0.1\"]",
+            "\"10.0.0.0/8,127.0.0.1\"",
+        ] {
+            let s = load_file(&format!("trusted_proxies = {proxies}\n"), &[])
+                .unwrap()
+                .settings;
+            assert!(s.trusted_proxies.contains("127.0.0.1".parse().unwrap()));
+        }
+        // A bad bundle names the setting, the variable, the path and why.
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        let e = load(
+            &ServeArgs::default(),
+            &env(&[("KYCD_CA_BUNDLE", empty.to_str().unwrap())]),
+        )
+        .err()
+        .unwrap();
+        let msg = format!("{e:#}");
+        assert!(
+            msg.contains("ca_bundle (KYCD_CA_BUNDLE)")
+                && msg.contains(empty.to_str().unwrap())
+                && msg.contains("no PEM certificate"),
             "{msg}"
         );
     }
@@ -975,6 +1042,8 @@ mod tests {
                 ("KYCD_API_TOKEN", "tok-123456"),
                 ("KYCD_ALLOW_BROKEN_AUDIT", "true"),
                 ("KYCD_LOG_FORMAT", "json"),
+                ("KYCD_PUBLIC_URL", "https://kyc.example.com:8443"),
+                ("KYCD_TRUSTED_PROXIES", "10.0.0.0/8,::1"),
             ]),
         )
         .unwrap();

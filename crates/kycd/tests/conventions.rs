@@ -1,8 +1,8 @@
 //! The conventions operators check first, on the built binary: `--version`
 //! (version, git revision, backends), shell completions, the log (JSON
 //! lines with `KYCD_LOG_FORMAT=json`, no colour codes into a pipe,
-//! `RUST_LOG` honoured), and `config check` printing TOML that reads back
-//! as the same configuration.
+//! `RUST_LOG` honoured), `config check` printing TOML that reads back
+//! as the same configuration, and refusing a CA bundle it cannot use.
 
 mod support;
 
@@ -226,4 +226,38 @@ fn config_check_prints_toml_that_reads_back_as_the_same_configuration() {
         err.contains("unknown key max_conections") && err.contains("max_connections"),
         "{err}"
     );
+}
+
+#[test]
+fn config_check_and_serve_refuse_a_ca_bundle_they_cannot_use_by_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing-ca.pem");
+    let empty = dir.path().join("empty-ca.pem");
+    std::fs::write(&empty, "").unwrap();
+    for (path, reason) in [(&missing, "cannot read it"), (&empty, "no PEM certificate")] {
+        for args in [&["config", "check"][..], &["serve"][..]] {
+            let out = kycd()
+                .args(args)
+                .env_clear()
+                .env("KYCD_CA_BUNDLE", path)
+                .env("KYCD_DATA_DIR", dir.path().join("data"))
+                .env("KYCD_LISTEN", "127.0.0.1:0")
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            assert!(
+                !out.status.success(),
+                "{args:?} accepted {}",
+                path.display()
+            );
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                err.contains("KYCD_CA_BUNDLE")
+                    && err.contains(&*path.to_string_lossy())
+                    && err.contains(reason)
+                    && !err.contains("panicked"),
+                "{args:?}: {err}"
+            );
+        }
+    }
 }

@@ -129,6 +129,9 @@ pub struct ClientConfig {
     pub rate_limits: RateLimits,
     /// The `User-Agent` header.
     pub user_agent: String,
+    /// Roots trusted besides the built-in ones (webpki-roots), for a Didit
+    /// base URL behind a private CA (a proxy, a simulator over TLS).
+    pub root_certificates: Vec<reqwest::Certificate>,
 }
 
 impl ClientConfig {
@@ -146,6 +149,7 @@ impl ClientConfig {
             max_response_bytes: 32 * 1024 * 1024,
             rate_limits: RateLimits::default(),
             user_agent: concat!("kycd/", env!("CARGO_PKG_VERSION")).to_owned(),
+            root_certificates: Vec::new(),
         }
     }
 

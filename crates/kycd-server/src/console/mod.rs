@@ -11,7 +11,9 @@
 //! - every form carries the sign-in's synchronizer token, checked in
 //!   constant time by the one extractor every POST handler takes
 //!   ([`Posted`]); the login form uses a double-submit cookie instead;
-//!   a cross-origin `Origin` is refused too;
+//!   a cross-origin `Origin` is refused too (behind a reverse proxy, the
+//!   origin is `KYCD_PUBLIC_URL`'s, or `X-Forwarded-Host` from
+//!   `KYCD_TRUSTED_PROXIES`: [`crate::proxy`]);
 //! - [`MAX_FAILURES`] failed sign-ins in a row pause a username for
 //!   [`LOCK_MS`], whether or not it exists, and every failure answers the
 //!   same words, so nothing tells which usernames exist;
@@ -28,9 +30,10 @@
 mod charts;
 mod pages;
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock};
 
-use axum::extract::{FromRequest, Request, State};
+use axum::extract::{ConnectInfo, FromRequest, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Redirect, Response};
@@ -43,6 +46,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::access_api::{digest, verify_password};
+use crate::proxy::same_origin;
 use crate::App;
 
 /// Failed sign-ins in a row that pause a username.
@@ -288,17 +292,11 @@ impl Posted {
     }
 }
 
-fn same_origin(headers: &HeaderMap) -> bool {
-    let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
-        return true;
-    };
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or_default();
-    origin
-        .split_once("://")
-        .is_some_and(|(_, rest)| !host.is_empty() && rest == host)
+/// The TCP peer of the request's connection, when it came over a socket.
+fn peer(req: &Request) -> Option<IpAddr> {
+    req.extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
 }
 
 fn tokens_match(a: &str, b: &str) -> bool {
@@ -317,12 +315,13 @@ async fn read_form(req: Request) -> Result<(HeaderMap, Vec<(String, String)>), R
 impl FromRequest<Arc<App>> for Posted {
     type Rejection = Response;
 
-    async fn from_request(req: Request, _app: &Arc<App>) -> Result<Self, Self::Rejection> {
+    async fn from_request(req: Request, app: &Arc<App>) -> Result<Self, Self::Rejection> {
         let user = req
             .extensions()
             .get::<User>()
             .cloned()
             .ok_or_else(to_login)?;
+        let peer = peer(&req);
         let (headers, fields) = read_form(req).await?;
         let refused = || {
             page_error(
@@ -330,7 +329,7 @@ impl FromRequest<Arc<App>> for Posted {
                 "This form has expired or did not come from this console. Reload the page and try again.",
             )
         };
-        if !same_origin(&headers) {
+        if !same_origin(&app.settings, &headers, peer) {
             return Err(refused());
         }
         let posted = Posted { user, fields };
@@ -375,6 +374,7 @@ fn decoy_hash() -> &'static str {
 const LOGIN_FAILED: &str = "Sign-in failed. Check the username and password. After 5 failed attempts in a row, sign-in for that username is paused for 15 minutes.";
 
 async fn login(State(app): State<Arc<App>>, req: Request) -> Response {
+    let peer = peer(&req);
     let (headers, fields) = match read_form(req).await {
         Ok(f) => f,
         Err(r) => return r,
@@ -388,7 +388,7 @@ async fn login(State(app): State<Arc<App>>, req: Request) -> Response {
     };
     let csrf_ok = cookie(&headers, LOGIN_CSRF_COOKIE)
         .is_some_and(|c| tokens_match(field("csrf"), &c))
-        && same_origin(&headers);
+        && same_origin(&app.settings, &headers, peer);
     if !csrf_ok {
         return login_page(
             &app,
