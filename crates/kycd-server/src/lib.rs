@@ -313,10 +313,28 @@ fn ignore_file_size_signal() {
     }
 }
 
+/// What the program starting a server tells it about itself, beyond the
+/// settings.
+#[derive(Debug, Clone, Default)]
+pub struct Startup {
+    /// The version and git revision `kycd_build_info` reports (the binary
+    /// knows its revision; this crate does not).
+    pub build: telemetry::BuildInfo,
+}
+
+/// [`start_with`] with the default [`Startup`]: revision `unknown`.
+pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Running> {
+    start_with(settings, clock, Startup::default()).await
+}
+
 /// Open storage in `settings.data_dir`, start the projector and serve on
 /// `settings.listen`.
-pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Running> {
-    let metrics = telemetry::Metrics::install();
+pub async fn start_with(
+    settings: Settings,
+    clock: SharedClock,
+    startup: Startup,
+) -> anyhow::Result<Running> {
+    let metrics = telemetry::Metrics::install(&startup.build);
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("create data directory {}", settings.data_dir.display()))?;
     let log_path = settings.data_dir.join("events.db");
@@ -430,7 +448,8 @@ pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Run
         .await
         .context("record the active policy in the event log")?;
     }
-    let projector = Projector::new(log.clone(), store.clone(), policies.clone());
+    let projector =
+        Projector::new(log.clone(), store.clone(), policies.clone()).with_metrics(clock.clone());
     let applied = projector.applied();
 
     let verifier = Verifier::new(settings.webhook_secrets.clone())
@@ -498,7 +517,7 @@ pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Run
     // It also runs at a lower scheduling priority (and so do its store
     // threads): when deliveries arrive faster than both can go, the
     // acknowledgements Didit waits for come first and decisions catch up
-    // from the log as soon as the burst passes (`kycd_consumer_lag`).
+    // from the log as soon as the burst passes (`kycd_projector_lag_events`).
     std::thread::Builder::new()
         .name("kycd-projector".into())
         .spawn(move || {
@@ -521,6 +540,7 @@ pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Run
         tokio::spawn(worker.run(stop_rx.clone(), app.applied.clone())),
         tokio::spawn(background::reconcile_loop(app.clone(), stop_rx.clone())),
         tokio::spawn(background::expire_step_ups(app.clone(), stop_rx.clone())),
+        tokio::spawn(background::outbox_backlog(app.clone(), stop_rx.clone())),
         tokio::spawn(readiness::monitor(
             app.clone(),
             readiness::AuditFiles {
