@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Install promtool from Debian's `prometheus` package, unless a promtool is
-# already on the PATH, then check that it runs and print its path on the
-# last line (the metrics test, crates/kycd/tests/metrics_promtool.rs, pipes
-# a live /metrics into `promtool check metrics`). Exits non-zero when
-# promtool is missing afterwards.
+# already on the PATH, then check that it runs and print its path: the only
+# thing written to stdout (apt's output and promtool's version go to
+# stderr), so `KYCD_TEST_PROMTOOL=$(.ci/promtool.sh)` works. The metrics
+# test (crates/kycd/tests/metrics_promtool.rs) pipes a live /metrics into
+# `promtool check metrics`. Exits non-zero when promtool is missing
+# afterwards.
 #
 # The package also ships the Prometheus server, whose postinst would
 # enable and start it. Nothing here wants a Prometheus running, so while
