@@ -106,7 +106,7 @@ impl Described {
         self
     }
 
-    const fn from_start(mut self, sets: LabelSets) -> Self {
+    const fn at_zero(mut self, sets: LabelSets) -> Self {
         self.from_start = sets;
         self
     }
@@ -133,12 +133,12 @@ pub static METRICS: &[Described] = &[
          invalid_signature (401), unusable (400, quarantined), unavailable (503), too_large \
          (413), bad_request (400), timeout (408), unsupported_media_type (415).",
     )
-    .from_start(|| each("result", &DeliveryResult::ALL.map(DeliveryResult::as_str))),
+    .at_zero(|| each("result", &DeliveryResult::ALL.map(DeliveryResult::as_str))),
     counter(
         "kycd_webhook_verification_failures_total",
         "Webhook deliveries refused by the signature check, by reason.",
     )
-    .from_start(|| each("reason", &didit::signature::VerifyError::REFUSAL_REASONS)),
+    .at_zero(|| each("reason", &didit::signature::VerifyError::REFUSAL_REASONS)),
     counter(
         "kycd_quarantined_total",
         "Authentic but unusable deliveries kept in the quarantine.",
@@ -153,7 +153,7 @@ pub static METRICS: &[Described] = &[
         "kycd_log_appends_total",
         "Appends to the event log, by result (new, duplicate, error).",
     )
-    .from_start(|| each("result", &kycd_log::sqlite_log::APPEND_RESULTS)),
+    .at_zero(|| each("result", &kycd_log::sqlite_log::APPEND_RESULTS)),
     histogram(
         "kycd_log_append_seconds",
         "Time from an append's submission to its durable commit, in seconds.",
@@ -172,7 +172,7 @@ pub static METRICS: &[Described] = &[
         "Decisions stored by the projector (the active policy's and reviewers'; shadow \
          decisions are not counted), by outcome.",
     )
-    .from_start(|| {
+    .at_zero(|| {
         each(
             "outcome",
             &kycd_policy::Outcome::ALL.map(kycd_policy::Outcome::as_str),
@@ -207,7 +207,7 @@ pub static METRICS: &[Described] = &[
         "Action attempts by the outbox workers, by kind and result (done, skipped, retry, \
          dead).",
     )
-    .from_start(|| {
+    .at_zero(|| {
         kycd_engine::actions::KINDS
             .iter()
             .flat_map(|kind| {
@@ -222,7 +222,7 @@ pub static METRICS: &[Described] = &[
         "Actions not finished yet (pending or running), by kind; refreshed every few seconds.",
     )
     .unit(Unit::Count)
-    .from_start(|| each("kind", &kycd_engine::actions::KINDS)),
+    .at_zero(|| each("kind", &kycd_engine::actions::KINDS)),
     counter(
         "kycd_operator_webhook_disabled_total",
         "Times the operator's webhook endpoint was disabled after consecutive failures.",
