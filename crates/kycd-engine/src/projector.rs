@@ -1872,6 +1872,61 @@ mod tests {
     use kycd_log::store::{DecisionQuery, SqliteStore};
     use kycd_log::NewEvent;
 
+    #[test]
+    fn metrics_count_active_decisions_and_time_only_those_a_webhook_brought() {
+        let event = |offset: u64, source: EventSource, received_at_ms: i64| StoredEvent {
+            offset,
+            id: kycd_core::EventId::new(received_at_ms),
+            received_at_ms,
+            source,
+            kind: "status.updated".into(),
+            session_id: Some(format!("s{offset}")),
+            didit_event_id: None,
+            dedupe_keys: Vec::new(),
+            body: Vec::new(),
+            meta: json!({}),
+        };
+        let decision = |offset: u64, outcome: &str, shadow: bool| DecisionRecord {
+            id: format!("dec_{offset}_{shadow}"),
+            event_offset: offset,
+            session_id: format!("s{offset}"),
+            subject: None,
+            policy_version: "v1".into(),
+            shadow,
+            outcome: outcome.into(),
+            score: 0.0,
+            decided_at_ms: 0,
+            doc: json!({}),
+        };
+        let events = [
+            event(7, EventSource::Webhook, 1_000),
+            event(8, EventSource::Polled, 2_000),
+            event(9, EventSource::Internal, 3_000),
+            event(10, EventSource::Webhook, 4_000),
+        ];
+        let batch = ProjectionBatch {
+            decisions: vec![
+                decision(7, "approve", false),
+                decision(7, "decline", true),
+                decision(8, "review", false),
+                decision(9, "step_up", false),
+                decision(10, "block", false),
+                decision(10, "not-an-outcome", false),
+            ],
+            ..ProjectionBatch::default()
+        };
+        assert_eq!(
+            decided(&events, &batch),
+            [
+                ("approve", Some(1_000)),
+                ("review", None),
+                ("step_up", None),
+                ("block", Some(4_000)),
+                ("other", Some(4_000)),
+            ]
+        );
+    }
+
     /// The approved vector as a different customer with their own document,
     /// all behind the same IP address.
     fn approval(n: usize, subject: usize) -> Vec<u8> {
