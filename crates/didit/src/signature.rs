@@ -175,6 +175,19 @@ pub enum VerifyError {
 }
 
 impl VerifyError {
+    /// Every [`VerifyError::reason`] of a refusal: all but
+    /// [`VerifyError::Unusable`], which is kept rather than refused. Metrics
+    /// register these up front.
+    pub const REFUSAL_REASONS: [&'static str; 7] = [
+        "missing_header",
+        "bad_signature",
+        "simple_not_accepted",
+        "malformed_body",
+        "stale",
+        "future",
+        "timestamp_mismatch",
+    ];
+
     /// A short, stable label for metrics.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -402,6 +415,46 @@ mod tests {
     }
 
     const BODY: &str = r#"{"session_id":"s1","status":"Approved","timestamp":1774970000,"webhook_type":"status.updated","decision":{"n":"Jürgen"}}"#;
+
+    #[test]
+    fn refusal_reasons_are_exactly_the_reasons_of_refusals() {
+        // A new variant stops this from compiling until it is listed below.
+        fn listed(e: &VerifyError) {
+            match e {
+                VerifyError::MissingSignature
+                | VerifyError::BadSignature
+                | VerifyError::SimpleNotAccepted
+                | VerifyError::MalformedBody(_)
+                | VerifyError::Stale { .. }
+                | VerifyError::Future { .. }
+                | VerifyError::TimestampMismatch
+                | VerifyError::Unusable { .. } => {}
+            }
+        }
+        let refusals = [
+            VerifyError::MissingSignature,
+            VerifyError::BadSignature,
+            VerifyError::SimpleNotAccepted,
+            VerifyError::MalformedBody(CanonicalError::UnexpectedEnd),
+            VerifyError::Stale {
+                age_secs: 400,
+                tolerance_secs: 300,
+            },
+            VerifyError::Future {
+                ahead_secs: 400,
+                tolerance_secs: 300,
+            },
+            VerifyError::TimestampMismatch,
+        ];
+        refusals.iter().for_each(listed);
+        let reasons: Vec<&str> = refusals.iter().map(VerifyError::reason).collect();
+        assert_eq!(reasons, VerifyError::REFUSAL_REASONS);
+        let unusable = VerifyError::Unusable {
+            scheme: Scheme::Raw,
+            reason: "not JSON".into(),
+        };
+        assert!(!VerifyError::REFUSAL_REASONS.contains(&unusable.reason()));
+    }
 
     #[test]
     fn signed_bodies_verify_by_raw_signature() {

@@ -37,6 +37,8 @@ pub const UPDATE_STATUS: &str = "didit.update_status";
 pub const BLOCKLIST: &str = "didit.blocklist";
 pub const STEP_UP: &str = "didit.step_up";
 pub const OPERATOR_WEBHOOK: &str = "operator.webhook";
+/// Every kind of action a decision plans.
+pub const KINDS: [&str; 4] = [UPDATE_STATUS, BLOCKLIST, STEP_UP, OPERATOR_WEBHOOK];
 
 /// Statuses Didit's update-status accepts a change from.
 pub const UPDATABLE_FROM: [&str; 6] = [

@@ -24,6 +24,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 
 use didit::payload::{Decision, Envelope, SessionStatus, WebhookType};
+use kycd_core::clock::SharedClock;
 use kycd_core::when::format_millis;
 use kycd_log::audit::NewAudit;
 use kycd_log::outbox::StepUpRecord;
@@ -127,6 +128,9 @@ pub struct Projector {
     applied: watch::Sender<u64>,
     /// Whether the policy in force at the stored offset was restored.
     resumed: std::sync::atomic::AtomicBool,
+    /// The clock decisions are timed against, when this projector reports
+    /// metrics ([`Projector::with_metrics`]); a replay's does not.
+    metrics: Option<SharedClock>,
 }
 
 /// The identity of a subject in the graph: the operator's `vendor_data`,
@@ -147,7 +151,19 @@ impl Projector {
             policies,
             applied,
             resumed: std::sync::atomic::AtomicBool::new(false),
+            metrics: None,
         }
+    }
+
+    /// Report metrics: `kycd_decisions_total` by outcome for every decision
+    /// committed, and `kycd_webhook_to_decision_seconds` from a webhook
+    /// event's receive time in the log to the commit of its decisions, on
+    /// `clock` (the intake's). The receive time is the log's, so a decision
+    /// made after a restart counts its wait across the restart too. Without
+    /// this (a replay into a scratch store) the projector reports nothing.
+    pub fn with_metrics(mut self, clock: SharedClock) -> Self {
+        self.metrics = Some(clock);
+        self
     }
 
     /// The offset up to which events are applied, updated after each commit.
@@ -177,9 +193,6 @@ impl Projector {
         };
         self.apply_batch(from, last, &events).await?;
         self.applied.send_replace(last);
-        let head = self.log.head().await?;
-        metrics::gauge!("kycd_consumer_lag", "consumer" => CONSUMER)
-            .set(head.saturating_sub(last) as f64);
         Ok((last, events.len() == BATCH))
     }
 
@@ -423,7 +436,18 @@ impl Projector {
             sessions.insert(session_id, record);
         }
         batch.sessions = sessions.into_values().collect();
+        let decided = self.metrics.as_ref().map(|_| decided(events, &batch));
         self.store.commit(CONSUMER, from, to, batch).await?;
+        if let (Some(clock), Some(decided)) = (&self.metrics, decided) {
+            let now_ms = clock.now_millis();
+            for (outcome, from_webhook_ms) in decided {
+                metrics::counter!("kycd_decisions_total", "outcome" => outcome).increment(1);
+                if let Some(received_at_ms) = from_webhook_ms {
+                    metrics::histogram!("kycd_webhook_to_decision_seconds")
+                        .record(now_ms.saturating_sub(received_at_ms).max(0) as f64 / 1000.0);
+                }
+            }
+        }
         Ok(())
     }
 
@@ -1454,7 +1478,9 @@ impl Projector {
                 true
             }
             Err(error) => {
-                metrics::counter!("kycd_policy_activations_refused_total").increment(1);
+                if self.metrics.is_some() {
+                    metrics::counter!("kycd_policy_activations_refused_total").increment(1);
+                }
                 tracing::error!(offset = event.offset, %error,
                     "the policy activated in the log does not load; the policy in force stays");
                 false
@@ -1602,6 +1628,29 @@ enum StepUpResult {
 }
 
 /// Whether the session's step-up was requested and has no result yet.
+/// The batch's decisions, for the metrics: each active decision's outcome
+/// (as the policy's [`Outcome`] names it, or `other` for a stored outcome
+/// it does not know), and the receive time of its event when a webhook
+/// delivery brought it. Shadow decisions are left out.
+fn decided(events: &[StoredEvent], batch: &ProjectionBatch) -> Vec<(&'static str, Option<i64>)> {
+    batch
+        .decisions
+        .iter()
+        .filter(|d| !d.shadow)
+        .map(|d| {
+            let outcome = Outcome::parse(&d.outcome).map_or("other", Outcome::as_str);
+            let event = events
+                .binary_search_by_key(&d.event_offset, |e| e.offset)
+                .ok()
+                .map(|i| &events[i]);
+            let from_webhook = event
+                .filter(|e| e.source == EventSource::Webhook)
+                .map(|e| e.received_at_ms);
+            (outcome, from_webhook)
+        })
+        .collect()
+}
+
 fn step_up_open(doc: &Value) -> bool {
     doc.pointer("/step_up/status").and_then(Value::as_str) == Some("requested")
 }
@@ -1822,6 +1871,61 @@ mod tests {
     use kycd_log::sqlite_log::{SqliteLog, SqliteLogOptions};
     use kycd_log::store::{DecisionQuery, SqliteStore};
     use kycd_log::NewEvent;
+
+    #[test]
+    fn metrics_count_active_decisions_and_time_only_those_a_webhook_brought() {
+        let event = |offset: u64, source: EventSource, received_at_ms: i64| StoredEvent {
+            offset,
+            id: kycd_core::EventId::new(received_at_ms),
+            received_at_ms,
+            source,
+            kind: "status.updated".into(),
+            session_id: Some(format!("s{offset}")),
+            didit_event_id: None,
+            dedupe_keys: Vec::new(),
+            body: Vec::new(),
+            meta: json!({}),
+        };
+        let decision = |offset: u64, outcome: &str, shadow: bool| DecisionRecord {
+            id: format!("dec_{offset}_{shadow}"),
+            event_offset: offset,
+            session_id: format!("s{offset}"),
+            subject: None,
+            policy_version: "v1".into(),
+            shadow,
+            outcome: outcome.into(),
+            score: 0.0,
+            decided_at_ms: 0,
+            doc: json!({}),
+        };
+        let events = [
+            event(7, EventSource::Webhook, 1_000),
+            event(8, EventSource::Polled, 2_000),
+            event(9, EventSource::Internal, 3_000),
+            event(10, EventSource::Webhook, 4_000),
+        ];
+        let batch = ProjectionBatch {
+            decisions: vec![
+                decision(7, "approve", false),
+                decision(7, "decline", true),
+                decision(8, "review", false),
+                decision(9, "step_up", false),
+                decision(10, "block", false),
+                decision(10, "not-an-outcome", false),
+            ],
+            ..ProjectionBatch::default()
+        };
+        assert_eq!(
+            decided(&events, &batch),
+            [
+                ("approve", Some(1_000)),
+                ("review", None),
+                ("step_up", None),
+                ("block", Some(4_000)),
+                ("other", Some(4_000)),
+            ]
+        );
+    }
 
     /// The approved vector as a different customer with their own document,
     /// all behind the same IP address.

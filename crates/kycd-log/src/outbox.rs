@@ -248,6 +248,11 @@ pub trait Outbox: Send + Sync + 'static {
     /// How many actions are in each state, per kind.
     async fn action_counts(&self) -> Result<BTreeMap<(String, String), u64>, StoreError>;
 
+    /// How many actions are not finished (pending, or running under a
+    /// worker's claim), per kind: the backlog. Read through the index on
+    /// the state, so it costs what is unfinished, not the history.
+    async fn backlog(&self) -> Result<BTreeMap<String, u64>, StoreError>;
+
     /// Step-ups still open whose time ran out by `now_ms`.
     async fn step_ups_due(&self, now_ms: i64) -> Result<Vec<StepUpRecord>, StoreError>;
 
@@ -526,6 +531,17 @@ pub(crate) fn action_counts(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// [`Outbox::backlog`]'s query: the `actions_due` index (state first)
+/// finds the unfinished rows without reading the finished ones.
+pub(crate) const BACKLOG: &str = "SELECT kind, COUNT(*) FROM actions
+     WHERE state IN ('pending', 'running') GROUP BY kind";
+
+pub(crate) fn backlog(conn: &Connection) -> Result<BTreeMap<String, u64>, StoreError> {
+    let mut stmt = conn.prepare_cached(BACKLOG)?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 const STEP_UP_COLUMNS: &str =
     "step_up_session_id, original_session_id, checks, state, url, workflow_id,
     requested_at_ms, expires_at_ms, finished_at_ms";
@@ -624,4 +640,96 @@ pub(crate) fn enable_endpoint(conn: &Connection, url: &str) -> Result<EndpointSt
         [url],
     )?;
     endpoint(conn, url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SqliteStore;
+
+    fn action(key: &str, kind: &str) -> NewAction {
+        NewAction {
+            idempotency_key: key.to_owned(),
+            kind: kind.to_owned(),
+            session_id: Some("s".to_owned()),
+            decision_id: None,
+            payload: serde_json::json!({}),
+            created_at_ms: 1_000,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_backlog_counts_pending_and_running_actions_by_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("store.db"), true).unwrap();
+        assert!(store.backlog().await.unwrap().is_empty());
+        store
+            .enqueue(vec![
+                action("a", "didit.update_status"),
+                action("b", "didit.update_status"),
+                action("c", "operator.webhook"),
+                action("d", "operator.webhook"),
+            ])
+            .await
+            .unwrap();
+        // Two operator webhooks claimed: one finishes, one stays running.
+        let claimed = store
+            .claim(1_000, 60_000, 10, vec!["didit.update_status".to_owned()])
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 2);
+        let done = &claimed[0];
+        assert!(store
+            .finish(
+                &done.id,
+                done.attempts,
+                Finish::Done(serde_json::json!({})),
+                1_001
+            )
+            .await
+            .unwrap());
+        let backlog = store.backlog().await.unwrap();
+        assert_eq!(
+            backlog,
+            BTreeMap::from([
+                ("didit.update_status".to_owned(), 2),
+                ("operator.webhook".to_owned(), 1),
+            ])
+        );
+        // Dead and skipped actions are finished too.
+        let running = &claimed[1];
+        store
+            .finish(
+                &running.id,
+                running.attempts,
+                Finish::Dead("gone".into()),
+                1_002,
+            )
+            .await
+            .unwrap();
+        assert_eq!(store.backlog().await.unwrap().get("operator.webhook"), None);
+    }
+
+    #[test]
+    fn the_backlog_query_reads_an_index_not_the_table() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        let mut stmt = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {BACKLOG}"))
+            .unwrap();
+        let plan: Vec<String> = stmt
+            .query_map([], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter().any(|d| d.contains("USING INDEX actions_due")
+                || d.contains("USING COVERING INDEX actions_due")),
+            "{plan:?}"
+        );
+        assert!(
+            !plan.iter().any(|d| d.starts_with("SCAN actions")),
+            "{plan:?}"
+        );
+    }
 }

@@ -360,6 +360,19 @@ impl SqliteLog {
     }
 }
 
+/// Every `result` of `kycd_log_appends_total` ([`append_result`]).
+pub const APPEND_RESULTS: [&str; 3] = ["new", "duplicate", "error"];
+
+/// How an append ended, as `kycd_log_appends_total` counts it.
+fn append_result(result: &Result<Appended, LogError>) -> &'static str {
+    let [new, duplicate, error] = APPEND_RESULTS;
+    match result {
+        Ok(Appended::New { .. }) => new,
+        Ok(Appended::Duplicate { .. }) => duplicate,
+        Err(_) => error,
+    }
+}
+
 #[async_trait::async_trait]
 impl EventLog for SqliteLog {
     async fn append(&self, event: NewEvent) -> Result<Appended, LogError> {
@@ -371,12 +384,8 @@ impl EventLog for SqliteLog {
             Ok(encoded) => self.submit(|reply| Request::Append(encoded, reply)).await,
             Err(e) => Err(e),
         };
-        let label = match &result {
-            Ok(Appended::New { .. }) => "new",
-            Ok(Appended::Duplicate { .. }) => "duplicate",
-            Err(_) => "error",
-        };
-        metrics::counter!("kycd_log_appends_total", "result" => label).increment(1);
+        metrics::counter!("kycd_log_appends_total", "result" => append_result(&result))
+            .increment(1);
         if result.is_ok() {
             metrics::histogram!("kycd_log_append_seconds").record(started.elapsed().as_secs_f64());
         }

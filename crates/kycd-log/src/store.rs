@@ -1089,6 +1089,10 @@ impl outbox::Outbox for SqliteStore {
         Self::with(&self.reader, |c| outbox::action_counts(c)).await
     }
 
+    async fn backlog(&self) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
+        Self::with(&self.reader, |c| outbox::backlog(c)).await
+    }
+
     async fn step_ups_due(&self, now_ms: i64) -> Result<Vec<StepUpRecord>, StoreError> {
         Self::with(&self.reader, move |c| {
             outbox::step_ups_where(

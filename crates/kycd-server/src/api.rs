@@ -335,13 +335,42 @@ pub async fn readyz(State(app): State<Arc<App>>) -> Response {
         .into_response()
 }
 
+/// `/metrics`: the gauges sampled now (the quarantine's size, the
+/// projector's lag), then everything in Prometheus's text format.
 pub async fn metrics(State(app): State<Arc<App>>) -> Response {
     if let Ok(n) = app.log.count_quarantine().await {
         metrics::gauge!("kycd_quarantine_size").set(n as f64);
+    }
+    if let Some((events, seconds)) = projector_lag(&app).await {
+        metrics::gauge!("kycd_projector_lag_events").set(events as f64);
+        metrics::gauge!("kycd_projector_lag_seconds").set(seconds);
     }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         app.metrics.render(),
     )
         .into_response()
+}
+
+/// How far the projector is behind the log: the events it has not applied,
+/// and the age in seconds of the oldest of them (0 when it has caught up).
+/// From the store's offset, not the projector's own report, so a projector
+/// that has stopped shows a lag that keeps growing. `None` when the log or
+/// the store does not answer.
+async fn projector_lag(app: &App) -> Option<(u64, f64)> {
+    let head = app.log.head().await.ok()?;
+    let offset = app
+        .store
+        .consumer_offset(kycd_engine::projector::CONSUMER)
+        .await
+        .ok()?;
+    let events = head.saturating_sub(offset);
+    if events == 0 {
+        return Some((0, 0.0));
+    }
+    let oldest = app.log.read(offset, 1).await.ok()?;
+    let seconds = oldest.first().map_or(0.0, |e| {
+        (app.clock.now_millis() - e.received_at_ms).max(0) as f64 / 1000.0
+    });
+    Some((events, seconds))
 }

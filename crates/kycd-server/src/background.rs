@@ -1,5 +1,5 @@
-//! The server's timers: reconciliation against Didit's API, and step-ups
-//! that ran out of time.
+//! The server's timers: reconciliation against Didit's API, step-ups that
+//! ran out of time, and the outbox's backlog for `/metrics`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -82,6 +82,32 @@ pub async fn expire_step_ups(app: Arc<App>, mut stop: watch::Receiver<bool>) {
             if let Err(e) = app.log.append(event).await {
                 tracing::warn!(error = %e, "could not log a step-up's expiry");
             }
+        }
+    }
+}
+
+/// Keep `kycd_outbox_backlog{kind}` current: the unfinished actions per
+/// kind, read at once and then every 5 s (sooner under a faster retry
+/// clock). A kind whose backlog empties shows 0, not its last count.
+pub async fn outbox_backlog(app: Arc<App>, mut stop: watch::Receiver<bool>) {
+    let every = app.settings.scaled_ms(5_000.0).min(5_000);
+    let mut kinds: std::collections::BTreeSet<String> = kycd_engine::actions::KINDS
+        .iter()
+        .map(|k| (*k).to_owned())
+        .collect();
+    loop {
+        match app.outbox.backlog().await {
+            Ok(backlog) => {
+                kinds.extend(backlog.keys().cloned());
+                for kind in &kinds {
+                    let n = backlog.get(kind).copied().unwrap_or(0);
+                    metrics::gauge!("kycd_outbox_backlog", "kind" => kind.clone()).set(n as f64);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not read the outbox's backlog"),
+        }
+        if !pause(&mut stop, every).await {
+            return;
         }
     }
 }

@@ -48,9 +48,62 @@ const KEPT_HEADERS: [&str; 4] = [
     "x-didit-test-webhook",
 ];
 
-fn count(result: &'static str) {
-    metrics::counter!("kycd_webhook_deliveries_total", "result" => result).increment(1);
-    crate::telemetry::activity().bump(result);
+/// How a delivery was answered: the `result` of
+/// `kycd_webhook_deliveries_total`, and the key the console's dashboard
+/// counts it under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryResult {
+    /// Appended to the log (200).
+    Accepted,
+    /// Already in the log (200).
+    Duplicate,
+    /// Refused by the signature check (401).
+    InvalidSignature,
+    /// Authentic but unusable, quarantined (400).
+    Unusable,
+    /// The log could not take it (503).
+    Unavailable,
+    /// Over the body cap (413).
+    TooLarge,
+    /// The body could not be read (400).
+    BadRequest,
+    /// The body did not arrive in time (408).
+    Timeout,
+    /// Not JSON by its content type (415).
+    UnsupportedMediaType,
+}
+
+impl DeliveryResult {
+    pub const ALL: [DeliveryResult; 9] = [
+        Self::Accepted,
+        Self::Duplicate,
+        Self::InvalidSignature,
+        Self::Unusable,
+        Self::Unavailable,
+        Self::TooLarge,
+        Self::BadRequest,
+        Self::Timeout,
+        Self::UnsupportedMediaType,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::Duplicate => "duplicate",
+            Self::InvalidSignature => "invalid_signature",
+            Self::Unusable => "unusable",
+            Self::Unavailable => "unavailable",
+            Self::TooLarge => "too_large",
+            Self::BadRequest => "bad_request",
+            Self::Timeout => "timeout",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+        }
+    }
+}
+
+fn count(result: DeliveryResult) {
+    metrics::counter!("kycd_webhook_deliveries_total", "result" => result.as_str()).increment(1);
+    crate::telemetry::activity().bump(result.as_str());
 }
 
 enum BodyError {
@@ -100,7 +153,7 @@ async fn read_capped(
 }
 
 fn too_large(cap: usize, close: bool) -> Response {
-    count("too_large");
+    count(DeliveryResult::TooLarge);
     let mut resp = ApiError::new(
         Code::PayloadTooLarge,
         format!("body larger than {cap} bytes"),
@@ -148,19 +201,19 @@ pub async fn didit_webhook(State(app): State<Arc<App>>, request: Request) -> Res
         Ok(b) => b,
         Err(BodyError::TooLarge) => return too_large(cap, declared.is_none()),
         Err(BodyError::Broken) => {
-            count("bad_request");
+            count(DeliveryResult::BadRequest);
             return ApiError::new(Code::BadRequest, "request body could not be read")
                 .into_response();
         }
         // The body-timeout layer answers 408 and closes the connection.
         Err(BodyError::TimedOut) => {
-            count("timeout");
+            count(DeliveryResult::Timeout);
             return ApiError::new(Code::RequestTimeout, "request body not received in time")
                 .into_response();
         }
     };
     if !json_content_type(&headers) {
-        count("unsupported_media_type");
+        count(DeliveryResult::UnsupportedMediaType);
         return ApiError::new(
             Code::UnsupportedMediaType,
             "content-type must be application/json",
@@ -170,7 +223,11 @@ pub async fn didit_webhook(State(app): State<Arc<App>>, request: Request) -> Res
     match intake(&app, &headers, bytes).await {
         Ok((status, id)) => {
             count(status);
-            (StatusCode::OK, Json(json!({"status": status, "id": id}))).into_response()
+            (
+                StatusCode::OK,
+                Json(json!({"status": status.as_str(), "id": id})),
+            )
+                .into_response()
         }
         Err(e) => e.into_response(),
     }
@@ -180,7 +237,7 @@ async fn intake(
     app: &App,
     headers: &HeaderMap,
     bytes: Vec<u8>,
-) -> Result<(&'static str, String), ApiError> {
+) -> Result<(DeliveryResult, String), ApiError> {
     let received_at_ms = app.clock.now_millis();
     let sig_headers = SignatureHeaders::from_pairs(
         headers
@@ -206,7 +263,7 @@ async fn intake(
         Err(e) => {
             metrics::counter!("kycd_webhook_verification_failures_total", "reason" => e.reason())
                 .increment(1);
-            count("invalid_signature");
+            count(DeliveryResult::InvalidSignature);
             tracing::info!(reason = e.reason(), detail = %e, "webhook refused");
             return Err(ApiError::new(
                 Code::InvalidSignature,
@@ -235,10 +292,10 @@ async fn intake(
     let appended = app.log.append(event).await;
     app.readiness.log_write(&appended);
     match appended {
-        Ok(Appended::New { id, .. }) => Ok(("accepted", id.to_string())),
-        Ok(Appended::Duplicate { id }) => Ok(("duplicate", id.to_string())),
+        Ok(Appended::New { id, .. }) => Ok((DeliveryResult::Accepted, id.to_string())),
+        Ok(Appended::Duplicate { id }) => Ok((DeliveryResult::Duplicate, id.to_string())),
         Err(e) => {
-            count("unavailable");
+            count(DeliveryResult::Unavailable);
             Err(ApiError::internal(Code::Unavailable, &e))
         }
     }
@@ -367,7 +424,7 @@ async fn quarantine(
     app.readiness.log_write(&quarantined);
     match quarantined {
         Ok(id) => {
-            count("unusable");
+            count(DeliveryResult::Unusable);
             metrics::counter!("kycd_quarantined_total").increment(1);
             tracing::warn!(quarantine = %id, reason, "authentic delivery quarantined");
             ApiError::new(
@@ -376,7 +433,7 @@ async fn quarantine(
             )
         }
         Err(e) => {
-            count("unavailable");
+            count(DeliveryResult::Unavailable);
             ApiError::internal(Code::Unavailable, &e)
         }
     }

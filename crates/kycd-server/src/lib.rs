@@ -320,10 +320,28 @@ fn ignore_file_size_signal() {
     }
 }
 
+/// What the program starting a server tells it about itself, beyond the
+/// settings.
+#[derive(Debug, Clone, Default)]
+pub struct Startup {
+    /// The version and git revision `kycd_build_info` reports (the binary
+    /// knows its revision; this crate does not).
+    pub build: telemetry::BuildInfo,
+}
+
+/// [`start_with`] with the default [`Startup`]: revision `unknown`.
+pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Running> {
+    start_with(settings, clock, Startup::default()).await
+}
+
 /// Open storage in `settings.data_dir`, start the projector and serve on
 /// `settings.listen`.
-pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Running> {
-    let metrics = telemetry::Metrics::install();
+pub async fn start_with(
+    settings: Settings,
+    clock: SharedClock,
+    startup: Startup,
+) -> anyhow::Result<Running> {
+    let metrics = telemetry::Metrics::install(&startup.build);
     // Read once: every outbound HTTPS client trusts these roots as well.
     let roots = ca_bundle::CaBundle::from_settings(&settings)
         .map_err(|e| anyhow::anyhow!("ca_bundle (KYCD_CA_BUNDLE): {e}"))?;
@@ -447,7 +465,8 @@ pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Run
         .await
         .context("record the active policy in the event log")?;
     }
-    let projector = Projector::new(log.clone(), store.clone(), policies.clone());
+    let projector =
+        Projector::new(log.clone(), store.clone(), policies.clone()).with_metrics(clock.clone());
     let applied = projector.applied();
 
     let verifier = Verifier::new(settings.webhook_secrets.clone())
@@ -512,7 +531,7 @@ pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Run
     // It also runs at a lower scheduling priority (and so do its store
     // threads): when deliveries arrive faster than both can go, the
     // acknowledgements Didit waits for come first and decisions catch up
-    // from the log as soon as the burst passes (`kycd_consumer_lag`).
+    // from the log as soon as the burst passes (`kycd_projector_lag_events`).
     std::thread::Builder::new()
         .name("kycd-projector".into())
         .spawn(move || {
@@ -535,6 +554,7 @@ pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Run
         tokio::spawn(worker.run(stop_rx.clone(), app.applied.clone())),
         tokio::spawn(background::reconcile_loop(app.clone(), stop_rx.clone())),
         tokio::spawn(background::expire_step_ups(app.clone(), stop_rx.clone())),
+        tokio::spawn(background::outbox_backlog(app.clone(), stop_rx.clone())),
         tokio::spawn(readiness::monitor(
             app.clone(),
             readiness::AuditFiles {

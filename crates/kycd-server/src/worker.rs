@@ -38,6 +38,20 @@ use tokio::sync::watch;
 use crate::ca_bundle::CaBundle;
 use crate::operator_webhook::{self, Message, SendError, Sender};
 
+/// Every `result` of `kycd_actions_total` ([`result_label`]).
+pub const RESULTS: [&str; 4] = ["done", "skipped", "retry", "dead"];
+
+/// How an attempt ended, as `kycd_actions_total` counts it.
+fn result_label(finish: &Finish) -> &'static str {
+    let [done, skipped, retry, dead] = RESULTS;
+    match finish {
+        Finish::Done(_) => done,
+        Finish::Skipped(_) => skipped,
+        Finish::Retry { .. } => retry,
+        Finish::Dead(_) => dead,
+    }
+}
+
 /// How long a claim holds an action before another worker may take it.
 const LEASE_MS: i64 = 60_000;
 /// Largest portrait Didit accepts for a biometric re-authentication.
@@ -197,12 +211,7 @@ impl Worker {
             Outcome::Finish(f) => f,
             Outcome::Failed(error) => self.retry_or_die(&action, error, now),
         };
-        let label = match &finish {
-            Finish::Done(_) => "done",
-            Finish::Skipped(_) => "skipped",
-            Finish::Retry { .. } => "retry",
-            Finish::Dead(_) => "dead",
-        };
+        let label = result_label(&finish);
         metrics::counter!("kycd_actions_total", "kind" => action.kind.clone(), "result" => label)
             .increment(1);
         if matches!(finish, Finish::Retry { .. } | Finish::Dead(_)) {

@@ -147,7 +147,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let replay_actions = kycd_server::action_settings(&settings)?;
     let graph_window_ms = i64::from(settings.graph_window_days) * 86_400_000;
     let clock = Arc::new(SystemClock);
-    let running = kycd_server::start(settings, clock.clone())
+    let running = kycd_server::start_with(settings, clock.clone(), crate::startup())
         .await
         .context("start kycd")?;
     let app = running.app.clone();

@@ -37,6 +37,17 @@ mod webhook;
 /// or `KYCD_GIT_REVISION` set by a packager; `unknown` without either).
 pub const GIT_REVISION: &str = env!("KYCD_GIT_REVISION");
 
+/// How the server reports this binary (`kycd_build_info`): the version and
+/// revision `kycd --version` prints.
+pub fn startup() -> kycd_server::Startup {
+    kycd_server::Startup {
+        build: kycd_server::telemetry::BuildInfo {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            revision: GIT_REVISION.to_owned(),
+        },
+    }
+}
+
 /// The backends compiled in. Each is fixed today; one that becomes a cargo
 /// feature gets a `#[cfg(feature = ...)]` entry here.
 pub const BACKENDS: &[&str] = &["event-log:sqlite", "store:sqlite"];

@@ -47,7 +47,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("start the async runtime")?;
     runtime.block_on(async move {
-        let running = kycd_server::start(settings, Arc::new(SystemClock)).await?;
+        let running = kycd_server::start_with(settings, Arc::new(SystemClock), crate::startup()).await?;
         // The one line on stdout: tools and tests read the bound address here
         // (the admin listener's, when there is one, just before it).
         let mut out = std::io::stdout().lock();
