@@ -724,3 +724,53 @@ pub(crate) fn stats_of(inner: &Inner) -> Stats {
     }
     stats
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    /// A ring's members are planned one whole flow apart, so that they
+    /// finish one after another however the machine's timing goes, and
+    /// the same seed gives kycd the same order to decide them in.
+    #[tokio::test]
+    async fn a_rings_members_arrive_one_flow_apart() {
+        let sim = start(SimConfig {
+            seed: 11,
+            ..SimConfig::default()
+        })
+        .await
+        .unwrap();
+        let mut members: BTreeMap<(&str, String), Vec<Duration>> = BTreeMap::new();
+        {
+            let mut st = sim.inner.lock();
+            for customer in 0..400 {
+                // Every customer planned for the same moment: only the
+                // ring's spacing sets them apart.
+                let plan = sim.plan(&mut st, customer, Duration::ZERO);
+                if matches!(
+                    plan.scenario,
+                    Scenario::DocumentRing | Scenario::MultiAccount
+                ) {
+                    let key = (
+                        plan.scenario.name(),
+                        plan.presenter.persona.document_number.clone(),
+                    );
+                    members.entry(key).or_default().push(plan.arrival);
+                }
+            }
+        }
+        let rings: Vec<_> = members.values().filter(|m| m.len() > 1).collect();
+        assert!(rings.len() >= 3, "{members:?}");
+        for arrivals in rings {
+            for pair in arrivals.windows(2) {
+                assert!(
+                    pair[1] >= pair[0] + crate::state::RING_MEMBER_GAP,
+                    "{arrivals:?}"
+                );
+            }
+        }
+        sim.shutdown().await;
+    }
+}

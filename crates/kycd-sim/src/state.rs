@@ -253,13 +253,14 @@ pub(crate) struct Ring {
 }
 
 /// How long after one ring member the next one arrives at the earliest,
-/// simulated: longer than a member's whole flow (under 300 simulated
-/// seconds, deliveries' delays included), so that members finish one after
-/// another. kycd decides each member on the members it has heard of so
-/// far; two finishing within a moment of each other would be decided in
-/// whatever order real timing picked, and the same seed would not give the
-/// same decisions.
-pub(crate) const RING_MEMBER_GAP: std::time::Duration = std::time::Duration::from_secs(600);
+/// simulated: longer than a member's whole flow with its deliveries at
+/// their latest (under 300 simulated seconds of flow, a reordered delivery
+/// held up to 600, Didit's retries 300 more), so that members finish one
+/// after another. kycd decides each member on the members it has heard of
+/// so far; two finishing within a moment of each other would be decided
+/// in whatever order real timing picked, and the same seed would not give
+/// the same decisions.
+pub(crate) const RING_MEMBER_GAP: std::time::Duration = std::time::Duration::from_secs(1800);
 
 pub(crate) struct State {
     pub workflows: Vec<Workflow>,
