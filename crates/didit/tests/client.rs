@@ -938,6 +938,15 @@ async fn a_refused_connection_is_a_transport_error() {
 
     assert!(matches!(error, ApiError::Transport { .. }), "{error:?}");
     assert!(error.is_retryable());
+    // What is recorded on an action names the cause, not only the failure,
+    // and never the URL.
+    let text = error.with_causes();
+    assert!(
+        text.starts_with("didit call failed in transport: "),
+        "{text}"
+    );
+    assert!(text.to_lowercase().contains("connect"), "{text}");
+    assert!(!text.contains(&addr.port().to_string()), "{text}");
 }
 
 #[tokio::test]

@@ -269,7 +269,7 @@ impl Worker {
 
     /// How a Didit error ends this attempt.
     fn didit_failure(&self, e: ApiError) -> Outcome {
-        let text = e.to_string();
+        let text = e.with_causes();
         match &e {
             ApiError::BadRequest { .. }
             | ApiError::NotFound { .. }

@@ -157,6 +157,22 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// The message followed by its causes, `: `-separated, for an action's
+    /// recorded error: a transport failure then says why (a certificate
+    /// from an unknown issuer, a refused connection) instead of only that
+    /// it failed. The causes are the HTTP stack's own errors, without the
+    /// URL; Didit's text appears only as far as `Display` shows it.
+    pub fn with_causes(&self) -> String {
+        let mut text = self.to_string();
+        let mut next = std::error::Error::source(self);
+        while let Some(cause) = next {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            next = cause.source();
+        }
+        text
+    }
+
     /// The HTTP status Didit answered with, when there was one.
     pub fn status(&self) -> Option<u16> {
         match self {
