@@ -170,6 +170,9 @@ pub fn known_env() -> Vec<String> {
     out
 }
 
+/// The prefix of the variables kycd's test suite reads, never a setting.
+pub const TEST_SUITE_PREFIX: &str = "KYCD_TEST_";
+
 /// Build the settings from every layer. `env` is passed in so tests can
 /// supply their own.
 pub fn load(args: &ServeArgs, env: &[(String, String)]) -> anyhow::Result<Loaded> {
@@ -182,7 +185,10 @@ pub fn load(args: &ServeArgs, env: &[(String, String)]) -> anyhow::Result<Loaded
     };
     let known = known_env();
     for (name, _) in env {
-        if name.starts_with("KYCD_") && !known.contains(name) {
+        // `KYCD_TEST_*` name the programs kycd's own test suite runs
+        // (Chromium, promtool); CI exports them around every kycd it starts.
+        let test_suite = name.starts_with(TEST_SUITE_PREFIX);
+        if name.starts_with("KYCD_") && !test_suite && !known.contains(name) {
             loaded
                 .warnings
                 .push(format!("unknown environment variable {name} is ignored"));
@@ -872,12 +878,18 @@ mod tests {
                 ("KYCD_API_URL", "http://x"),
                 ("KYCD_BENCH_SECRET", "x"),
                 ("KYCD_CONFIG", ""),
+                // The test suite's own programs.
+                ("KYCD_TEST_PROMTOOL", "/usr/bin/promtool"),
             ]),
         )
         .unwrap();
         assert_eq!(
             l.warnings,
             vec!["unknown environment variable KYCD_LISTN is ignored"]
+        );
+        assert!(
+            !known_env().iter().any(|k| k.starts_with(TEST_SUITE_PREFIX)),
+            "{TEST_SUITE_PREFIX} is the test suite's, never a setting's"
         );
     }
 
