@@ -943,6 +943,15 @@ async fn the_dashboard_and_policy_pages_render_for_every_role() {
         page.contains(r#"<p class="big" id="backlog">1</p>"#),
         "one case waits"
     );
+    // The intake chart's legend has every result the intake counts, slow
+    // bodies (408) among them.
+    for result in kycd_server::intake::DeliveryResult::ALL {
+        let legend = format!(">{}</text>", result.as_str());
+        assert!(
+            page.contains(&legend),
+            "{legend} missing from the dashboard"
+        );
+    }
     let (status, page) = c.page(&b, "/console/policy").await;
     assert_eq!(status, 200);
     assert!(page.contains("review-everything"));

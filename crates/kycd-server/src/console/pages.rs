@@ -945,19 +945,12 @@ pub async fn dashboard(State(app): State<Arc<App>>, Extension(user): Extension<U
         .map(|((l, _), n)| ((*l).to_owned(), n))
         .collect();
     let minutes = crate::telemetry::activity().recent(60);
-    let intake_keys: Vec<String> = [
-        "accepted",
-        "duplicate",
-        "invalid_signature",
-        "unusable",
-        "bad_request",
-        "too_large",
-        "unsupported_media_type",
-        "unavailable",
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
+    // Every result the intake counts (a second list here had missed
+    // `timeout`, so slow bodies never showed on the chart).
+    let intake_keys: Vec<String> = crate::intake::DeliveryResult::ALL
+        .iter()
+        .map(|r| r.as_str().to_owned())
+        .collect();
     let intake_columns: Vec<(String, Vec<(String, u64)>)> = minutes
         .iter()
         .map(|m| {
