@@ -320,10 +320,15 @@ pub fn plan(settings: &ActionSettings, input: &PlanInput<'_>) -> Plan {
     out
 }
 
+/// How every update-status comment kycd writes begins, so that the review
+/// entry Didit records for it is recognised as kycd's own
+/// (`didit.last_review_status` skips it).
+pub const COMMENT_PREFIX: &str = "kycd decision ";
+
 /// The update-status comment: the decision and its reasons (rule ids and
 /// the policy's fixed texts, never the customer's data).
 fn comment(d: &DecisionRecord) -> String {
-    let mut s = format!("kycd decision {}: {}", d.id, d.outcome);
+    let mut s = format!("{COMMENT_PREFIX}{}: {}", d.id, d.outcome);
     let reasons: Vec<String> = d
         .doc
         .get("reasons")

@@ -274,11 +274,24 @@ const LIVENESS_ATTACK: [&str; 2] = ["LIVENESS_FACE_ATTACK", "NO_FACE_DETECTED"];
 
 /// The status the newest entry of Didit's `reviews[]` set: a decision made
 /// in Didit's console or through its API, not by Didit's automatic checks.
-/// Who made it (often an email address) never enters the facts.
+/// kycd's own write-backs are reviews too (their comment starts with
+/// [`crate::actions::COMMENT_PREFIX`]) and are skipped: an echo of kycd's
+/// decline must not read as a person's. Newest by `created_at` (ISO 8601
+/// text, which sorts as time), the later entry on a tie, whatever order
+/// Didit lists them in. Who made it (often an email address) never enters
+/// the facts.
 fn last_review_status(d: &Decision) -> Option<&str> {
     d.reviews
-        .last()
-        .and_then(|r| r.new_status.as_ref())
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| {
+            !r.comment
+                .as_deref()
+                .is_some_and(|c| c.starts_with(crate::actions::COMMENT_PREFIX))
+        })
+        .filter(|(_, r)| r.new_status.is_some())
+        .max_by(|(i, a), (j, b)| a.created_at.cmp(&b.created_at).then(i.cmp(j)))
+        .and_then(|(_, r)| r.new_status.as_ref())
         .map(SessionStatus::as_str)
 }
 
@@ -429,7 +442,7 @@ pub fn build(input: &FactsInput<'_>) -> Value {
         .get("blocklisted")
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    json!({
+    let mut facts = json!({
         "now": format_millis(input.now_ms),
         "session": {
             "id": input.session_id,
@@ -452,7 +465,6 @@ pub fn build(input: &FactsInput<'_>) -> Value {
             "risks": risks,
             "declining_risks": declining,
             "review_risks": review,
-            "last_review_status": last_review_status(d),
         },
         "document": document,
         "liveness": liveness,
@@ -462,7 +474,14 @@ pub fn build(input: &FactsInput<'_>) -> Value {
         "phone": phone,
         "email": email,
         "graph": graph,
-    })
+    });
+    // Only when there is one: decisions stored before this fact existed
+    // lack the key, and a missing key reads as null in every rule, so
+    // they still reproduce byte for byte.
+    if let Some(status) = last_review_status(d) {
+        facts["didit"]["last_review_status"] = Value::from(status);
+    }
+    facts
 }
 
 #[cfg(test)]
@@ -578,20 +597,41 @@ mod tests {
             GraphSignals::default(),
             None,
         );
-        assert_eq!(f["didit"]["last_review_status"], Value::Null, "no reviews");
-        let mut body: Value =
-            serde_json::from_str(vector_body("approved_full_decision").as_str()).unwrap();
-        body["decision"]["reviews"] = json!([
-            {"user": "api", "new_status": "Approved", "comment": "x", "created_at": "2026-03-31T15:13:14.123456Z"},
-            {"user": "analyst@operator.example", "new_status": "Declined", "comment": "y", "created_at": "2026-03-31T16:13:14.123456Z"}
-        ]);
-        let env = Envelope::from_slice(&serde_json::to_vec(&body).unwrap()).unwrap();
-        let f = facts_of(&env, GraphSignals::default(), None);
+        assert!(
+            f["didit"].get("last_review_status").is_none(),
+            "no reviews, no key (decisions from before the fact reproduce)"
+        );
+        let with_reviews = |reviews: Value| {
+            let mut body: Value =
+                serde_json::from_str(vector_body("approved_full_decision").as_str()).unwrap();
+            body["decision"]["reviews"] = reviews;
+            let env = Envelope::from_slice(&serde_json::to_vec(&body).unwrap()).unwrap();
+            facts_of(&env, GraphSignals::default(), None)
+        };
+        // Listed newest first: the newest by time counts, not the last.
+        let f = with_reviews(json!([
+            {"user": "analyst@operator.example", "new_status": "Declined", "comment": "y", "created_at": "2026-03-31T16:13:14.123456Z"},
+            {"user": "api", "new_status": "Approved", "comment": "x", "created_at": "2026-03-31T15:13:14.123456Z"}
+        ]));
         assert_eq!(f["didit"]["last_review_status"], "Declined");
         assert!(
             !f.to_string().contains("analyst@"),
             "the reviewer is not a fact"
         );
+        // kycd's own write-back is no reviewer's decision.
+        let f = with_reviews(json!([
+            {"user": "api", "new_status": "Declined", "comment": "kycd decision dec_1: decline (under_age: The customer is under 18)", "created_at": "2026-03-31T16:13:14.123456Z"}
+        ]));
+        assert!(
+            f["didit"].get("last_review_status").is_none(),
+            "{}",
+            f["didit"]
+        );
+        let f = with_reviews(json!([
+            {"user": "analyst@operator.example", "new_status": "Approved", "comment": "ok", "created_at": "2026-03-31T15:13:14.123456Z"},
+            {"user": "api", "new_status": "Declined", "comment": "kycd decision dec_2: decline", "created_at": "2026-03-31T16:13:14.123456Z"}
+        ]));
+        assert_eq!(f["didit"]["last_review_status"], "Approved");
     }
 
     #[test]

@@ -1643,8 +1643,11 @@ fn decided(events: &[StoredEvent], batch: &ProjectionBatch) -> Vec<(&'static str
                 .binary_search_by_key(&d.event_offset, |e| e.offset)
                 .ok()
                 .map(|i| &events[i]);
+            // Only the decision on the delivery's own session: one that
+            // re-decides other sessions (a later link) times its own.
             let from_webhook = event
                 .filter(|e| e.source == EventSource::Webhook)
+                .filter(|e| e.session_id.as_deref() == Some(d.session_id.as_str()))
                 .map(|e| e.received_at_ms);
             (outcome, from_webhook)
         })

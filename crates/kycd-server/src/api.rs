@@ -341,10 +341,13 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Response {
     if let Ok(n) = app.log.count_quarantine().await {
         metrics::gauge!("kycd_quarantine_size").set(n as f64);
     }
-    if let Some((events, seconds)) = projector_lag(&app).await {
-        metrics::gauge!("kycd_projector_lag_events").set(events as f64);
-        metrics::gauge!("kycd_projector_lag_seconds").set(seconds);
-    }
+    // Unknown while the log or the store does not answer: NaN, not the
+    // last value, which may have been a reassuring 0.
+    let (events, seconds) = projector_lag(&app)
+        .await
+        .map_or((f64::NAN, f64::NAN), |(e, s)| (e as f64, s));
+    metrics::gauge!("kycd_projector_lag_events").set(events);
+    metrics::gauge!("kycd_projector_lag_seconds").set(seconds);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         app.metrics.render(),
