@@ -1361,6 +1361,7 @@ impl crate::cases::Cases for SqliteStore {
 
 /// The conformance suite every [`Store`] backend runs: each check gets a
 /// fresh, empty store from `make`.
+#[cfg(any(test, feature = "testsuite"))]
 pub mod suite {
     use super::*;
     use std::future::Future;
