@@ -6,6 +6,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use kycd_log::access::suite::run_access_suite;
 use kycd_log::audit::suite::run_audit_suite;
 use kycd_log::audit::AuditKey;
 use kycd_log::outbox::suite::run_outbox_suite;
@@ -66,6 +67,16 @@ async fn sqlite_store_passes_the_audit_suite_unkeyed() {
     let stores = Stores::default();
     run_audit_suite(|| {
         let s = stores.open(false);
+        async move { s }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_store_passes_the_access_suite() {
+    let stores = Stores::default();
+    run_access_suite(|| {
+        let s = stores.open(true);
         async move { s }
     })
     .await;
