@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use kycd_log::access::suite::run_access_suite;
 use kycd_log::audit::suite::run_audit_suite;
 use kycd_log::audit::AuditKey;
+use kycd_log::cases::suite::run_cases_suite;
 use kycd_log::outbox::suite::run_outbox_suite;
 use kycd_log::store::suite::run_store_suite;
 use kycd_log::store::{SqliteStore, Store};
@@ -76,6 +77,16 @@ async fn sqlite_store_passes_the_audit_suite_unkeyed() {
 async fn sqlite_store_passes_the_access_suite() {
     let stores = Stores::default();
     run_access_suite(|| {
+        let s = stores.open(true);
+        async move { s }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_store_passes_the_cases_suite() {
+    let stores = Stores::default();
+    run_cases_suite(|| {
         let s = stores.open(true);
         async move { s }
     })
