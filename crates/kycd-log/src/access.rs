@@ -10,6 +10,9 @@ use serde::Serialize;
 
 use crate::store::StoreError;
 
+#[cfg(any(test, feature = "testsuite"))]
+pub mod suite;
+
 pub(crate) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS api_tokens (
     id TEXT PRIMARY KEY,

@@ -39,6 +39,9 @@ use tokio::sync::watch;
 
 use crate::store::{SqliteStore, StoreError};
 
+#[cfg(any(test, feature = "testsuite"))]
+pub mod suite;
+
 pub(crate) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY,

@@ -12,6 +12,9 @@ use serde::Serialize;
 
 use crate::store::{SessionRecord, StoreError};
 
+#[cfg(any(test, feature = "testsuite"))]
+pub mod suite;
+
 pub(crate) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS cases (
     session_id TEXT PRIMARY KEY,

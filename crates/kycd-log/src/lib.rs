@@ -15,7 +15,10 @@
 //!   the chain's head in the event log, where editing the store cannot
 //!   reach it.
 //!
-//! Every backend of a trait passes the same conformance suite ([`suite`]).
+//! Every backend of a trait passes the same conformance suite (`suite`,
+//! `store::suite`, `outbox::suite`, `audit::suite`, `access::suite`,
+//! `cases::suite`), compiled only for tests and with the `testsuite`
+//! feature, never into a release build.
 #![forbid(unsafe_code)]
 
 pub mod access;
@@ -27,6 +30,7 @@ pub mod log;
 pub mod outbox;
 pub mod sqlite_log;
 pub mod store;
+#[cfg(any(test, feature = "testsuite"))]
 pub mod suite;
 
 pub use log::*;

@@ -186,7 +186,8 @@ pub enum LogError {
 
 /// kycd's append-only event log. Object-safe; held as `Arc<dyn EventLog>`.
 ///
-/// Every backend must pass [`crate::suite::run_event_log_suite`].
+/// Every backend must pass `kycd_log::suite::run_event_log_suite` (with the
+/// `testsuite` feature).
 #[async_trait::async_trait]
 pub trait EventLog: Send + Sync + 'static {
     /// Append `event`, or recognise it as a duplicate. Returns only once the

@@ -24,6 +24,9 @@ use serde_json::Value;
 
 use crate::store::StoreError;
 
+#[cfg(any(test, feature = "testsuite"))]
+pub mod suite;
+
 pub(crate) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS actions (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,

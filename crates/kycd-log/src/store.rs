@@ -1361,6 +1361,7 @@ impl crate::cases::Cases for SqliteStore {
 
 /// The conformance suite every [`Store`] backend runs: each check gets a
 /// fresh, empty store from `make`.
+#[cfg(any(test, feature = "testsuite"))]
 pub mod suite {
     use super::*;
     use std::future::Future;
@@ -1383,11 +1384,414 @@ pub mod suite {
         F: Fn() -> Fut,
         Fut: Future<Output = Arc<dyn Store>>,
     {
-        offsets_and_sessions_commit_together(make().await).await;
-        a_stale_offset_writes_nothing(make().await).await;
-        listing_pages_newest_first_with_filters(make().await).await;
-        decisions_links_subjects_and_declines_commit_with_the_offset(make().await).await;
-        shadow_pairs_match_each_active_decision_with_the_latest_shadow(make().await).await;
+        macro_rules! check {
+            ($name:ident) => {
+                crate::suite::run_check("store", stringify!($name), || async {
+                    $name(make().await).await
+                })
+                .await
+            };
+        }
+        check!(offsets_and_sessions_commit_together);
+        check!(a_stale_offset_writes_nothing);
+        check!(listing_pages_newest_first_with_filters);
+        check!(decisions_links_subjects_and_declines_commit_with_the_offset);
+        check!(shadow_pairs_match_each_active_decision_with_the_latest_shadow);
+        check!(load_sessions_returns_only_what_exists);
+        check!(awaiting_result_lists_sessions_still_waiting_for_didit);
+        check!(decisions_list_by_offset_both_ways_with_filters);
+        check!(the_policy_mark_moves_only_with_a_policy);
+        check!(a_link_seen_again_keeps_its_latest_time_and_subjects_their_latest_version);
+        check!(concurrent_commits_from_one_offset_apply_exactly_once);
+    }
+
+    async fn load_sessions_returns_only_what_exists(s: Arc<dyn Store>) {
+        assert!(s.load_sessions(&[]).await.unwrap().is_empty());
+        let a = record(1, "a", "u1", "In Progress");
+        let b = record(2, "b", "u2", "Approved");
+        s.commit_sessions("p", 0, 2, vec![a.clone(), b.clone()])
+            .await
+            .unwrap();
+        let loaded = s
+            .load_sessions(&["b".into(), "missing".into(), "a".into(), "a".into()])
+            .await
+            .unwrap();
+        assert_eq!(loaded.len(), 2, "found sessions only, each once");
+        assert_eq!(loaded["a"], a);
+        assert_eq!(loaded["b"], b);
+        // An update keeps the session's first seq and creation time.
+        let mut later = record(9, "a", "u1", "Approved");
+        later.created_at_ms = 500;
+        later.updated_at_ms = 900;
+        s.commit_sessions("p", 2, 3, vec![later]).await.unwrap();
+        let a2 = s.get_session("a").await.unwrap().unwrap();
+        assert_eq!((a2.seq, a2.created_at_ms), (1, 1), "seq and creation stay");
+        assert_eq!((a2.status.as_str(), a2.updated_at_ms), ("Approved", 900));
+        let empty = s
+            .list_sessions(SessionQuery {
+                limit: 0,
+                ..SessionQuery::default()
+            })
+            .await
+            .unwrap();
+        assert!(empty.is_empty(), "a limit of 0 lists nothing");
+    }
+
+    async fn awaiting_result_lists_sessions_still_waiting_for_didit(s: Arc<dyn Store>) {
+        let with_doc = |seq: u64, id: &str, status: &str, doc: serde_json::Value| SessionRecord {
+            doc,
+            updated_at_ms: 100 + seq as i64,
+            ..record(seq, id, "u", status)
+        };
+        let decided = serde_json::json!({"decision": {"id": "dec", "outcome": "approve"}});
+        let sessions = vec![
+            with_doc(1, "in-progress", "In Progress", serde_json::json!({})),
+            with_doc(2, "not-started", "Not Started", serde_json::json!({})),
+            with_doc(3, "approved-decided", "Approved", decided.clone()),
+            with_doc(4, "approved-undecided", "Approved", serde_json::json!({})),
+            with_doc(
+                5,
+                "declined-null",
+                "Declined",
+                serde_json::json!({"decision": null}),
+            ),
+            with_doc(6, "review-decided", "In Review", decided.clone()),
+            with_doc(7, "expired", "Expired", serde_json::json!({})),
+            with_doc(8, "abandoned-decided", "Abandoned", decided),
+            with_doc(
+                9,
+                "step-up",
+                "Approved",
+                serde_json::json!({"step_up_of": "approved-decided"}),
+            ),
+            with_doc(10, "resubmitted", "Resubmitted", serde_json::json!({})),
+        ];
+        s.commit_sessions("p", 0, 10, sessions).await.unwrap();
+        let awaiting = |updated_until_ms| {
+            let s = s.clone();
+            async move {
+                s.list_sessions(SessionQuery {
+                    awaiting_result: true,
+                    updated_until_ms,
+                    limit: 100,
+                    ..SessionQuery::default()
+                })
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| r.session_id)
+                .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(
+            awaiting(None).await,
+            [
+                "resubmitted",
+                "declined-null",
+                "approved-undecided",
+                "not-started",
+                "in-progress"
+            ],
+            "unfinished, or finished at Didit without a decision here (step-ups aside)"
+        );
+        assert_eq!(
+            awaiting(Some(104)).await,
+            ["not-started", "in-progress"],
+            "updated_until_ms is exclusive"
+        );
+        let all = s
+            .list_sessions(SessionQuery {
+                limit: 100,
+                ..SessionQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(all.len(), 10, "without the filter every session is listed");
+    }
+
+    async fn decisions_list_by_offset_both_ways_with_filters(s: Arc<dyn Store>) {
+        let mut decisions: Vec<DecisionRecord> = (1..=6)
+            .map(|i| {
+                decision(
+                    &format!("dec_{i}"),
+                    i,
+                    if i % 2 == 0 { "decline" } else { "approve" },
+                    false,
+                )
+            })
+            .collect();
+        decisions[4].session_id = "s1".into();
+        decisions.push(decision("dec_shadow_2", 2, "review", true));
+        s.commit(
+            "p",
+            0,
+            6,
+            ProjectionBatch {
+                decisions,
+                ..ProjectionBatch::default()
+            },
+        )
+        .await
+        .unwrap();
+        let list = |f: &dyn Fn(&mut DecisionQuery)| {
+            let mut q = DecisionQuery {
+                limit: 100,
+                ..DecisionQuery::default()
+            };
+            f(&mut q);
+            let s = s.clone();
+            async move {
+                s.list_decisions(q)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|d| d.id)
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(
+            list(&|_| {}).await,
+            ["dec_6", "dec_5", "dec_4", "dec_3", "dec_2", "dec_1"],
+            "active, newest first"
+        );
+        assert_eq!(list(&|q| q.limit = 2).await, ["dec_6", "dec_5"]);
+        assert_eq!(
+            list(&|q| {
+                q.before_offset = Some(5);
+                q.limit = 2;
+            })
+            .await,
+            ["dec_4", "dec_3"],
+            "before_offset is exclusive"
+        );
+        assert_eq!(
+            list(&|q| {
+                q.after_offset = Some(2);
+                q.limit = 3;
+            })
+            .await,
+            ["dec_3", "dec_4", "dec_5"],
+            "after_offset: oldest first from there, exclusive"
+        );
+        assert_eq!(
+            list(&|q| {
+                q.after_offset = Some(1);
+                q.before_offset = Some(4);
+            })
+            .await,
+            ["dec_2", "dec_3"]
+        );
+        assert_eq!(
+            list(&|q| q.session_id = Some("s1".into())).await,
+            ["dec_5", "dec_1"]
+        );
+        assert_eq!(
+            list(&|q| q.outcome = Some("decline".into())).await,
+            ["dec_6", "dec_4", "dec_2"]
+        );
+        assert_eq!(
+            list(&|q| q.shadow = true).await,
+            ["dec_shadow_2"],
+            "shadow decisions apart"
+        );
+        assert!(list(&|q| q.limit = 0).await.is_empty());
+        assert!(s.get_decision("dec_missing").await.unwrap().is_none());
+        let d5 = s.get_decision("dec_5").await.unwrap().unwrap();
+        assert_eq!(
+            s.decision_for_event(5, "s1", false).await.unwrap(),
+            Some(d5),
+            "by event and session"
+        );
+        assert!(s
+            .decision_for_event(5, "s5", false)
+            .await
+            .unwrap()
+            .is_none());
+        assert!(s
+            .decision_for_event(99, "s1", false)
+            .await
+            .unwrap()
+            .is_none());
+    }
+
+    async fn the_policy_mark_moves_only_with_a_policy(s: Arc<dyn Store>) {
+        let mark = format!("p{POLICY_MARK_SUFFIX}");
+        assert_eq!(s.consumer_offset(&mark).await.unwrap(), 0);
+        s.commit(
+            "p",
+            0,
+            4,
+            ProjectionBatch {
+                policy_offset: Some(3),
+                ..ProjectionBatch::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(s.consumer_offset("p").await.unwrap(), 4);
+        assert_eq!(s.consumer_offset(&mark).await.unwrap(), 3);
+        s.commit("p", 4, 8, ProjectionBatch::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            s.consumer_offset(&mark).await.unwrap(),
+            3,
+            "kept without a new policy"
+        );
+        let refused = s
+            .commit(
+                "p",
+                4,
+                9,
+                ProjectionBatch {
+                    policy_offset: Some(9),
+                    ..ProjectionBatch::default()
+                },
+            )
+            .await;
+        assert!(matches!(
+            refused,
+            Err(StoreError::OffsetConflict {
+                current: 8,
+                expected: 4,
+                ..
+            })
+        ));
+        assert_eq!(
+            s.consumer_offset(&mark).await.unwrap(),
+            3,
+            "a refused commit moves no mark"
+        );
+        assert_eq!(s.consumer_offset("p").await.unwrap(), 8);
+    }
+
+    async fn a_link_seen_again_keeps_its_latest_time_and_subjects_their_latest_version(
+        s: Arc<dyn Store>,
+    ) {
+        let link = |subject: &str, offset: u64, at_ms: i64| IdentityLink {
+            kind: "ip".into(),
+            value: "h".into(),
+            subject: subject.into(),
+            offset,
+            at_ms,
+        };
+        let version = |offset: u64, a: i64| SubjectVersion {
+            subject: "u1".into(),
+            offset,
+            at_ms: offset as i64 * 10,
+            attributes: serde_json::json!({ "a": a }),
+        };
+        s.commit(
+            "p",
+            0,
+            2,
+            ProjectionBatch {
+                links: vec![link("u1", 1, 500), link("u2", 2, 200)],
+                subjects: vec![version(2, 2)],
+                ..ProjectionBatch::default()
+            },
+        )
+        .await
+        .unwrap();
+        s.commit(
+            "p",
+            2,
+            4,
+            ProjectionBatch {
+                // Seen again with an older time (a polled decision about
+                // an old event): the latest time stays.
+                links: vec![link("u1", 3, 100), link("u2", 4, 300)],
+                subjects: vec![version(4, 4)],
+                ..ProjectionBatch::default()
+            },
+        )
+        .await
+        .unwrap();
+        let ctx = s
+            .graph_context(GraphQuery {
+                values: vec![("ip".into(), "h".into())],
+                limit: 10,
+                ..GraphQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            ctx.linked[&("ip".to_owned(), "h".to_owned())],
+            vec![("u1".to_owned(), 500), ("u2".to_owned(), 300)]
+        );
+        let mut recent = s.linked_subjects("ip", "h", 400).await.unwrap();
+        recent.sort();
+        assert_eq!(recent, ["u1"]);
+        assert!(s
+            .linked_subjects("ip", "other", 0)
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            s.subject("u1").await.unwrap(),
+            Some(version(4, 4)),
+            "the latest version"
+        );
+        assert!(s.declined_sessions("u1").await.unwrap().is_empty());
+    }
+
+    /// Several projectors commit the same position at once: one commit
+    /// wins, the others are refused with [`StoreError::OffsetConflict`]
+    /// and write nothing.
+    async fn concurrent_commits_from_one_offset_apply_exactly_once(s: Arc<dyn Store>) {
+        const RACERS: u64 = 8;
+        let mut tasks = tokio::task::JoinSet::new();
+        for n in 0..RACERS {
+            let s = s.clone();
+            tasks.spawn(async move {
+                let batch = ProjectionBatch {
+                    sessions: vec![record(n + 1, &format!("racer-{n}"), "u", "Approved")],
+                    decisions: vec![decision(&format!("dec_racer_{n}"), n + 1, "approve", false)],
+                    ..ProjectionBatch::default()
+                };
+                (n, s.commit("p", 0, 10 + n, batch).await)
+            });
+        }
+        let mut winners = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            let (n, result) = joined.expect("commit task");
+            match result {
+                Ok(()) => winners.push(n),
+                Err(StoreError::OffsetConflict {
+                    expected: 0,
+                    current,
+                    ..
+                }) => {
+                    assert!(
+                        current >= 10,
+                        "refused because another got there: {current}"
+                    )
+                }
+                Err(e) => panic!("racer {n}: expected success or OffsetConflict, got {e}"),
+            }
+        }
+        assert_eq!(
+            winners.len(),
+            1,
+            "exactly one commit from offset 0 applies: {winners:?}"
+        );
+        let w = winners[0];
+        assert_eq!(s.consumer_offset("p").await.unwrap(), 10 + w);
+        for n in 0..RACERS {
+            let session = s.get_session(&format!("racer-{n}")).await.unwrap();
+            let decided = s.get_decision(&format!("dec_racer_{n}")).await.unwrap();
+            assert_eq!(session.is_some(), n == w, "racer {n}'s session");
+            assert_eq!(decided.is_some(), n == w, "racer {n}'s decision");
+        }
+        // The winner's own batch again, from the same offset: refused too.
+        let again = s
+            .commit_sessions("p", 0, 10 + w, vec![record(99, "late", "u", "Approved")])
+            .await;
+        assert!(
+            matches!(again, Err(StoreError::OffsetConflict { .. })),
+            "{again:?}"
+        );
+        assert!(s.get_session("late").await.unwrap().is_none());
     }
 
     async fn shadow_pairs_match_each_active_decision_with_the_latest_shadow(s: Arc<dyn Store>) {

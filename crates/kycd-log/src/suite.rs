@@ -87,10 +87,20 @@ where
     C: FnOnce() -> Fut,
     Fut: Future<Output = ()>,
 {
-    // Printed so that a panic in the output below is attributable.
-    eprintln!("event log suite: {name}");
+    run_check("event log", name, check).await;
+}
+
+/// Run one check of `suite` under [`CHECK_DEADLINE`], naming it first so
+/// that a panic in the output below is attributable; the store-side suites
+/// run their checks through this too.
+pub(crate) async fn run_check<C, Fut>(suite: &str, name: &str, check: C)
+where
+    C: FnOnce() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    eprintln!("{suite} suite: {name}");
     if tokio::time::timeout(CHECK_DEADLINE, check()).await.is_err() {
-        panic!("event log suite: {name} did not finish within {CHECK_DEADLINE:?}");
+        panic!("{suite} suite: {name} did not finish within {CHECK_DEADLINE:?}");
     }
 }
 
