@@ -41,8 +41,13 @@ use crate::wire::{self, WebhookVersion};
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The retry delays after the first and the second attempt (simulated).
 const RETRY_DELAYS: [f64; 2] = [60.0, 240.0];
-/// The longest a reordered delivery is held waiting for the next one.
-const MAX_HOLD_SECS: f64 = 600.0;
+/// The longest a reordered delivery is held waiting for the next one:
+/// longer than any gap the flows leave between a session's deliveries (a
+/// Didit reviewer acts 120 to 600 simulated seconds after `In Review`), so
+/// that the next delivery releases it, not whichever of it and this timer
+/// real timing favoured: at 600, a review near the limit arrived before
+/// the held `In Review` in one run and after it in the next.
+const MAX_HOLD_SECS: f64 = 900.0;
 
 /// What became of a delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -142,7 +147,22 @@ pub(crate) struct Dispatcher {
     /// Deliveries held by the reorder fault, per (session, destination),
     /// released by the next delivery's first attempt.
     holds: Mutex<HashMap<HoldKey, Vec<oneshot::Sender<()>>>>,
+    /// Per (session, destination), the signal that the newest delivery in
+    /// line has had its first answer. Each delivery waits for the one
+    /// before it, so a session's deliveries reach the receiver in the order
+    /// they were emitted whatever the machine's timing: at a time scale of
+    /// hundreds, two deliveries a few simulated seconds apart are
+    /// milliseconds apart, and sent from separate tasks they were in flight
+    /// together and arrived in either order, so the same seed did not give
+    /// the same decisions. Arriving out of order is the reorder fault's
+    /// job (a held delivery leaves the line); a lost one never joins it;
+    /// retries and duplicate copies go out of line, as Didit's do.
+    lanes: Mutex<HashMap<HoldKey, oneshot::Receiver<()>>>,
 }
+
+/// A delivery's place in its session's line: the signal of the one before
+/// it (none for the first), and its own, sent after its first attempt.
+type Lane = (Option<oneshot::Receiver<()>>, oneshot::Sender<()>);
 
 fn probability(p: f64) -> f64 {
     if p.is_finite() {
@@ -162,6 +182,7 @@ impl Dispatcher {
             http,
             records: Mutex::new(Vec::new()),
             holds: Mutex::new(HashMap::new()),
+            lanes: Mutex::new(HashMap::new()),
         })
     }
 
@@ -238,10 +259,19 @@ pub(crate) fn dispatch(inner: &Arc<Inner>, out: Outgoing) {
         d.holds
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .entry(key)
+            .entry(key.clone())
             .or_default()
             .push(tx);
         rx
+    });
+    let lane = hold.is_none().then(|| {
+        let (tx, rx) = oneshot::channel();
+        let before = d
+            .lanes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, rx);
+        (before, tx)
     });
     let id = d.push(&out, false, hold.is_some(), delay_ms, Fate::Pending);
     let guard = inner.activity.enter();
@@ -251,7 +281,7 @@ pub(crate) fn dispatch(inner: &Arc<Inner>, out: Outgoing) {
         out: Arc::new(out),
         rng,
     };
-    inner.spawn(guard, task.run(hold, delay_ms, waiting, duplicate));
+    inner.spawn(guard, task.run(hold, lane, delay_ms, waiting, duplicate));
 }
 
 fn release(waiting: Vec<oneshot::Sender<()>>) {
@@ -271,11 +301,24 @@ impl Task {
     async fn run(
         mut self,
         hold: Option<oneshot::Receiver<()>>,
+        lane: Option<Lane>,
         delay_ms: u64,
         waiting: Vec<oneshot::Sender<()>>,
         duplicate: bool,
     ) {
         let inner = self.inner.clone();
+        let (before, done) = match lane {
+            Some((before, done)) => (before, Some(done)),
+            None => (None, None),
+        };
+        if let Some(before) = before {
+            let mut stop = inner.shutdown.subscribe();
+            tokio::select! {
+                // A dropped signal (its task ended early) frees the line too.
+                _ = before => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
         if let Some(rx) = hold {
             let mut stop = inner.shutdown.subscribe();
             let released = tokio::select! {
@@ -303,16 +346,20 @@ impl Task {
             let guard = inner.activity.enter();
             inner.spawn(guard, async move {
                 if copy.inner.sleep(copy_delay).await {
-                    copy.attempts(Vec::new()).await;
+                    copy.attempts(Vec::new(), None).await;
                 }
             });
         }
-        self.attempts(waiting).await;
+        self.attempts(waiting, done).await;
     }
 
     /// Up to three attempts; `waiting` (deliveries held for this one) go
     /// out after the first.
-    async fn attempts(mut self, mut waiting: Vec<oneshot::Sender<()>>) {
+    async fn attempts(
+        mut self,
+        mut waiting: Vec<oneshot::Sender<()>>,
+        mut done: Option<oneshot::Sender<()>>,
+    ) {
         let inner = self.inner.clone();
         for attempt in 0..=RETRY_DELAYS.len() {
             if attempt > 0 {
@@ -328,6 +375,9 @@ impl Task {
                 r.attempts.push(Attempt { at_ms, outcome });
             });
             release(std::mem::take(&mut waiting));
+            if let Some(done) = done.take() {
+                let _ = done.send(());
+            }
             if outcome.success() {
                 inner
                     .dispatcher

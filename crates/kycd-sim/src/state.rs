@@ -255,7 +255,7 @@ pub(crate) struct Ring {
 /// How long after one ring member the next one arrives at the earliest,
 /// simulated: longer than a member's whole flow with its deliveries at
 /// their latest (under 300 simulated seconds of flow, a reordered delivery
-/// held up to 600, Didit's retries 300 more), so that members finish one
+/// held up to 900, Didit's retries 300 more), so that members finish one
 /// after another. kycd decides each member on the members it has heard of
 /// so far; two finishing within a moment of each other would be decided
 /// in whatever order real timing picked, and the same seed would not give

@@ -492,3 +492,63 @@ async fn deliveries_have_the_shapes_of_didits_own_vectors() {
         sim.shutdown().await;
     }
 }
+
+/// A session's deliveries go out one after another: the next leaves only
+/// once the one before it has had its first answer. Sent from separate
+/// tasks, two deliveries a few simulated seconds apart (milliseconds at a
+/// high time scale) were in flight together and reached a receiver that
+/// works concurrently, as kycd's intake does, in either order, so the
+/// same seed did not give the same arrival order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sessions_deliveries_are_never_in_flight_together() {
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Default)]
+    struct Seen {
+        in_flight: HashMap<String, usize>,
+        overlaps: usize,
+        received: usize,
+    }
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post({
+            let seen = seen.clone();
+            move |body: axum::body::Bytes| {
+                let seen = seen.clone();
+                async move {
+                    let v: Value = serde_json::from_slice(&body).unwrap();
+                    let session = v["session_id"].as_str().unwrap().to_owned();
+                    {
+                        let mut s = seen.lock().unwrap();
+                        let n = s.in_flight.entry(session.clone()).or_default();
+                        *n += 1;
+                        if *n > 1 {
+                            s.overlaps += 1;
+                        }
+                        s.received += 1;
+                    }
+                    // A receiver that takes a while to answer, as an intake
+                    // does while its group commit syncs.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    *seen.lock().unwrap().in_flight.get_mut(&session).unwrap() -= 1;
+                    axum::http::StatusCode::OK
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    // 5,000 times real time: a session's first two deliveries (8 to 60
+    // simulated seconds apart) are 2 to 12 ms apart, less than an answer.
+    let sim = support::sim(31, 5_000.0).await;
+    sim.add_destination(&format!("http://{addr}/hook"), WebhookVersion::V3)
+        .unwrap();
+    sim.run(30);
+    sim.wait_settled(SETTLE).await.unwrap();
+    let s = seen.lock().unwrap();
+    assert!(s.received >= 60, "{} deliveries", s.received);
+    assert_eq!(s.overlaps, 0, "deliveries of one session overlapped");
+}
