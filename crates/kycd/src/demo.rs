@@ -407,6 +407,7 @@ async fn wait_all_decided(
     use kycd_log::outbox::{ActionQuery, ActionState};
     // Every session the simulator made is younger than the demo.
     let since = app.clock.now_millis() - 86_400_000;
+    let mut last_quiet_head = None;
     while Instant::now() < deadline {
         let mut missing = 0;
         for t in sim.truth() {
@@ -424,20 +425,32 @@ async fn wait_all_decided(
                 missing += 1;
             }
         }
-        let busy = app
-            .outbox
-            .list_actions(ActionQuery {
-                state: Some(ActionState::Pending),
-                limit: 1,
-                ..Default::default()
-            })
-            .await?
-            .len();
-        // Write-backs make Didit deliver again: let those land too.
+        // Running counts as busy too: a write-back in flight to Didit makes
+        // Didit deliver again once it lands, and a report built meanwhile
+        // missed that delivery's decision in some runs and not in others.
+        let mut busy = 0;
+        for state in [ActionState::Pending, ActionState::Running] {
+            busy += app
+                .outbox
+                .list_actions(ActionQuery {
+                    state: Some(state),
+                    limit: 1,
+                    ..Default::default()
+                })
+                .await?
+                .len();
+        }
         let settled = sim.wait_settled(Duration::from_millis(1)).await.is_ok();
         if settled && missing == 0 && busy == 0 {
             wait_applied(app, deadline).await;
-            return Ok(());
+            // Quiet twice in a row, with nothing appended in between.
+            let head = app.log.head().await?;
+            if last_quiet_head == Some(head) {
+                return Ok(());
+            }
+            last_quiet_head = Some(head);
+        } else {
+            last_quiet_head = None;
         }
         if settled && missing > 0 {
             if let Some(reconciler) = &app.reconciler {
