@@ -10,9 +10,10 @@
 //! - [`Sim::run`] starts simulated customers, each drawn from the scenario
 //!   catalogue ([`Scenario`]) with a ground-truth [`Label`]; sessions created
 //!   through the API run on their own as well.
-//! - Time is compressed by [`SimConfig::time_scale`]; deliveries are retried
-//!   as Didit retries them and can be duplicated, reordered, delayed, lost
-//!   or hit by a receiver outage ([`Faults`]).
+//! - Time is compressed by [`SimConfig::time_scale`]; a session's
+//!   deliveries go out in line (each after the previous one's first
+//!   answer), are retried as Didit retries them and can be duplicated,
+//!   reordered, delayed, lost or hit by a receiver outage ([`Faults`]).
 //! - [`Sim::calls`] logs every API call that asks for an effect (and the
 //!   decision and session-list reads) with what it did ([`CallEffect`]), so
 //!   tests can prove each effect was asked for exactly once.
