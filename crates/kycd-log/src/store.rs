@@ -1384,25 +1384,23 @@ pub mod suite {
         F: Fn() -> Fut,
         Fut: Future<Output = Arc<dyn Store>>,
     {
-        macro_rules! check {
-            ($name:ident) => {
-                crate::suite::run_check("store", stringify!($name), || async {
-                    $name(make().await).await
-                })
-                .await
-            };
-        }
-        check!(offsets_and_sessions_commit_together);
-        check!(a_stale_offset_writes_nothing);
-        check!(listing_pages_newest_first_with_filters);
-        check!(decisions_links_subjects_and_declines_commit_with_the_offset);
-        check!(shadow_pairs_match_each_active_decision_with_the_latest_shadow);
-        check!(load_sessions_returns_only_what_exists);
-        check!(awaiting_result_lists_sessions_still_waiting_for_didit);
-        check!(decisions_list_by_offset_both_ways_with_filters);
-        check!(the_policy_mark_moves_only_with_a_policy);
-        check!(a_link_seen_again_keeps_its_latest_time_and_subjects_their_latest_version);
-        check!(concurrent_commits_from_one_offset_apply_exactly_once);
+        crate::suite::run_checks!(
+            "store",
+            make,
+            [
+                offsets_and_sessions_commit_together,
+                a_stale_offset_writes_nothing,
+                listing_pages_newest_first_with_filters,
+                decisions_links_subjects_and_declines_commit_with_the_offset,
+                shadow_pairs_match_each_active_decision_with_the_latest_shadow,
+                load_sessions_returns_only_what_exists,
+                awaiting_result_lists_sessions_still_waiting_for_didit,
+                decisions_list_by_offset_both_ways_with_filters,
+                the_policy_mark_moves_only_with_a_policy,
+                a_link_seen_again_keeps_its_latest_time_and_subjects_their_latest_version,
+                concurrent_commits_from_one_offset_apply_exactly_once,
+            ]
+        );
     }
 
     async fn load_sessions_returns_only_what_exists(s: Arc<dyn Store>) {

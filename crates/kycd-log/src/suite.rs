@@ -32,62 +32,43 @@ use crate::log::{
 /// How long one check may take before it counts as hung.
 const CHECK_DEADLINE: Duration = Duration::from_secs(60);
 
+/// Run each named check of a suite, in order, each against a fresh backend
+/// from `make` and through [`run_check`]: every suite's runner is this one
+/// list of check functions.
+macro_rules! run_checks {
+    ($suite:expr, $make:ident, [$($check:ident),* $(,)?]) => {
+        $(
+            $crate::suite::run_check($suite, stringify!($check), || async {
+                $check($make().await).await
+            })
+            .await;
+        )*
+    };
+}
+pub(crate) use run_checks;
+
 /// Run every check, each against a fresh log from `make`.
 pub async fn run_event_log_suite<F, Fut>(make: F)
 where
     F: Fn() -> Fut,
     Fut: Future<Output = Arc<dyn EventLog>>,
 {
-    run("append_then_read_gives_back_identical_events", || async {
-        append_then_read_gives_back_identical_events(make().await).await
-    })
-    .await;
-    run("offsets_start_at_one_and_strictly_increase", || async {
-        offsets_start_at_one_and_strictly_increase(make().await).await
-    })
-    .await;
-    run("read_paginates_by_offset", || async {
-        read_paginates_by_offset(make().await).await
-    })
-    .await;
-    run("any_shared_dedupe_key_makes_a_duplicate", || async {
-        any_shared_dedupe_key_makes_a_duplicate(make().await).await
-    })
-    .await;
-    run("concurrent_duplicates_resolve_to_one_winner", || async {
-        concurrent_duplicates_resolve_to_one_winner(make().await).await
-    })
-    .await;
-    run("get_finds_events_by_id", || async {
-        get_finds_events_by_id(make().await).await
-    })
-    .await;
-    run("head_and_subscribe_follow_commits", || async {
-        head_and_subscribe_follow_commits(make().await).await
-    })
-    .await;
-    run("quarantine_round_trips_newest_first", || async {
-        quarantine_round_trips_newest_first(make().await).await
-    })
-    .await;
-    run(
-        "a_probe_write_succeeds_and_changes_nothing_read",
-        || async { a_probe_write_succeeds_and_changes_nothing_read(make().await).await },
-    )
-    .await;
-    run(
-        "shutdown_finishes_in_flight_writes_then_refuses",
-        || async { shutdown_finishes_in_flight_writes_then_refuses(make().await).await },
-    )
-    .await;
-}
-
-async fn run<C, Fut>(name: &str, check: C)
-where
-    C: FnOnce() -> Fut,
-    Fut: Future<Output = ()>,
-{
-    run_check("event log", name, check).await;
+    run_checks!(
+        "event log",
+        make,
+        [
+            append_then_read_gives_back_identical_events,
+            offsets_start_at_one_and_strictly_increase,
+            read_paginates_by_offset,
+            any_shared_dedupe_key_makes_a_duplicate,
+            concurrent_duplicates_resolve_to_one_winner,
+            get_finds_events_by_id,
+            head_and_subscribe_follow_commits,
+            quarantine_round_trips_newest_first,
+            a_probe_write_succeeds_and_changes_nothing_read,
+            shutdown_finishes_in_flight_writes_then_refuses,
+        ]
+    );
 }
 
 /// Run one check of `suite` under [`CHECK_DEADLINE`], naming it first so

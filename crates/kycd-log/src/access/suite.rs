@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tokio::task::JoinSet;
 
 use super::{Access, ConsoleSession, LoginAttempt, Scope, TokenInfo, UserInfo};
-use crate::suite::run_check;
+use crate::suite::run_checks;
 
 /// Run every check, each against a fresh backend from `make`.
 pub async fn run_access_suite<S, F, Fut>(make: F)
@@ -19,20 +19,18 @@ where
     F: Fn() -> Fut,
     Fut: Future<Output = Arc<S>>,
 {
-    macro_rules! check {
-        ($name:ident) => {
-            run_check("access", stringify!($name), || async {
-                $name(make().await).await
-            })
-            .await
-        };
-    }
-    check!(tokens_are_found_by_digest_listed_and_revoked_once);
-    check!(a_token_digest_is_refused_twice);
-    check!(users_are_added_once_and_listed_by_name);
-    check!(sign_in_attempts_lock_at_the_threshold_and_a_lock_runs_out);
-    check!(a_console_sign_in_lives_until_it_expires_or_is_deleted);
-    check!(concurrent_failed_sign_ins_all_count);
+    run_checks!(
+        "access",
+        make,
+        [
+            tokens_are_found_by_digest_listed_and_revoked_once,
+            a_token_digest_is_refused_twice,
+            users_are_added_once_and_listed_by_name,
+            sign_in_attempts_lock_at_the_threshold_and_a_lock_runs_out,
+            a_console_sign_in_lives_until_it_expires_or_is_deleted,
+            concurrent_failed_sign_ins_all_count,
+        ]
+    );
 }
 
 fn token(id: &str, scope: Scope, at: i64) -> TokenInfo {

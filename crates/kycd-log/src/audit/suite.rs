@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 
 use super::{Audit, AuditRecord, NewAudit, GENESIS};
 use crate::store::{ProjectionBatch, Store, StoreError};
-use crate::suite::run_check;
+use crate::suite::run_checks;
 
 /// Run every check, each against a fresh backend from `make`.
 pub async fn run_audit_suite<S, F, Fut>(make: F)
@@ -24,19 +24,17 @@ where
     F: Fn() -> Fut,
     Fut: Future<Output = Arc<S>>,
 {
-    macro_rules! check {
-        ($name:ident) => {
-            run_check("audit", stringify!($name), || async {
-                $name(make().await).await
-            })
-            .await
-        };
-    }
-    check!(an_empty_chain_verifies);
-    check!(appended_records_chain_in_order_and_verify);
-    check!(list_audit_filters_by_time_and_pages_by_seq);
-    check!(a_commit_chains_its_records_and_a_refused_commit_appends_none);
-    check!(concurrent_appends_make_one_chain);
+    run_checks!(
+        "audit",
+        make,
+        [
+            an_empty_chain_verifies,
+            appended_records_chain_in_order_and_verify,
+            list_audit_filters_by_time_and_pages_by_seq,
+            a_commit_chains_its_records_and_a_refused_commit_appends_none,
+            concurrent_appends_make_one_chain,
+        ]
+    );
 }
 
 /// A record numbered `n` by `actor`.

@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::{CasePage, CaseQuery, CaseSort, Cases};
 use crate::store::{DecisionRecord, IdentityLink, ProjectionBatch, SessionRecord, Store};
-use crate::suite::run_check;
+use crate::suite::run_checks;
 
 /// Run every check, each against a fresh backend from `make`.
 pub async fn run_cases_suite<S, F, Fut>(make: F)
@@ -22,20 +22,18 @@ where
     F: Fn() -> Fut,
     Fut: Future<Output = Arc<S>>,
 {
-    macro_rules! check {
-        ($name:ident) => {
-            run_check("cases", stringify!($name), || async {
-                $name(make().await).await
-            })
-            .await
-        };
-    }
-    check!(the_queue_sorts_filters_and_counts_open_cases);
-    check!(the_queue_pages_with_a_total);
-    check!(assignments_filter_the_queue_and_a_reviewer_decision_ends_them);
-    check!(decisions_over_time_count_active_decisions_per_bucket);
-    check!(the_review_backlog_is_the_age_of_each_open_review);
-    check!(linked_subjects_are_bounded_per_kind_newest_first);
+    run_checks!(
+        "cases",
+        make,
+        [
+            the_queue_sorts_filters_and_counts_open_cases,
+            the_queue_pages_with_a_total,
+            assignments_filter_the_queue_and_a_reviewer_decision_ends_them,
+            decisions_over_time_count_active_decisions_per_bucket,
+            the_review_backlog_is_the_age_of_each_open_review,
+            linked_subjects_are_bounded_per_kind_newest_first,
+        ]
+    );
 }
 
 /// The time a session numbered `seq` was decided at (Unix ms).

@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 
 use super::{ActionQuery, ActionRecord, ActionState, Finish, NewAction, Outbox, StepUpRecord};
 use crate::store::{ProjectionBatch, Store};
-use crate::suite::run_check;
+use crate::suite::run_checks;
 
 /// Run every check, each against a fresh backend from `make`.
 pub async fn run_outbox_suite<S, F, Fut>(make: F)
@@ -25,25 +25,23 @@ where
     F: Fn() -> Fut,
     Fut: Future<Output = Arc<S>>,
 {
-    macro_rules! check {
-        ($name:ident) => {
-            run_check("outbox", stringify!($name), || async {
-                $name(make().await).await
-            })
-            .await
-        };
-    }
-    check!(enqueue_is_idempotent_by_key_and_commit_enqueues_too);
-    check!(claim_takes_due_actions_oldest_first_within_the_limit);
-    check!(an_expired_lease_is_claimed_again_and_the_old_attempt_cannot_finish);
-    check!(finish_records_each_ending);
-    check!(retry_action_requeues_only_dead_or_skipped_actions);
-    check!(release_running_hands_every_claim_back);
-    check!(list_actions_filters_and_pages_newest_first);
-    check!(counts_and_backlog_follow_states);
-    check!(step_ups_upsert_and_come_due);
-    check!(an_endpoint_is_disabled_after_consecutive_failures);
-    check!(concurrent_claimers_get_each_action_exactly_once);
+    run_checks!(
+        "outbox",
+        make,
+        [
+            enqueue_is_idempotent_by_key_and_commit_enqueues_too,
+            claim_takes_due_actions_oldest_first_within_the_limit,
+            an_expired_lease_is_claimed_again_and_the_old_attempt_cannot_finish,
+            finish_records_each_ending,
+            retry_action_requeues_only_dead_or_skipped_actions,
+            release_running_hands_every_claim_back,
+            list_actions_filters_and_pages_newest_first,
+            counts_and_backlog_follow_states,
+            step_ups_upsert_and_come_due,
+            an_endpoint_is_disabled_after_consecutive_failures,
+            concurrent_claimers_get_each_action_exactly_once,
+        ]
+    );
 }
 
 /// An action of `kind` about `session`, created (and first due) at `at_ms`.
