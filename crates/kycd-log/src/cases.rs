@@ -448,33 +448,9 @@ pub(crate) fn linked(
 
 #[cfg(test)]
 mod tests {
+    use super::suite::decided_session as session;
     use super::*;
     use crate::store::{IdentityLink, ProjectionBatch, SqliteStore, Store};
-    use serde_json::json;
-
-    fn session(
-        seq: u64,
-        id: &str,
-        outcome: &str,
-        score: f64,
-        rule: &str,
-        by: &str,
-    ) -> SessionRecord {
-        SessionRecord {
-            seq,
-            session_id: id.into(),
-            vendor_data: Some(format!("subject-{id}")),
-            status: "In Review".into(),
-            workflow_id: None,
-            created_at_ms: seq as i64,
-            updated_at_ms: seq as i64,
-            doc: json!({"decision": {
-                "id": format!("dec_{id}"), "outcome": outcome, "score": score,
-                "reasons": [{"rule": rule, "text": "why"}], "policy_version": by,
-                "decided_at": kycd_core::when::format_millis(1_000_000 + seq as i64 * 1000),
-            }}),
-        }
-    }
 
     async fn store_with(sessions: Vec<SessionRecord>) -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
