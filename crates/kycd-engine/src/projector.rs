@@ -1627,7 +1627,6 @@ enum StepUpResult {
     Expired,
 }
 
-/// Whether the session's step-up was requested and has no result yet.
 /// The batch's decisions, for the metrics: each active decision's outcome
 /// (as the policy's [`Outcome`] names it, or `other` for a stored outcome
 /// it does not know), and the receive time of its event when a webhook
@@ -1654,6 +1653,7 @@ fn decided(events: &[StoredEvent], batch: &ProjectionBatch) -> Vec<(&'static str
         .collect()
 }
 
+/// Whether the session's step-up was requested and has no result yet.
 fn step_up_open(doc: &Value) -> bool {
     doc.pointer("/step_up/status").and_then(Value::as_str) == Some("requested")
 }
