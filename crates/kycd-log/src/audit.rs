@@ -374,11 +374,39 @@ pub(crate) struct ChainState {
 
 impl ChainState {
     pub(crate) fn open(conn: &Connection) -> Result<Arc<Self>, StoreError> {
-        Ok(Arc::new(Self {
+        Ok(Self::new(
+            last(conn)?.map(|(seq, mac, _)| Head { seq, mac }),
+        ))
+    }
+
+    /// The state of a chain whose newest record is `head`.
+    pub(crate) fn new(head: Option<Head>) -> Arc<Self> {
+        Arc::new(Self {
             key: OnceLock::new(),
-            head: watch::Sender::new(last(conn)?.map(|(seq, mac, _)| Head { seq, mac })),
+            head: watch::Sender::new(head),
             broken: AtomicBool::new(false),
-        }))
+        })
+    }
+
+    /// The key, once set.
+    #[allow(dead_code)]
+    pub(crate) fn key(&self) -> Option<&AuditKey> {
+        self.key.get()
+    }
+
+    /// Key every record appended from now on; a second call keeps the first.
+    pub(crate) fn set_key(&self, key: AuditKey) {
+        let _ = self.key.set(key);
+    }
+
+    /// The newest record, updated after each commit that appended records.
+    pub(crate) fn subscribe(&self) -> watch::Receiver<Option<Head>> {
+        self.head.subscribe()
+    }
+
+    /// Record that the chain is known broken (the server started over it).
+    pub(crate) fn mark_broken(&self) {
+        self.broken.store(true, Ordering::Relaxed);
     }
 
     pub(crate) fn is_broken(&self) -> bool {
@@ -386,10 +414,17 @@ impl ChainState {
     }
 
     /// Publish the head after the transaction that appended up to it has
-    /// committed. Called with the writer held, so heads arrive in order.
+    /// committed. Only ever moves forward: a backend whose commits finish
+    /// on several connections may report them out of order.
     pub(crate) fn committed(&self, appended: Option<Head>) {
         if let Some(head) = appended {
-            self.head.send_replace(Some(head));
+            self.head.send_if_modified(|current| {
+                let newer = current.as_ref().is_none_or(|c| c.seq < head.seq);
+                if newer {
+                    *current = Some(head);
+                }
+                newer
+            });
         }
     }
 }
@@ -404,37 +439,47 @@ fn last(conn: &Connection) -> Result<Option<(u64, String, String)>, StoreError> 
         .optional()?)
 }
 
-/// Append `records` after the chain's current end, inside `tx`; returns the
-/// new head, to hand to [`ChainState::committed`] after the commit.
+/// A record as it goes into the chain: its fields as stored and its
+/// chain value.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Chained {
+    pub seq: i64,
+    pub at_ms: i64,
+    pub actor: String,
+    pub action: String,
+    pub target: Option<String>,
+    pub details: String,
+    pub prev_hash: String,
+    pub hash: String,
+    pub alg: &'static str,
+}
+
+/// Chain `records` after `last` (the current end's seq, chain value and
+/// `alg`, or `None` for an empty chain): the pure part of an append, the
+/// same for every backend, which only has to read the end and store the
+/// rows in one transaction that no other append can interleave with.
 ///
-/// With the key set, records are keyed. Without it (tests, a scratch
-/// store, a store no server has opened yet) they are plain, which is only
-/// allowed while the chain has no keyed record: after that, a plain record
-/// would read as a forgery, so the append fails instead.
-pub(crate) fn append(
-    tx: &Transaction<'_>,
+/// With a key, records are keyed. Without it (tests, a scratch store, a
+/// store no server has opened yet) they are plain, which is only allowed
+/// while the chain has no keyed record: after that, a plain record would
+/// read as a forgery, so the append fails instead.
+pub(crate) fn chain(
     records: &[NewAudit],
-    chain: &ChainState,
-) -> Result<Option<Head>, StoreError> {
-    if records.is_empty() {
-        return Ok(None);
-    }
-    let (mut seq, mut prev, last_alg) = match last(tx)? {
+    last: Option<(u64, String, String)>,
+    key: Option<&AuditKey>,
+) -> Result<Vec<Chained>, StoreError> {
+    let (mut seq, mut prev, last_alg) = match last {
         Some((seq, hash, alg)) => (seq as i64, hash, Some(alg)),
         None => (0, GENESIS.to_owned(), None),
     };
-    let key = chain.key.get();
-    if key.is_none() && last_alg.as_deref() == Some(ALG_HMAC) {
+    if key.is_none() && last_alg.as_deref() == Some(ALG_HMAC) && !records.is_empty() {
         return Err(StoreError::Unavailable(
             "the audit trail is keyed and this process has no audit key \
              (KYCD_AUDIT_KEY_FILE)"
                 .into(),
         ));
     }
-    let mut stmt = tx.prepare_cached(
-        "INSERT INTO audit (seq, at_ms, actor, action, target, details, prev_hash, hash, alg)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )?;
+    let mut out = Vec::with_capacity(records.len());
     for r in records {
         seq += 1;
         let details = r.details.to_string();
@@ -450,15 +495,60 @@ pub(crate) fn append(
             Some(key) => (mac_of(key, &prev, &fields), ALG_HMAC),
             None => (plain_hash(&prev, &fields), ALG_SHA256),
         };
-        stmt.execute(params![
-            seq, r.at_ms, r.actor, r.action, r.target, details, prev, hash, alg
-        ])?;
-        prev = hash;
+        out.push(Chained {
+            seq,
+            at_ms: r.at_ms,
+            actor: r.actor.clone(),
+            action: r.action.clone(),
+            target: r.target.clone(),
+            details,
+            prev_hash: std::mem::replace(&mut prev, hash.clone()),
+            hash,
+            alg,
+        });
     }
-    Ok(Some(Head {
-        seq: seq as u64,
-        mac: prev,
-    }))
+    Ok(out)
+}
+
+impl Chained {
+    /// The head after the last of `rows`.
+    pub(crate) fn head_of(rows: &[Chained]) -> Option<Head> {
+        rows.last().map(|r| Head {
+            seq: r.seq as u64,
+            mac: r.hash.clone(),
+        })
+    }
+}
+
+/// Append `records` after the chain's current end, inside `tx`; returns the
+/// new head, to hand to [`ChainState::committed`] after the commit.
+pub(crate) fn append(
+    tx: &Transaction<'_>,
+    records: &[NewAudit],
+    chain_state: &ChainState,
+) -> Result<Option<Head>, StoreError> {
+    if records.is_empty() {
+        return Ok(None);
+    }
+    let rows = chain(records, last(tx)?, chain_state.key.get())?;
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO audit (seq, at_ms, actor, action, target, details, prev_hash, hash, alg)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?;
+    for r in &rows {
+        stmt.execute(params![
+            r.seq,
+            r.at_ms,
+            r.actor,
+            r.action,
+            r.target,
+            r.details,
+            r.prev_hash,
+            r.hash,
+            r.alg
+        ])?;
+    }
+    Ok(Chained::head_of(&rows))
 }
 
 struct Stored {

@@ -28,6 +28,7 @@ pub mod cases;
 mod checkpoint;
 pub mod log;
 pub mod outbox;
+pub mod postgres;
 pub mod sqlite_log;
 pub mod store;
 #[cfg(any(test, feature = "testsuite"))]

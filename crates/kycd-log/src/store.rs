@@ -78,6 +78,27 @@ pub struct SessionQuery {
     pub limit: usize,
 }
 
+/// Didit's statuses after which a session changes no more by itself.
+pub const FINISHED_STATUSES: [&str; 5] =
+    ["Approved", "Declined", "In Review", "Abandoned", "Expired"];
+
+/// Whether a session still waits for a result from Didit, the one
+/// definition behind [`SessionQuery::awaiting_result`]: unfinished, or
+/// decided by Didit (not `Expired`) without kycd holding a decision, unless
+/// it is a step-up session (`step_up_of` present), decided through its
+/// original. Backends that cannot evaluate it in SQL store it with the row.
+pub fn awaiting_result(rec: &SessionRecord) -> bool {
+    if !FINISHED_STATUSES.contains(&rec.status.as_str()) {
+        return true;
+    }
+    rec.status != "Expired"
+        && rec
+            .doc
+            .get("decision")
+            .is_none_or(serde_json::Value::is_null)
+        && rec.doc.get("step_up_of").is_none()
+}
+
 /// One decision kycd made (or a shadow policy would have made).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DecisionRecord {

@@ -1,0 +1,1 @@
+//! Tokens, users, console sign-ins and lockouts on PostgreSQL.

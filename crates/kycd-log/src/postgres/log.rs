@@ -1,0 +1,1 @@
+//! [`PgLog`]: the event log on PostgreSQL.
