@@ -30,6 +30,15 @@ pub enum StoreError {
         current: u64,
         expected: u64,
     },
+    /// A commit made under a lease (a partition's projection) found that
+    /// the lease was taken over since: it wrote nothing, and the work
+    /// belongs to the new owner now.
+    #[error("lease {lease} lost: held at epoch {epoch}, now {}", now.map_or("another owner's".to_owned(), |e| format!("epoch {e}")))]
+    LeaseLost {
+        lease: String,
+        epoch: i64,
+        now: Option<i64>,
+    },
 }
 
 impl From<rusqlite::Error> for StoreError {

@@ -50,6 +50,7 @@ pub use crate::proxy::{PublicUrl, TrustedProxies};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATA_DIR: &str = "./kycd-data";
+pub const DEFAULT_DATABASE_MAX_CONNECTIONS: u32 = 16;
 pub const DEFAULT_DIDIT_BASE_URL: &str = "https://verification.didit.me";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 10;
@@ -292,6 +293,20 @@ settings! {
     /// Where the event log (events.db) and projections (store.db) live.
     data_dir: PathBuf = PathBuf::from(DEFAULT_DATA_DIR),
         Meta::env("KYCD_DATA_DIR").flag("data-dir", "DIR");
+
+    /// Keep the event log and the store in PostgreSQL instead of the
+    /// embedded SQLite files: `postgres://user:password@host:port/database`,
+    /// with libpq's parameters (`sslmode=require`, a schema with
+    /// `options=-csearch_path%3Dkycd`). Several `kycd serve` processes may
+    /// share one database. The schema is created and migrated at start. The
+    /// data directory still holds the audit key (unless
+    /// `KYCD_AUDIT_KEY_FILE` names one, which every instance must share).
+    database_url: Option<Secret> = None,
+        Meta::env("KYCD_DATABASE_URL").secret().example("\"postgres://kycd@db.internal:5432/kycd\"");
+
+    /// At most this many connections to the database per process.
+    database_max_connections: u32 = DEFAULT_DATABASE_MAX_CONNECTIONS,
+        Meta::env("KYCD_DATABASE_MAX_CONNECTIONS");
 
     /// Didit webhook secrets (secret_shared_key). All are accepted; the
     /// first is the current one, so a secret rotates without downtime. In

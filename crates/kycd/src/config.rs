@@ -342,6 +342,21 @@ fn validate(s: &Settings) -> anyhow::Result<()> {
     if s.max_connections == 0 {
         bail!("{} must be at least 1", named("max_connections"));
     }
+    if s.database_max_connections < 2 {
+        // The event log's writer holds one while the projector and the
+        // API need others.
+        bail!("{} must be at least 2", named("database_max_connections"));
+    }
+    if let Some(url) = &s.database_url {
+        let url = url.expose();
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            // Never the URL itself: it may hold a password.
+            bail!(
+                "{} must be a postgres:// URL (the embedded default needs none)",
+                named("database_url")
+            );
+        }
+    }
     // Port 0 picks a free port for each, so the same text is fine there.
     if s.admin_listen.as_deref() == Some(s.listen.as_str()) && !s.listen.ends_with(":0") {
         bail!(

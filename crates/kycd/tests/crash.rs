@@ -300,6 +300,25 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_delivery_survives_sigkill_and_is_projected_exactly_once() {
+    crash_and_check(envs()).await;
+}
+
+/// The same on PostgreSQL (`KYCD_DATABASE_URL`, a schema of its own): the
+/// acknowledgement waits for the event's transaction to commit there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_every_acknowledged_delivery_survives_sigkill_and_is_projected_exactly_once() {
+    let Some(url) = kycd_log::postgres::testing::url_or_skip("crash on PostgreSQL") else {
+        return;
+    };
+    let schemas = kycd_log::postgres::testing::Schemas::new(&url).await;
+    let schema = schemas.schema().await;
+    let mut envs = envs();
+    envs.push(("KYCD_DATABASE_URL", schemas.url_of(&schema)));
+    crash_and_check(envs).await;
+    schemas.drop_all().await;
+}
+
+async fn crash_and_check(envs: Vec<(&'static str, String)>) {
     let root = tempfile::TempDir::new().unwrap();
     let data_dir: PathBuf = root.path().join("data");
     std::fs::create_dir_all(&data_dir).unwrap();
@@ -309,7 +328,7 @@ async fn every_acknowledged_delivery_survives_sigkill_and_is_projected_exactly_o
 
     // Run 1: fire, and SIGKILL the server once enough deliveries were
     // acknowledged, while the other workers have requests in flight.
-    let first = Server::start(&data_dir, &root.path().join("run1.log"), &envs());
+    let first = Server::start(&data_dir, &root.path().join("run1.log"), &envs);
     let base = first.base.clone();
     let first = Arc::new(Mutex::new(first));
     let tally = Arc::new(Tally::default());
@@ -347,7 +366,7 @@ async fn every_acknowledged_delivery_survives_sigkill_and_is_projected_exactly_o
     );
 
     // Run 2: the same data directory, a new port.
-    let second = Server::start(&data_dir, &root.path().join("run2.log"), &envs());
+    let second = Server::start(&data_dir, &root.path().join("run2.log"), &envs);
     let base = Arc::new(second.base.clone());
     let client = client();
 

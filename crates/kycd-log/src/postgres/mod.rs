@@ -33,6 +33,7 @@ use crate::LogError;
 pub mod access;
 pub mod audit;
 pub mod cases;
+pub mod cluster;
 pub mod log;
 pub mod outbox;
 pub mod store;
@@ -71,6 +72,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         6,
         "cases",
         include_str!("../../migrations/postgres/0006_cases.sql"),
+    ),
+    (
+        7,
+        "cluster",
+        include_str!("../../migrations/postgres/0007_cluster.sql"),
     ),
 ];
 

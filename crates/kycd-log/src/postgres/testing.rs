@@ -42,7 +42,6 @@ pub struct Schemas {
     url: String,
     admin: PgPool,
     made: Mutex<Vec<String>>,
-    next: AtomicU64,
     stamp: u64,
 }
 
@@ -81,14 +80,15 @@ impl Schemas {
             url: url.to_owned(),
             admin,
             made: Mutex::new(Vec::new()),
-            next: AtomicU64::new(0),
             stamp,
         }
     }
 
     /// A new, empty schema's name.
     pub async fn schema(&self) -> String {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        // Process-wide: several `Schemas` of one test binary share a stamp.
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let name = format!("kycd_t_{}_{}_{n}", self.stamp, std::process::id());
         sqlx::query(&format!("CREATE SCHEMA \"{name}\""))
             .execute(&self.admin)
