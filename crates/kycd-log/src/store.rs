@@ -166,6 +166,20 @@ pub struct ProjectionBatch {
     /// so that a projector started later knows which policy is in force
     /// at the offset it resumes from.
     pub policy_offset: Option<u64>,
+    /// The lease the batch was made under, when several instances share
+    /// the store: the commit checks it in its own transaction and, if the
+    /// lease was taken over since, writes nothing
+    /// ([`StoreError::LeaseLost`]). `None` in a single process (the
+    /// embedded store, which one process owns, ignores it).
+    pub fence: Option<Fence>,
+}
+
+/// A lease held by `owner` at `epoch` (its fencing token).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub owner: String,
+    pub lease: String,
+    pub epoch: i64,
 }
 
 /// Appended to a consumer's name for the mark of its last applied policy

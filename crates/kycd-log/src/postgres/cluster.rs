@@ -22,7 +22,7 @@ use serde::Serialize;
 use sqlx::{PgConnection, Row};
 
 use super::{store_error, Database};
-use crate::store::StoreError;
+use crate::store::{Fence, StoreError};
 
 /// What a lease or an instance operation can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +39,17 @@ pub enum ClusterError {
 pub struct Lease {
     pub name: String,
     pub epoch: i64,
+}
+
+impl Lease {
+    /// The fence a commit made under this lease carries.
+    pub fn fence(&self, owner: &str) -> Fence {
+        Fence {
+            owner: owner.to_owned(),
+            lease: self.name.clone(),
+            epoch: self.epoch,
+        }
+    }
 }
 
 /// This instance's membership of the cluster.
@@ -257,27 +268,23 @@ impl Cluster {
     }
 }
 
-/// Inside a transaction: fail with [`StoreError::LeaseLost`] unless
-/// `owner` still holds `lease` at its epoch, and keep it from being taken
-/// over (`FOR SHARE`) until the transaction ends.
-pub(crate) async fn fence(
-    tx: &mut PgConnection,
-    owner: &str,
-    lease: &Lease,
-) -> Result<(), StoreError> {
+/// Inside a transaction: fail with [`StoreError::LeaseLost`] unless the
+/// fence's owner still holds its lease at its epoch, and keep the lease
+/// from being taken over (`FOR SHARE`) until the transaction ends.
+pub(crate) async fn fence(tx: &mut PgConnection, fence: &Fence) -> Result<(), StoreError> {
     let held: Option<i64> = sqlx::query_scalar(
         "SELECT epoch FROM cluster_leases WHERE name = $1 AND owner = $2 FOR SHARE",
     )
-    .bind(&lease.name)
-    .bind(owner)
+    .bind(&fence.lease)
+    .bind(&fence.owner)
     .fetch_optional(&mut *tx)
     .await
     .map_err(store_error)?;
     match held {
-        Some(epoch) if epoch == lease.epoch => Ok(()),
+        Some(epoch) if epoch == fence.epoch => Ok(()),
         held => Err(StoreError::LeaseLost {
-            lease: lease.name.clone(),
-            epoch: lease.epoch,
+            lease: fence.lease.clone(),
+            epoch: fence.epoch,
             now: held,
         }),
     }
