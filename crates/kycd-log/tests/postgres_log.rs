@@ -148,6 +148,17 @@ async fn two_instances_share_one_dense_log_and_one_dedupe() {
     }
     assert_eq!(a.head().await.unwrap(), n);
     assert_eq!(b.head().await.unwrap(), n);
+    // Group commit: concurrent appends shared transactions.
+    let (stats_a, stats_b) = (a.stats(), b.stats());
+    assert!(
+        stats_a.largest_batch > 1 || stats_b.largest_batch > 1,
+        "appends were committed in batches: {stats_a:?} {stats_b:?}"
+    );
+    assert_eq!(
+        stats_a.requests + stats_b.requests,
+        OWN + SHARED_KEYS * TRIES_PER_INSTANCE * 2
+    );
+    assert_eq!(stats_a.failed_batches + stats_b.failed_batches, 0);
     schemas.drop_all().await;
 }
 
@@ -331,5 +342,34 @@ async fn an_append_whose_connection_dies_midway_fails_cleanly_and_the_next_succe
     assert!(after.is_new());
     assert_eq!(log.read(0, 10).await.unwrap().len(), 2);
     log.probe_write().await.unwrap();
+    schemas.drop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nul_character_postgresql_cannot_store_fails_only_its_own_append() {
+    let Some(url) = url_or_skip("a_nul_character_postgresql_cannot_store") else {
+        return;
+    };
+    let schemas = Schemas::new(&url).await;
+    let log = open(schemas.database().await, PgLogOptions::default()).await;
+    let mut nul_session = sample_event(1, &["n1"]);
+    nul_session.session_id = Some("sess\0".into());
+    let nul_key = sample_event(2, &["k\0"]);
+    let (a, b, c) = tokio::join!(
+        log.append(nul_session),
+        log.append(nul_key),
+        log.append(sample_event(3, &["fine"]))
+    );
+    assert!(matches!(a, Err(LogError::Corrupt(_))), "{a:?}");
+    assert!(matches!(b, Err(LogError::Corrupt(_))), "{b:?}");
+    let stored = log.read(0, 10).await.unwrap();
+    assert_eq!(stored.len(), 1, "only the storable event is stored");
+    assert_eq!(
+        c.unwrap(),
+        Appended::New {
+            offset: 1,
+            id: stored[0].id.clone()
+        }
+    );
     schemas.drop_all().await;
 }

@@ -50,7 +50,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -111,6 +111,28 @@ impl Default for PgLogOptions {
     }
 }
 
+/// Counters about this instance's writer, for tests and diagnostics, as
+/// [`crate::sqlite_log::SqliteLogStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PgLogStats {
+    /// Transactions committed.
+    pub batches: u64,
+    /// Requests (appends, quarantines, probes) in committed transactions.
+    pub requests: u64,
+    /// The largest committed batch so far.
+    pub largest_batch: u64,
+    /// Transactions that failed and were rolled back.
+    pub failed_batches: u64,
+}
+
+#[derive(Default)]
+struct Stats {
+    batches: AtomicU64,
+    requests: AtomicU64,
+    largest_batch: AtomicU64,
+    failed_batches: AtomicU64,
+}
+
 /// The PostgreSQL-backed [`EventLog`]. See the module documentation.
 ///
 /// Open one per process and share it (`Arc<dyn EventLog>`); several
@@ -127,6 +149,7 @@ pub struct PgLog {
     /// Moved forward by the writer, the listener, the poller and
     /// [`EventLog::head`]; never backwards.
     head: Arc<watch::Sender<u64>>,
+    stats: Arc<Stats>,
     /// Dropped with the log, which stops the listener and the poller.
     _stop: watch::Sender<()>,
 }
@@ -160,6 +183,7 @@ impl PgLog {
         let listener = start_listening(&pool).await.map_err(log_error)?;
         let head = Arc::new(watch::Sender::new(read_head(&pool).await?));
         let (stop, stopped) = watch::channel(());
+        let stats = Arc::new(Stats::default());
 
         let (requests, queue) = mpsc::channel(max_batch.saturating_mul(4).clamp(64, 1 << 16));
         let writer = Writer {
@@ -167,6 +191,7 @@ impl PgLog {
             payload_prefix: format!("{schema} "),
             requests: queue,
             head: Arc::clone(&head),
+            stats: Arc::clone(&stats),
             max_batch,
         };
         tokio::spawn(writer.run());
@@ -191,12 +216,22 @@ impl PgLog {
             requests,
             closed: AtomicBool::new(false),
             head,
+            stats,
             _stop: stop,
         })
     }
 
     pub fn database(&self) -> &Database {
         &self.db
+    }
+
+    pub fn stats(&self) -> PgLogStats {
+        PgLogStats {
+            batches: self.stats.batches.load(Ordering::Relaxed),
+            requests: self.stats.requests.load(Ordering::Relaxed),
+            largest_batch: self.stats.largest_batch.load(Ordering::Relaxed),
+            failed_batches: self.stats.failed_batches.load(Ordering::Relaxed),
+        }
     }
 
     /// Hand a request to the writer and wait for its answer.
@@ -289,6 +324,11 @@ impl EventLog for PgLog {
     }
 
     async fn quarantine(&self, q: NewQuarantine) -> Result<String, LogError> {
+        if q.reason.contains('\0') {
+            return Err(LogError::Corrupt(
+                "the quarantine reason holds a NUL character, which PostgreSQL cannot store".into(),
+            ));
+        }
         let encoded = EncodedQuarantine {
             id: format!("{QUARANTINE_ID_PREFIX}{}", ulid_body(q.received_at_ms)),
             meta: q.meta.to_string(),
@@ -503,6 +543,24 @@ struct EncodedEvent {
 
 impl EncodedEvent {
     fn new(e: NewEvent) -> Result<Self, LogError> {
+        // PostgreSQL's text cannot hold U+0000 (SQLite's can): refused here,
+        // alone, rather than failing every other append of its batch.
+        let texts = [
+            Some(&e.kind),
+            e.session_id.as_ref(),
+            e.didit_event_id.as_ref(),
+        ];
+        if texts
+            .into_iter()
+            .flatten()
+            .chain(&e.dedupe_keys)
+            .any(|t| t.contains('\0'))
+        {
+            return Err(LogError::Corrupt(
+                "a text field of the event holds a NUL character, which PostgreSQL cannot store"
+                    .into(),
+            ));
+        }
         let dedupe_keys_json = serde_json::to_string(&e.dedupe_keys)
             .map_err(|err| LogError::Unavailable(format!("cannot encode dedupe keys: {err}")))?;
         Ok(Self {
@@ -552,6 +610,7 @@ struct Writer {
     payload_prefix: String,
     requests: mpsc::Receiver<Request>,
     head: Arc<watch::Sender<u64>>,
+    stats: Arc<Stats>,
     max_batch: usize,
 }
 
@@ -619,6 +678,13 @@ impl Writer {
                 if let Some(head) = new_head {
                     advance(&self.head, head);
                 }
+                self.stats.batches.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .requests
+                    .fetch_add(size as u64, Ordering::Relaxed);
+                self.stats
+                    .largest_batch
+                    .fetch_max(size as u64, Ordering::Relaxed);
                 tracing::trace!(
                     batch = size,
                     head = *self.head.borrow(),
@@ -648,6 +714,7 @@ impl Writer {
             Err(error) => {
                 // Rolled back (or never begun): nothing from this batch is
                 // visible, and every waiter gets the same error.
+                self.stats.failed_batches.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     batch = size,
                     error = %error,
