@@ -8,13 +8,25 @@
 //!   cargo test --workspace --locked --test postgres_store
 //! ```
 
+use std::sync::Arc;
+
+use kycd_log::access::suite::run_access_suite;
+use kycd_log::audit::{AuditKey, NewAudit};
+use kycd_log::cases::suite::run_cases_suite;
+use kycd_log::postgres::store::PgStore;
 use kycd_log::postgres::testing::{url_or_skip, Schemas};
+use kycd_log::postgres::{Database, PoolSettings};
+use kycd_log::store::suite::run_store_suite;
+use kycd_log::store::{
+    DecisionRecord, ProjectionBatch, SessionRecord, Store, StoreError, POLICY_MARK_SUFFIX,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn migrations_apply_once_in_order_even_when_instances_start_together() {
     let Some(url) = url_or_skip("postgres_store") else {
         return;
     };
+    let _serial = one_at_a_time(&url).await;
     let schemas = Schemas::new(&url).await;
     let schema = schemas.schema().await;
     let url = schemas.url_of(&schema);
@@ -38,5 +50,174 @@ async fn migrations_apply_once_in_order_even_when_instances_start_together() {
         again.applied_migrations().await.unwrap(),
         vec![1, 2, 3, 4, 5, 6, 7]
     );
+    schemas.drop_all().await;
+}
+
+/// Held by each check for its whole run: `Schemas` numbers its schemas
+/// from 0 in each instance with the same run stamp and pid, so two checks
+/// of this process running at once would make the same schema names. Each
+/// check drops its schemas before it lets go.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// [`ONE_AT_A_TIME`], after dropping what an earlier check of this process
+/// left behind when it failed (its schemas' names would be made again).
+async fn one_at_a_time(url: &str) -> tokio::sync::MutexGuard<'static, ()> {
+    let guard = ONE_AT_A_TIME.lock().await;
+    let admin = sqlx::PgPool::connect(url).await.expect("connect");
+    let ours = format!("kycd\\_t\\_%\\_{}\\_%", std::process::id());
+    let left: Vec<String> =
+        sqlx::query_scalar("SELECT nspname::text FROM pg_namespace WHERE nspname LIKE $1")
+            .bind(ours)
+            .fetch_all(&admin)
+            .await
+            .expect("list test schemas");
+    for name in left {
+        sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"))
+            .execute(&admin)
+            .await
+            .expect("drop a left-over test schema");
+    }
+    admin.close().await;
+    guard
+}
+
+/// A fresh, keyed store in its own schema of `schemas`.
+async fn keyed(schemas: &Schemas) -> Arc<PgStore> {
+    let store = PgStore::open(schemas.database().await).await.unwrap();
+    store.set_audit_key(AuditKey::from_bytes([7; 32]));
+    Arc::new(store)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pg_store_passes_the_store_suite() {
+    let Some(url) = url_or_skip("pg_store_passes_the_store_suite") else {
+        return;
+    };
+    let _serial = one_at_a_time(&url).await;
+    let schemas = Schemas::new(&url).await;
+    run_store_suite(|| async { keyed(&schemas).await as Arc<dyn Store> }).await;
+    schemas.drop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pg_store_passes_the_cases_suite() {
+    let Some(url) = url_or_skip("pg_store_passes_the_cases_suite") else {
+        return;
+    };
+    let _serial = one_at_a_time(&url).await;
+    let schemas = Schemas::new(&url).await;
+    run_cases_suite(|| keyed(&schemas)).await;
+    schemas.drop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pg_store_passes_the_access_suite() {
+    let Some(url) = url_or_skip("pg_store_passes_the_access_suite") else {
+        return;
+    };
+    let _serial = one_at_a_time(&url).await;
+    let schemas = Schemas::new(&url).await;
+    run_access_suite(|| keyed(&schemas)).await;
+    schemas.drop_all().await;
+}
+
+/// Two instances (two pools on one schema, as two processes would have)
+/// commit the same consumer from the same offset at once, each several
+/// times over: exactly one commit of each round applies, and the refused
+/// one wrote nothing (no session, no decision, no audit record, no mark).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_committing_one_offset_apply_exactly_one() {
+    let Some(url) = url_or_skip("two_instances_committing_one_offset_apply_exactly_one") else {
+        return;
+    };
+    let _serial = one_at_a_time(&url).await;
+    let schemas = Schemas::new(&url).await;
+    let schema = schemas.schema().await;
+    let url = schemas.url_of(&schema);
+    let settings = PoolSettings::default();
+    let open = || async {
+        let db = Database::connect(&url, &settings).await.unwrap();
+        let store = PgStore::open(db).await.unwrap();
+        store.set_audit_key(AuditKey::from_bytes([7; 32]));
+        Arc::new(store)
+    };
+    let (a, b) = (open().await, open().await);
+    let batch = |who: &str, round: u64| ProjectionBatch {
+        sessions: vec![SessionRecord {
+            seq: round + 1,
+            session_id: format!("{who}-{round}"),
+            vendor_data: Some("u".into()),
+            status: "Approved".into(),
+            workflow_id: None,
+            created_at_ms: 1,
+            updated_at_ms: 1,
+            doc: serde_json::json!({}),
+        }],
+        decisions: vec![DecisionRecord {
+            id: format!("dec_{who}_{round}"),
+            event_offset: round + 1,
+            session_id: format!("{who}-{round}"),
+            subject: Some("u".into()),
+            policy_version: "v1".into(),
+            shadow: false,
+            outcome: "approve".into(),
+            score: 0.0,
+            decided_at_ms: 1,
+            doc: serde_json::json!({}),
+        }],
+        audit: vec![NewAudit {
+            at_ms: 1,
+            actor: "projector".into(),
+            action: "decision".into(),
+            target: Some(format!("dec_{who}_{round}")),
+            details: serde_json::json!({}),
+        }],
+        policy_offset: Some(round * 10 + if who == "a" { 1 } else { 2 }),
+        ..ProjectionBatch::default()
+    };
+    const ROUNDS: u64 = 20;
+    for round in 0..ROUNDS {
+        let (from, to) = (round * 10, round * 10 + 10);
+        let (ra, rb) = tokio::join!(
+            a.commit("p", from, to, batch("a", round)),
+            b.commit("p", from, to, batch("b", round)),
+        );
+        let winner = match (ra, rb) {
+            (Ok(()), Err(StoreError::OffsetConflict { current, .. })) if current == to => "a",
+            (Err(StoreError::OffsetConflict { current, .. }), Ok(())) if current == to => "b",
+            other => panic!("round {round}: expected one success and one conflict: {other:?}"),
+        };
+        let loser = if winner == "a" { "b" } else { "a" };
+        assert_eq!(a.consumer_offset("p").await.unwrap(), to);
+        assert_eq!(
+            b.consumer_offset(&format!("p{POLICY_MARK_SUFFIX}"))
+                .await
+                .unwrap(),
+            round * 10 + if winner == "a" { 1 } else { 2 },
+            "the winner's policy mark"
+        );
+        for (who, applied) in [(winner, true), (loser, false)] {
+            let session = a.get_session(&format!("{who}-{round}")).await.unwrap();
+            let decision = b.get_decision(&format!("dec_{who}_{round}")).await.unwrap();
+            assert_eq!(session.is_some(), applied, "round {round}: {who}'s session");
+            assert_eq!(
+                decision.is_some(),
+                applied,
+                "round {round}: {who}'s decision"
+            );
+        }
+    }
+    // One audit record per round, one chain: nothing of a refused commit.
+    let audited: i64 = sqlx::query_scalar("SELECT count(*) FROM audit")
+        .fetch_one(a.database().pool())
+        .await
+        .unwrap();
+    assert_eq!(audited, ROUNDS as i64);
+    let (a_head, b_head) = (
+        a.subscribe_audit_head().borrow().clone(),
+        b.subscribe_audit_head().borrow().clone(),
+    );
+    let newest = [a_head, b_head].into_iter().flatten().map(|h| h.seq).max();
+    assert_eq!(newest, Some(ROUNDS), "the chain's end is the last round's");
     schemas.drop_all().await;
 }
