@@ -389,7 +389,6 @@ impl ChainState {
     }
 
     /// The key, once set.
-    #[allow(dead_code)]
     pub(crate) fn key(&self) -> Option<&AuditKey> {
         self.key.get()
     }

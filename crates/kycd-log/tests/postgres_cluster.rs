@@ -126,3 +126,74 @@ async fn a_second_start_under_the_same_id_stops_the_first() {
     assert!(instances[0].heartbeat_age_ms >= 0);
     schemas.drop_all().await;
 }
+
+#[tokio::test]
+async fn a_former_owners_commit_writes_nothing_once_its_lease_is_taken_over() {
+    use kycd_log::postgres::store::PgStore;
+    use kycd_log::store::{ProjectionBatch, SessionRecord, Store, StoreError};
+    let Some((schemas, db)) = setup("postgres_cluster").await else {
+        return;
+    };
+    let store = PgStore::open(db.clone()).await.unwrap();
+    let a = Cluster::join(db.clone(), "a", "test").await.unwrap();
+    let b = Cluster::join(db.clone(), "b", "test").await.unwrap();
+    let session = |id: &str, seq: u64| SessionRecord {
+        seq,
+        session_id: id.to_owned(),
+        vendor_data: None,
+        status: "In Progress".into(),
+        workflow_id: None,
+        created_at_ms: 1,
+        updated_at_ms: 1,
+        doc: serde_json::json!({}),
+    };
+    let batch = |id: &str, seq, fence| ProjectionBatch {
+        sessions: vec![session(id, seq)],
+        fence: Some(fence),
+        ..ProjectionBatch::default()
+    };
+    // a owns partition 0 and commits under it.
+    let old = a
+        .acquire("partition/0", Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .commit("sessions", 0, 1, batch("first", 1, old.fence(a.id())))
+        .await
+        .unwrap();
+    // a pauses; its lease expires and b takes it over.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let new = loop {
+        if let Some(l) = b.acquire("partition/0", TTL).await.unwrap() {
+            break l;
+        }
+        assert!(std::time::Instant::now() < deadline, "never expired");
+        tokio::task::yield_now().await;
+    };
+    // a wakes and commits its next batch under the old lease: refused.
+    match store
+        .commit("sessions", 1, 2, batch("stale", 2, old.fence(a.id())))
+        .await
+    {
+        Err(StoreError::LeaseLost { epoch, now, .. }) => {
+            assert_eq!(epoch, old.epoch);
+            assert_eq!(now, None, "held by another owner");
+        }
+        other => panic!("a former owner's commit must be refused: {other:?}"),
+    }
+    assert_eq!(
+        store.get_session("stale").await.unwrap(),
+        None,
+        "wrote nothing"
+    );
+    assert_eq!(store.consumer_offset("sessions").await.unwrap(), 1);
+    // The new owner commits from where a stopped.
+    store
+        .commit("sessions", 1, 2, batch("second", 2, new.fence(b.id())))
+        .await
+        .unwrap();
+    assert!(store.get_session("second").await.unwrap().is_some());
+    assert_eq!(store.consumer_offset("sessions").await.unwrap(), 2);
+    schemas.drop_all().await;
+}

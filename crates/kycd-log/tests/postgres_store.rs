@@ -26,7 +26,6 @@ async fn migrations_apply_once_in_order_even_when_instances_start_together() {
     let Some(url) = url_or_skip("postgres_store") else {
         return;
     };
-    let _serial = one_at_a_time(&url).await;
     let schemas = Schemas::new(&url).await;
     let schema = schemas.schema().await;
     let url = schemas.url_of(&schema);
@@ -53,34 +52,6 @@ async fn migrations_apply_once_in_order_even_when_instances_start_together() {
     schemas.drop_all().await;
 }
 
-/// Held by each check for its whole run: `Schemas` numbers its schemas
-/// from 0 in each instance with the same run stamp and pid, so two checks
-/// of this process running at once would make the same schema names. Each
-/// check drops its schemas before it lets go.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// [`ONE_AT_A_TIME`], after dropping what an earlier check of this process
-/// left behind when it failed (its schemas' names would be made again).
-async fn one_at_a_time(url: &str) -> tokio::sync::MutexGuard<'static, ()> {
-    let guard = ONE_AT_A_TIME.lock().await;
-    let admin = sqlx::PgPool::connect(url).await.expect("connect");
-    let ours = format!("kycd\\_t\\_%\\_{}\\_%", std::process::id());
-    let left: Vec<String> =
-        sqlx::query_scalar("SELECT nspname::text FROM pg_namespace WHERE nspname LIKE $1")
-            .bind(ours)
-            .fetch_all(&admin)
-            .await
-            .expect("list test schemas");
-    for name in left {
-        sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"))
-            .execute(&admin)
-            .await
-            .expect("drop a left-over test schema");
-    }
-    admin.close().await;
-    guard
-}
-
 /// A fresh, keyed store in its own schema of `schemas`.
 async fn keyed(schemas: &Schemas) -> Arc<PgStore> {
     let store = PgStore::open(schemas.database().await).await.unwrap();
@@ -93,7 +64,6 @@ async fn pg_store_passes_the_store_suite() {
     let Some(url) = url_or_skip("pg_store_passes_the_store_suite") else {
         return;
     };
-    let _serial = one_at_a_time(&url).await;
     let schemas = Schemas::new(&url).await;
     run_store_suite(|| async { keyed(&schemas).await as Arc<dyn Store> }).await;
     schemas.drop_all().await;
@@ -104,7 +74,6 @@ async fn pg_store_passes_the_cases_suite() {
     let Some(url) = url_or_skip("pg_store_passes_the_cases_suite") else {
         return;
     };
-    let _serial = one_at_a_time(&url).await;
     let schemas = Schemas::new(&url).await;
     run_cases_suite(|| keyed(&schemas)).await;
     schemas.drop_all().await;
@@ -115,7 +84,6 @@ async fn pg_store_passes_the_access_suite() {
     let Some(url) = url_or_skip("pg_store_passes_the_access_suite") else {
         return;
     };
-    let _serial = one_at_a_time(&url).await;
     let schemas = Schemas::new(&url).await;
     run_access_suite(|| keyed(&schemas)).await;
     schemas.drop_all().await;
@@ -130,7 +98,6 @@ async fn two_instances_committing_one_offset_apply_exactly_one() {
     let Some(url) = url_or_skip("two_instances_committing_one_offset_apply_exactly_one") else {
         return;
     };
-    let _serial = one_at_a_time(&url).await;
     let schemas = Schemas::new(&url).await;
     let schema = schemas.schema().await;
     let url = schemas.url_of(&schema);

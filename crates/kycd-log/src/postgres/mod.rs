@@ -18,9 +18,6 @@
 //! where a single SQLite writer used to serialise (the log head, the audit
 //! head, outbox claims, lockout counts).
 
-// Until every concern's backend is in (this commit lays the ground).
-#![allow(dead_code)]
-
 use std::str::FromStr;
 use std::time::Duration;
 

@@ -440,6 +440,11 @@ impl Store for PgStore {
                 expected: from_offset,
             });
         }
+        // Under the lease it was made under, if any: a former owner's
+        // batch writes nothing (docs/cluster-design.md, "The fenced commit").
+        if let Some(fence) = &batch.fence {
+            super::cluster::fence(&mut tx, fence).await?;
+        }
         write_sessions_and_decisions(&mut tx, &batch.sessions, &batch.decisions).await?;
         write_graph(&mut tx, &batch).await?;
         super::outbox::insert_actions(&mut tx, &batch.actions).await?;
