@@ -29,7 +29,7 @@ use kycd_core::when::format_millis;
 use kycd_log::audit::NewAudit;
 use kycd_log::outbox::StepUpRecord;
 use kycd_log::store::{
-    DecisionQuery, DecisionRecord, GraphContext, GraphQuery, IdentityLink, ProjectionBatch,
+    DecisionQuery, DecisionRecord, Fence, GraphContext, GraphQuery, IdentityLink, ProjectionBatch,
     SessionQuery, SessionRecord, Store, StoreError, SubjectVersion,
 };
 use kycd_log::{EventLog, EventSource, LogError, StoredEvent};
@@ -131,6 +131,10 @@ pub struct Projector {
     /// The clock decisions are timed against, when this projector reports
     /// metrics ([`Projector::with_metrics`]); a replay's does not.
     metrics: Option<SharedClock>,
+    /// The lease this projector works under when several instances share
+    /// the store ([`Projector::with_fence`]): `None` inside while another
+    /// instance holds it.
+    fence: Option<watch::Receiver<Option<Fence>>>,
 }
 
 /// The identity of a subject in the graph: the operator's `vendor_data`,
@@ -152,6 +156,7 @@ impl Projector {
             applied,
             resumed: std::sync::atomic::AtomicBool::new(false),
             metrics: None,
+            fence: None,
         }
     }
 
@@ -163,6 +168,16 @@ impl Projector {
     /// this (a replay into a scratch store) the projector reports nothing.
     pub fn with_metrics(mut self, clock: SharedClock) -> Self {
         self.metrics = Some(clock);
+        self
+    }
+
+    /// Project only while `fence` holds a lease, and commit every batch
+    /// under it: a batch made under a lease taken over since writes
+    /// nothing ([`kycd_log::store::StoreError::LeaseLost`]). Each new lease
+    /// (a new epoch) resumes from the stored offset with the policy in
+    /// force there, which another instance may have moved.
+    pub fn with_fence(mut self, fence: watch::Receiver<Option<Fence>>) -> Self {
+        self.fence = Some(fence);
         self
     }
 
@@ -436,6 +451,14 @@ impl Projector {
             sessions.insert(session_id, record);
         }
         batch.sessions = sessions.into_values().collect();
+        if let Some(fence) = &self.fence {
+            let held = fence.borrow().clone();
+            batch.fence = Some(held.ok_or_else(|| StoreError::LeaseLost {
+                lease: "partition".into(),
+                epoch: 0,
+                now: None,
+            })?);
+        }
         let decided = self.metrics.as_ref().map(|_| decided(events, &batch));
         self.store.commit(CONSUMER, from, to, batch).await?;
         if let (Some(clock), Some(decided)) = (&self.metrics, decided) {
@@ -1388,9 +1411,27 @@ impl Projector {
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let mut head = self.log.subscribe();
         let mut backoff = std::time::Duration::from_millis(50);
+        let mut fence = self.fence.clone();
+        let mut epoch = None;
         loop {
             if *stop.borrow() {
                 return;
+            }
+            if let Some(fence) = &mut fence {
+                let held = fence.borrow_and_update().as_ref().map(|f| f.epoch);
+                let Some(held) = held else {
+                    // Another instance projects; wait for the lease.
+                    tokio::select! {
+                        r = fence.changed() => if r.is_err() { return },
+                        r = stop.changed() => if r.is_err() { return },
+                    }
+                    continue;
+                };
+                if epoch != Some(held) {
+                    epoch = Some(held);
+                    self.resumed
+                        .store(false, std::sync::atomic::Ordering::Release);
+                }
             }
             match self.step().await {
                 Ok((_, true)) => {
@@ -1421,9 +1462,16 @@ impl Projector {
             {
                 continue;
             }
+            let lease_moved = async {
+                match &mut fence {
+                    Some(f) => f.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 r = head.changed() => if r.is_err() { return },
                 r = stop.changed() => if r.is_err() { return },
+                alive = lease_moved => if !alive { return },
             }
         }
     }

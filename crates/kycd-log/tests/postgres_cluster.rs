@@ -197,3 +197,32 @@ async fn a_former_owners_commit_writes_nothing_once_its_lease_is_taken_over() {
     assert_eq!(store.consumer_offset("sessions").await.unwrap(), 2);
     schemas.drop_all().await;
 }
+
+#[tokio::test]
+async fn a_restarted_instance_takes_its_leases_back_at_once_and_the_old_run_cannot() {
+    let Some((schemas, db)) = setup("postgres_cluster").await else {
+        return;
+    };
+    let old_run = Cluster::join(db.clone(), "kycd-a", "1").await.unwrap();
+    let held = old_run.acquire("partition/0", TTL).await.unwrap().unwrap();
+    let other = Cluster::join(db.clone(), "kycd-b", "1").await.unwrap();
+    let new_run = Cluster::join(db.clone(), "kycd-a", "1").await.unwrap();
+    assert_eq!(
+        other.acquire("partition/0", TTL).await.unwrap(),
+        None,
+        "not expired"
+    );
+    let back = new_run
+        .acquire("partition/0", TTL)
+        .await
+        .unwrap()
+        .expect("the same id, started again, takes it back without waiting");
+    assert!(back.epoch > held.epoch);
+    assert!(!old_run.renew(&held, TTL).await.unwrap());
+    assert_eq!(
+        old_run.acquire("partition/0", TTL).await.unwrap(),
+        None,
+        "the earlier run cannot take it back in turn"
+    );
+    schemas.drop_all().await;
+}

@@ -17,6 +17,9 @@ CREATE TABLE cluster_instances (
 CREATE TABLE cluster_leases (
     name       text        PRIMARY KEY,
     owner      text,
+    -- The owner's instance epoch: a restart of the same id (a higher
+    -- epoch) takes its leases back at once instead of waiting them out.
+    owner_epoch bigint     NOT NULL DEFAULT 0,
     epoch      bigint      NOT NULL DEFAULT 0,
     expires_at timestamptz NOT NULL DEFAULT '-infinity'
 );

@@ -103,6 +103,12 @@ impl Cluster {
         .fetch_one(db.pool())
         .await
         .map_err(store_error)?;
+        // Instances silent for a day are gone for good (a default id names
+        // the process, so every restart adds one).
+        sqlx::query("DELETE FROM cluster_instances WHERE heartbeat_at < now() - interval '1 day'")
+            .execute(db.pool())
+            .await
+            .map_err(store_error)?;
         Ok(Self {
             db,
             id: id.to_owned(),
@@ -153,10 +159,10 @@ impl Cluster {
         }
     }
 
-    /// Take lease `name` for `ttl` if it is free, expired, or already
-    /// this instance's; `None` when another instance holds it. Every
-    /// acquisition bumps the epoch (taking back one's own lease too: a
-    /// restarted instance must not inherit its previous run's fence).
+    /// Take lease `name` for `ttl` if it is free, expired, or held by an
+    /// earlier run of this instance id (taken back at once); `None` when
+    /// another instance holds it. Every acquisition bumps the epoch, so
+    /// the earlier run's fence no longer holds.
     pub async fn acquire(&self, name: &str, ttl: Duration) -> Result<Option<Lease>, ClusterError> {
         sqlx::query("INSERT INTO cluster_leases (name) VALUES ($1) ON CONFLICT (name) DO NOTHING")
             .bind(name)
@@ -164,14 +170,16 @@ impl Cluster {
             .await
             .map_err(store_error)?;
         let epoch: Option<i64> = sqlx::query_scalar(
-            "UPDATE cluster_leases SET owner = $2, epoch = epoch + 1,
+            "UPDATE cluster_leases SET owner = $2, owner_epoch = $4, epoch = epoch + 1,
                expires_at = now() + make_interval(secs => $3::double precision / 1000)
-             WHERE name = $1 AND (owner IS NULL OR expires_at < now())
+             WHERE name = $1
+               AND (owner IS NULL OR expires_at < now() OR (owner = $2 AND owner_epoch < $4))
              RETURNING epoch",
         )
         .bind(name)
         .bind(&self.id)
         .bind(millis(ttl))
+        .bind(self.epoch)
         .fetch_optional(self.db.pool())
         .await
         .map_err(store_error)?;
