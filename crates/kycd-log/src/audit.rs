@@ -550,16 +550,37 @@ pub(crate) fn append(
     Ok(Chained::head_of(&rows))
 }
 
-struct Stored {
-    seq: i64,
-    at_ms: i64,
-    actor: String,
-    action: String,
-    target: Option<String>,
-    details: String,
-    prev_hash: String,
-    hash: String,
-    alg: String,
+/// A record as stored, every column as text or integer: what a backend
+/// reads and hands to [`Walk::step`].
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Stored {
+    pub seq: i64,
+    pub at_ms: i64,
+    pub actor: String,
+    pub action: String,
+    pub target: Option<String>,
+    pub details: String,
+    pub prev_hash: String,
+    pub hash: String,
+    pub alg: String,
+}
+
+impl Stored {
+    /// The record as listed (its details parsed).
+    pub(crate) fn into_record(self) -> Result<AuditRecord, StoreError> {
+        Ok(AuditRecord {
+            seq: self.seq as u64,
+            at_ms: self.at_ms,
+            actor: self.actor,
+            action: self.action,
+            target: self.target,
+            details: serde_json::from_str(&self.details)
+                .map_err(|e| StoreError::Corrupt(format!("audit details: {e}")))?,
+            prev_hash: self.prev_hash,
+            hash: self.hash,
+            alg: self.alg,
+        })
+    }
 }
 
 fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Stored> {
@@ -576,10 +597,14 @@ fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Stored> {
     })
 }
 
-const COLUMNS: &str = "seq, at_ms, actor, action, target, details, prev_hash, hash, alg";
+/// The columns of [`Stored`], in its order.
+pub(crate) const COLUMNS: &str = "seq, at_ms, actor, action, target, details, prev_hash, hash, alg";
 
-/// Checks records one after the other, from a known starting point.
-struct Walk<'k> {
+/// Checks records one after the other, from a known starting point: pure
+/// code, fed by each backend with the stored records in `seq` order
+/// (all of them, or page by page), until [`Walk::step`] finds a problem
+/// or the records run out; then [`Walk::verification`] says what it found.
+pub(crate) struct Walk<'k> {
     key: Option<&'k AuditKey>,
     prev: String,
     expected: i64,
@@ -589,8 +614,44 @@ struct Walk<'k> {
     acknowledged: Vec<(u64, String)>,
 }
 
-impl Walk<'_> {
-    fn step(&mut self, r: &Stored) -> Option<Problem> {
+impl<'k> Walk<'k> {
+    /// A walk over the whole chain, from [`GENESIS`]: feed it every record.
+    pub(crate) fn from_genesis(key: Option<&'k AuditKey>) -> Self {
+        Self {
+            key,
+            prev: GENESIS.to_owned(),
+            expected: 1,
+            keyed_from: None,
+            records: 0,
+            head: None,
+            acknowledged: Vec::new(),
+        }
+    }
+
+    /// A walk from `anchor` on (already checked with [`check_anchor`] or its
+    /// backend's equivalent): feed it the records after `anchor.seq`.
+    /// `anchored_alg` is the anchored record's `alg`: the anchored record
+    /// being keyed is what matters for the rule that no plain record may
+    /// follow a keyed one.
+    pub(crate) fn after_anchor(
+        key: Option<&'k AuditKey>,
+        anchor: &Head,
+        anchored_alg: &str,
+    ) -> Self {
+        Self {
+            key,
+            prev: anchor.mac.clone(),
+            expected: anchor.seq as i64 + 1,
+            keyed_from: (anchored_alg == ALG_HMAC).then_some(anchor.seq),
+            records: 0,
+            head: Some(anchor.clone()),
+            acknowledged: Vec::new(),
+        }
+    }
+
+    /// Check the next stored record; `Some` is the first problem, after
+    /// which the walk is over.
+    pub(crate) fn step(&mut self, r: &Stored) -> Option<Problem> {
         self.records += 1;
         let seq = r.seq as u64;
         if r.seq != self.expected {
@@ -647,6 +708,19 @@ impl Walk<'_> {
         None
     }
 
+    /// What the walk found, `problem` being what [`Walk::step`] returned
+    /// last (or a problem the backend found after the walk).
+    pub(crate) fn verification(self, problem: Option<Problem>) -> Verification {
+        Verification {
+            records: self.records,
+            first_broken: problem.as_ref().map(first_broken),
+            problem,
+            keyed_from: self.keyed_from,
+            head: self.head,
+            acknowledged: self.acknowledged,
+        }
+    }
+
     fn run(mut self, conn: &Connection, after_seq: i64) -> Result<Verification, StoreError> {
         let mut stmt = conn.prepare(&format!(
             "SELECT {COLUMNS} FROM audit WHERE seq > ?1 ORDER BY seq"
@@ -659,44 +733,81 @@ impl Walk<'_> {
                 break;
             }
         }
-        let first_broken = problem.as_ref().map(|p| {
-            let seq = match p {
-                Problem::Missing { expected, .. } => *expected,
-                Problem::Unlinked { seq }
-                | Problem::Edited { seq, .. }
-                | Problem::UnkeyedAfterKeyed { seq, .. }
-                | Problem::UnknownAlg { seq }
-                | Problem::NoKey { seq }
-                | Problem::Rewritten { seq, .. } => *seq,
-                Problem::Truncated { anchored, .. } | Problem::Emptied { anchored, .. } => {
-                    *anchored
-                }
-            };
-            (seq, p.to_string())
-        });
-        Ok(Verification {
-            records: self.records,
-            first_broken,
-            problem,
-            keyed_from: self.keyed_from,
-            head: self.head,
-            acknowledged: self.acknowledged,
-        })
+        Ok(self.verification(problem))
+    }
+}
+
+/// Where `p` is, and what it is, as [`Verification::first_broken`] says it.
+fn first_broken(p: &Problem) -> (u64, String) {
+    let seq = match p {
+        Problem::Missing { expected, .. } => *expected,
+        Problem::Unlinked { seq }
+        | Problem::Edited { seq, .. }
+        | Problem::UnkeyedAfterKeyed { seq, .. }
+        | Problem::UnknownAlg { seq }
+        | Problem::NoKey { seq }
+        | Problem::Rewritten { seq, .. } => *seq,
+        Problem::Truncated { anchored, .. } | Problem::Emptied { anchored, .. } => *anchored,
+    };
+    (seq, p.to_string())
+}
+
+impl Verification {
+    /// The verification of a tail whose anchor did not hold: nothing after
+    /// it was checked.
+    pub(crate) fn anchor_failed(problem: Problem) -> Self {
+        Self {
+            records: 0,
+            first_broken: Some(first_broken(&problem)),
+            problem: Some(problem),
+            keyed_from: None,
+            head: None,
+            acknowledged: Vec::new(),
+        }
     }
 }
 
 /// Walk the whole chain. Keyed records need `key`.
 pub fn verify(conn: &Connection, key: Option<&AuditKey>) -> Result<Verification, StoreError> {
-    Walk {
-        key,
-        prev: GENESIS.to_owned(),
-        expected: 1,
-        keyed_from: None,
-        records: 0,
-        head: None,
-        acknowledged: Vec::new(),
+    Walk::from_genesis(key).run(conn, 0)
+}
+
+/// [`check_anchor`]'s verdict, pure: `found` is the stored chain value of
+/// the anchored record (`None`: there is no such record), `last` the
+/// newest stored record's seq (`None`: no records), asked for only when
+/// the anchored record is missing.
+pub(crate) fn judge_anchor<E>(
+    anchor: &Head,
+    source: &str,
+    found: Option<&str>,
+    last: impl FnOnce() -> Result<Option<u64>, E>,
+) -> Result<Option<Problem>, E> {
+    if anchor.seq == 0 {
+        return Ok(None);
     }
-    .run(conn, 0)
+    Ok(match found {
+        Some(mac) if mac == anchor.mac => None,
+        Some(_) => Some(Problem::Rewritten {
+            seq: anchor.seq,
+            source: source.to_owned(),
+        }),
+        None => Some(match last()? {
+            None => Problem::Emptied {
+                anchored: anchor.seq,
+                source: source.to_owned(),
+            },
+            Some(last) if last < anchor.seq => Problem::Truncated {
+                anchored: anchor.seq,
+                last,
+                source: source.to_owned(),
+            },
+            // A gap exactly at the anchored record: the walk names it.
+            Some(_) => Problem::Rewritten {
+                seq: anchor.seq,
+                source: source.to_owned(),
+            },
+        }),
+    })
 }
 
 /// Check `anchor` (from `source`, e.g. "the event log at offset 12")
@@ -716,28 +827,8 @@ pub fn check_anchor(
             |r| r.get(0),
         )
         .optional()?;
-    Ok(match found {
-        Some(mac) if mac == anchor.mac => None,
-        Some(_) => Some(Problem::Rewritten {
-            seq: anchor.seq,
-            source: source.to_owned(),
-        }),
-        None => Some(match last(conn)? {
-            None => Problem::Emptied {
-                anchored: anchor.seq,
-                source: source.to_owned(),
-            },
-            Some((last, _, _)) if last < anchor.seq => Problem::Truncated {
-                anchored: anchor.seq,
-                last,
-                source: source.to_owned(),
-            },
-            // A gap exactly at the anchored record: the walk names it.
-            Some(_) => Problem::Rewritten {
-                seq: anchor.seq,
-                source: source.to_owned(),
-            },
-        }),
+    judge_anchor(anchor, source, found.as_deref(), || {
+        Ok(last(conn)?.map(|(seq, _, _)| seq))
     })
 }
 
@@ -754,32 +845,14 @@ pub fn verify_tail(
         return verify(conn, key);
     };
     if let Some(problem) = check_anchor(conn, anchor, source)? {
-        return Ok(Verification {
-            records: 0,
-            first_broken: Some((anchor.seq, problem.to_string())),
-            problem: Some(problem),
-            keyed_from: None,
-            head: None,
-            acknowledged: Vec::new(),
-        });
+        return Ok(Verification::anchor_failed(problem));
     }
     let alg: String = conn.query_row(
         "SELECT alg FROM audit WHERE seq = ?1",
         [anchor.seq as i64],
         |r| r.get(0),
     )?;
-    Walk {
-        key,
-        prev: anchor.mac.clone(),
-        expected: anchor.seq as i64 + 1,
-        // The anchored record being keyed is what matters for the rule that
-        // no plain record may follow a keyed one.
-        keyed_from: (alg == ALG_HMAC).then_some(anchor.seq),
-        records: 0,
-        head: Some(anchor.clone()),
-        acknowledged: Vec::new(),
-    }
-    .run(conn, anchor.seq as i64)
+    Walk::after_anchor(key, anchor, &alg).run(conn, anchor.seq as i64)
 }
 
 /// Records at or after `since_ms` with `seq` above `after_seq`, oldest first.
@@ -793,22 +866,7 @@ pub(crate) fn list(
         "SELECT {COLUMNS} FROM audit WHERE at_ms >= ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
     ))?;
     let rows = stmt.query_map(params![since_ms, after_seq as i64, limit as i64], read_row)?;
-    rows.map(|r| {
-        let r = r?;
-        Ok(AuditRecord {
-            seq: r.seq as u64,
-            at_ms: r.at_ms,
-            actor: r.actor,
-            action: r.action,
-            target: r.target,
-            details: serde_json::from_str(&r.details)
-                .map_err(|e| StoreError::Corrupt(format!("audit details: {e}")))?,
-            prev_hash: r.prev_hash,
-            hash: r.hash,
-            alg: r.alg,
-        })
-    })
-    .collect()
+    rows.map(|r| r?.into_record()).collect()
 }
 
 /// The store's side of the keyed chain.

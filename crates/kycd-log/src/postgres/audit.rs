@@ -85,3 +85,102 @@ pub(crate) async fn head(conn: &mut PgConnection) -> Result<Option<Head>, StoreE
         mac: row.try_get(1).map_err(store_error)?,
     }))
 }
+
+/// Records read per page while verifying, so a long chain is never loaded
+/// at once.
+const PAGE: i64 = 1_000;
+
+fn stored(row: &sqlx::postgres::PgRow) -> Result<audit::Stored, StoreError> {
+    Ok(audit::Stored {
+        seq: row.try_get(0).map_err(store_error)?,
+        at_ms: row.try_get(1).map_err(store_error)?,
+        actor: row.try_get(2).map_err(store_error)?,
+        action: row.try_get(3).map_err(store_error)?,
+        target: row.try_get(4).map_err(store_error)?,
+        details: row.try_get(5).map_err(store_error)?,
+        prev_hash: row.try_get(6).map_err(store_error)?,
+        hash: row.try_get(7).map_err(store_error)?,
+        alg: row.try_get(8).map_err(store_error)?,
+    })
+}
+
+/// Feed `walk` every record after `after_seq`, page by page in `seq` order.
+async fn run(
+    conn: &mut PgConnection,
+    mut walk: audit::Walk<'_>,
+    mut after_seq: i64,
+) -> Result<audit::Verification, StoreError> {
+    loop {
+        let rows = sqlx::query(&format!(
+            "SELECT {} FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2",
+            audit::COLUMNS
+        ))
+        .bind(after_seq)
+        .bind(PAGE)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(store_error)?;
+        if rows.is_empty() {
+            return Ok(walk.verification(None));
+        }
+        for row in &rows {
+            let r = stored(row)?;
+            after_seq = r.seq;
+            if let Some(problem) = walk.step(&r) {
+                return Ok(walk.verification(Some(problem)));
+            }
+        }
+    }
+}
+
+impl super::store::PgStore {
+    /// The whole chain, verified in one snapshot.
+    async fn verify_all(&self) -> Result<audit::Verification, StoreError> {
+        let mut tx = self.db.pool().begin().await.map_err(store_error)?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        let v = run(&mut tx, audit::Walk::from_genesis(self.chain.key()), 0).await?;
+        tx.commit().await.map_err(store_error)?;
+        Ok(v)
+    }
+}
+
+#[async_trait::async_trait]
+impl audit::Audit for super::store::PgStore {
+    async fn audit(&self, records: Vec<NewAudit>) -> Result<(), StoreError> {
+        let mut tx = self.db.pool().begin().await.map_err(store_error)?;
+        let head = append(&mut tx, &records, &self.chain).await?;
+        tx.commit().await.map_err(store_error)?;
+        self.chain.committed(head);
+        Ok(())
+    }
+
+    async fn list_audit(
+        &self,
+        since_ms: i64,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<audit::AuditRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {} FROM audit WHERE at_ms >= $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            audit::COLUMNS
+        ))
+        .bind(since_ms)
+        .bind(super::signed(after_seq))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(self.db.pool())
+        .await
+        .map_err(store_error)?;
+        rows.iter().map(|r| stored(r)?.into_record()).collect()
+    }
+
+    async fn verify_audit(&self) -> Result<audit::Verification, StoreError> {
+        self.verify_all().await
+    }
+
+    fn audit_chain_broken(&self) -> bool {
+        self.chain.is_broken()
+    }
+}
