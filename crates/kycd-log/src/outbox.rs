@@ -434,13 +434,7 @@ pub(crate) fn finish(
     now_ms: i64,
     chain: &crate::audit::ChainState,
 ) -> Result<bool, StoreError> {
-    let (state, next_at, error, result): (&str, Option<i64>, Option<&str>, Option<String>) =
-        match finish {
-            Finish::Done(v) => ("done", None, None, Some(v.to_string())),
-            Finish::Skipped(why) => ("skipped", None, Some(why.as_str()), None),
-            Finish::Retry { error, at_ms } => ("pending", Some(*at_ms), Some(error.as_str()), None),
-            Finish::Dead(why) => ("dead", None, Some(why.as_str()), None),
-        };
+    let (state, next_at, error, result) = finish_fields(finish);
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let n = tx.execute(
         "UPDATE actions SET state = ?3, next_at_ms = coalesce(?4, next_at_ms), last_error = coalesce(?5, last_error),
@@ -448,33 +442,48 @@ pub(crate) fn finish(
          WHERE id = ?1 AND attempts = ?2 AND state = 'running'",
         params![id, attempt as i64, state, next_at, error, result, now_ms],
     )?;
-    // What kycd did at Didit is audited with the result that records it.
     let mut appended = None;
     if n == 1 && state == "done" {
-        if let Some(a) = action_by_id(&tx, id)?.filter(|a| a.kind.starts_with("didit.")) {
-            let details = serde_json::json!({
-                "action_id": a.id,
-                "decision_id": a.decision_id,
-                "new_status": a.payload.get("new_status"),
-                "check": a.payload.get("check"),
-                "result": a.result,
-            });
-            appended = crate::audit::append(
-                &tx,
-                &[crate::audit::NewAudit {
-                    at_ms: now_ms,
-                    actor: "kycd:outbox".into(),
-                    action: a.kind.clone(),
-                    target: a.session_id.clone(),
-                    details,
-                }],
-                chain,
-            )?;
+        if let Some(record) = action_by_id(&tx, id)?.and_then(|a| audit_of_done(&a, now_ms)) {
+            appended = crate::audit::append(&tx, &[record], chain)?;
         }
     }
     tx.commit()?;
     chain.committed(appended);
     Ok(n == 1)
+}
+
+/// The audit record of an action just finished as done, if it is one that
+/// is audited: what kycd did at Didit, with the result that records it.
+/// Every backend appends it in the transaction that finishes the action.
+pub(crate) fn audit_of_done(a: &ActionRecord, now_ms: i64) -> Option<crate::audit::NewAudit> {
+    a.kind
+        .starts_with("didit.")
+        .then(|| crate::audit::NewAudit {
+            at_ms: now_ms,
+            actor: "kycd:outbox".into(),
+            action: a.kind.clone(),
+            target: a.session_id.clone(),
+            details: serde_json::json!({
+                "action_id": a.id,
+                "decision_id": a.decision_id,
+                "new_status": a.payload.get("new_status"),
+                "check": a.payload.get("check"),
+                "result": a.result,
+            }),
+        })
+}
+
+/// The state, next time, error and result that a [`Finish`] writes.
+pub(crate) fn finish_fields(
+    finish: &Finish,
+) -> (&'static str, Option<i64>, Option<&str>, Option<String>) {
+    match finish {
+        Finish::Done(v) => ("done", None, None, Some(v.to_string())),
+        Finish::Skipped(why) => ("skipped", None, Some(why.as_str()), None),
+        Finish::Retry { error, at_ms } => ("pending", Some(*at_ms), Some(error.as_str()), None),
+        Finish::Dead(why) => ("dead", None, Some(why.as_str()), None),
+    }
 }
 
 pub(crate) fn release_running(conn: &Connection, now_ms: i64) -> Result<usize, StoreError> {

@@ -141,7 +141,33 @@ impl super::store::PgStore {
             .execute(&mut *tx)
             .await
             .map_err(store_error)?;
-        let v = run(&mut tx, audit::Walk::from_genesis(self.chain.key()), 0).await?;
+        let mut v = run(&mut tx, audit::Walk::from_genesis(self.chain.key()), 0).await?;
+        if v.problem.is_none() {
+            // The head row moves with every append, in its transaction: a
+            // chain that ends before it lost its newest records (deleted
+            // behind kycd's back), which the walk alone cannot see.
+            if let Some(head) = head(&mut tx).await? {
+                let found: Option<String> =
+                    sqlx::query_scalar("SELECT hash FROM audit WHERE seq = $1")
+                        .bind(super::signed(head.seq))
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(store_error)?;
+                let last: Option<i64> = sqlx::query_scalar("SELECT max(seq) FROM audit")
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(store_error)?;
+                let last = last.map(|l| unsigned(l, "audit seq")).transpose()?;
+                if let Some(problem) =
+                    audit::judge_anchor(&head, "the audit head", found.as_deref(), || {
+                        Ok::<_, StoreError>(last)
+                    })?
+                {
+                    v.first_broken = Some((head.seq, problem.to_string()));
+                    v.problem = Some(problem);
+                }
+            }
+        }
         tx.commit().await.map_err(store_error)?;
         Ok(v)
     }

@@ -159,10 +159,12 @@ impl Cluster {
         }
     }
 
-    /// Take lease `name` for `ttl` if it is free, expired, or held by an
-    /// earlier run of this instance id (taken back at once); `None` when
-    /// another instance holds it. Every acquisition bumps the epoch, so
-    /// the earlier run's fence no longer holds.
+    /// Take lease `name` for `ttl` if it is free, expired, or held by this
+    /// instance id at this run's epoch or an earlier run's (taken back at
+    /// once: after a restart, or after a failed renewal left it unsure);
+    /// `None` when another instance, or a later run of this id, holds it.
+    /// Every acquisition bumps the lease's epoch, so a fence taken before
+    /// no longer holds.
     pub async fn acquire(&self, name: &str, ttl: Duration) -> Result<Option<Lease>, ClusterError> {
         sqlx::query("INSERT INTO cluster_leases (name) VALUES ($1) ON CONFLICT (name) DO NOTHING")
             .bind(name)
@@ -173,7 +175,7 @@ impl Cluster {
             "UPDATE cluster_leases SET owner = $2, owner_epoch = $4, epoch = epoch + 1,
                expires_at = now() + make_interval(secs => $3::double precision / 1000)
              WHERE name = $1
-               AND (owner IS NULL OR expires_at < now() OR (owner = $2 AND owner_epoch < $4))
+               AND (owner IS NULL OR expires_at < now() OR (owner = $2 AND owner_epoch <= $4))
              RETURNING epoch",
         )
         .bind(name)
