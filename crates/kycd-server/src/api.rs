@@ -47,6 +47,7 @@ pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
         )
         .route("/operator-webhook/replay", post(crate::actions_api::replay))
         .route("/reconcile", post(crate::actions_api::reconcile))
+        .route("/cluster", get(get_cluster))
         .route("/audit", get(crate::actions_api::list_audit))
         .route(
             "/tokens",
@@ -61,6 +62,32 @@ pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
             app,
             crate::access_api::authorize,
         ))
+}
+
+/// `GET /api/v1/cluster`: the instances sharing this database, their last
+/// heartbeat and the leases each holds (one process holding everything on
+/// the embedded store).
+async fn get_cluster(State(app): State<Arc<App>>) -> ApiResult {
+    let head = app.log.head().await.map_err(store_err)?;
+    let mut view = match &app.membership {
+        Some(m) => serde_json::to_value(m.view(app.backend.name()).await.map_err(store_err)?)
+            .map_err(store_err)?,
+        None => json!({
+            "backend": app.backend.name(),
+            "this_instance": "embedded",
+            "instances": [{
+                "id": "embedded",
+                "alive": true,
+                "leases": [crate::cluster::PROJECTION, crate::cluster::TIMERS, crate::cluster::OPERATOR_LANE],
+            }],
+            "leases": [],
+        }),
+    };
+    view["log_head"] = json!(head);
+    view["projects_here"] =
+        json!(app.membership.is_none() || app.roles.projection.borrow().is_some());
+    view["applied_here"] = json!(*app.applied.borrow());
+    Ok(Json(view).into_response())
 }
 
 pub(crate) fn store_err(e: impl std::fmt::Display) -> ApiError {

@@ -34,6 +34,9 @@ pub async fn reconcile_loop(app: Arc<App>, mut stop: watch::Receiver<bool>) {
     }
     let every = app.settings.scaled_ms(interval as f64 * 1000.0);
     while pause(&mut stop, every).await {
+        if !app.roles.timers() {
+            continue;
+        }
         let since = app.clock.now_millis() - LISTING_LOOKBACK_MS;
         let report = reconciler.pass(since).await;
         if report.appended > 0 || report.errors > 0 {
@@ -53,6 +56,9 @@ pub async fn reconcile_loop(app: Arc<App>, mut stop: watch::Receiver<bool>) {
 pub async fn expire_step_ups(app: Arc<App>, mut stop: watch::Receiver<bool>) {
     let every = app.settings.scaled_ms(5_000.0).min(5_000);
     while pause(&mut stop, every).await {
+        if !app.roles.timers() {
+            continue;
+        }
         let now = app.clock.now_millis();
         let due = match app.outbox.step_ups_due(now).await {
             Ok(d) => d,

@@ -14,6 +14,7 @@ pub mod actions_api;
 pub mod api;
 mod background;
 pub mod ca_bundle;
+pub mod cluster;
 mod console;
 pub mod decisions;
 pub mod error;
@@ -24,6 +25,7 @@ pub mod readiness;
 pub mod reconcile;
 pub mod serving;
 pub mod settings;
+pub mod storage;
 pub mod telemetry;
 pub mod worker;
 
@@ -41,8 +43,7 @@ use kycd_engine::projector::{Policies, Projector};
 use kycd_log::access::Access;
 use kycd_log::audit::{Audit, NewAudit};
 use kycd_log::outbox::Outbox;
-use kycd_log::sqlite_log::{SqliteLog, SqliteLogOptions};
-use kycd_log::store::{SqliteStore, Store};
+use kycd_log::store::Store;
 use kycd_log::EventLog;
 use kycd_policy::Policy;
 use tokio::sync::watch;
@@ -81,6 +82,12 @@ pub struct App {
     /// What `/readyz` reports beyond the store answering, kept up to date
     /// by [`readiness::monitor`].
     pub readiness: Arc<readiness::Readiness>,
+    /// The storage backend.
+    pub backend: storage::Backend,
+    /// This instance's membership of a cluster (PostgreSQL only).
+    pub membership: Option<Arc<cluster::Membership>>,
+    /// What this instance does that only one instance may do at a time.
+    pub roles: cluster::Roles,
 }
 
 /// Load the active policy (built-in unless `path`) and the optional shadow.
@@ -290,6 +297,43 @@ pub fn router(app: Arc<App>) -> Router {
 
 /// Lower the calling thread's scheduling priority to `nice` 19, the lowest (on Linux
 /// priorities are per thread). Elsewhere a no-op.
+/// Key a PostgreSQL store's audit trail and verify the chain (to its head
+/// row, which shows a truncation) before serving; a broken chain stops the
+/// start unless the operator allowed it, as on the embedded store. Every
+/// instance must use the same key (`KYCD_AUDIT_KEY_FILE`): a record keyed
+/// otherwise reads as forged.
+async fn key_shared_audit(
+    store: &kycd_log::postgres::store::PgStore,
+    settings: &Settings,
+    now_ms: i64,
+) -> anyhow::Result<()> {
+    let options = settings.audit();
+    let key_path = options.key_path(&settings.data_dir);
+    let (key, created) = kycd_log::audit::AuditKey::load_or_create(&key_path)?;
+    if created {
+        tracing::info!(path = %key_path.display(), "audit key created");
+    }
+    store.set_audit_key(key);
+    let verified = store.verify_audit().await?;
+    if let Some(problem) = &verified.problem {
+        if !options.allow_broken {
+            return Err(kycd_log::anchor::AnchorError::Broken(problem.to_string()).into());
+        }
+        tracing::error!(found = %problem, "serving over a broken audit chain, as --allow-broken-audit says");
+        store
+            .audit(vec![kycd_log::audit::NewAudit {
+                at_ms: now_ms,
+                actor: "kycd".into(),
+                action: kycd_log::audit::STARTED_OVER_BROKEN.into(),
+                target: None,
+                details: serde_json::json!({"found": problem.to_string(), "allowed_by": "--allow-broken-audit"}),
+            }])
+            .await?;
+        store.mark_audit_broken();
+    }
+    Ok(())
+}
+
 fn lower_priority() {
     // `None` is `who = 0`: on Linux, the calling thread.
     #[cfg(target_os = "linux")]
@@ -351,46 +395,59 @@ pub async fn start_with(
             "outbound HTTPS trusts the CA bundle besides the built-in roots"
         );
     }
-    std::fs::create_dir_all(&settings.data_dir)
-        .with_context(|| format!("create data directory {}", settings.data_dir.display()))?;
-    let log_path = settings.data_dir.join("events.db");
-    let log = SqliteLog::open(
-        &log_path,
-        SqliteLogOptions {
-            durability: settings.durability,
-            max_db_bytes: settings.max_log_bytes,
-            ..SqliteLogOptions::default()
-        },
-    )
-    .with_context(|| format!("open event log {}", log_path.display()))?;
-    let log: Arc<dyn EventLog> = Arc::new(log);
-    let store_path = settings.data_dir.join("store.db");
-    // The store is a projection of the log: after a power loss it may roll
-    // back to an earlier commit, but its offset rolls back with it and the
-    // projector derives the same rows again. So it never pays for an fsync
-    // per commit; the log alone carries durability. Its checkpoints run on
-    // a thread of their own at the projector's lower priority.
-    let store = Arc::new(
-        SqliteStore::open_with(&store_path, false, lower_priority)
-            .with_context(|| format!("open store {}", store_path.display()))?,
-    );
+    let storage = storage::open(&settings, lower_priority).await?;
+    tracing::info!(backend = storage.backend.name(), "storage open");
     // Key the audit trail and check its tail against the newest anchor
     // before anything is served; a broken chain stops the start here unless
     // the operator allowed it (kycd_log::anchor).
-    let anchoring = kycd_log::anchor::attach(
-        &store,
-        &store_path,
-        &log_path,
-        &settings.data_dir,
-        &settings.audit(),
-        clock.now_millis(),
-    )
-    .await?;
-    let outbox: Arc<dyn Outbox> = store.clone();
-    let audit: Arc<dyn Audit> = store.clone();
-    let access: Arc<dyn Access> = store.clone();
-    let cases: Arc<dyn kycd_log::cases::Cases> = store.clone();
-    let store: Arc<dyn Store> = store;
+    let anchoring = match &storage.backend {
+        storage::Backend::Embedded {
+            store,
+            log_path,
+            store_path,
+        } => Some(
+            kycd_log::anchor::attach(
+                store,
+                store_path,
+                log_path,
+                &settings.data_dir,
+                &settings.audit(),
+                clock.now_millis(),
+            )
+            .await?,
+        ),
+        storage::Backend::Postgres { store, .. } => {
+            key_shared_audit(store, &settings, clock.now_millis()).await?;
+            None
+        }
+    };
+    // Several instances on one database share the work through leases;
+    // one process on the embedded store holds every role.
+    let (membership, roles) = match &storage.backend {
+        storage::Backend::Postgres { db, .. } => {
+            let id = storage::instance_id(&settings);
+            let joined = kycd_log::postgres::cluster::Cluster::join(
+                db.clone(),
+                &id,
+                env!("CARGO_PKG_VERSION"),
+            )
+            .await
+            .context("join the cluster in the database")?;
+            tracing::info!(instance = %id, epoch = joined.epoch(), "joined the cluster");
+            let (membership, roles) = cluster::Membership::join(joined).await;
+            (Some(membership), roles)
+        }
+        storage::Backend::Embedded { .. } => (None, cluster::Roles::single()),
+    };
+    let storage::Storage {
+        log,
+        store,
+        outbox,
+        audit,
+        access,
+        cases,
+        backend,
+    } = storage;
     let didit = didit_client(&settings, &roots)?;
     let operator = match &settings.operator_webhook_url {
         Some(url) => {
@@ -465,8 +522,11 @@ pub async fn start_with(
         .await
         .context("record the active policy in the event log")?;
     }
-    let projector =
+    let mut projector =
         Projector::new(log.clone(), store.clone(), policies.clone()).with_metrics(clock.clone());
+    if membership.is_some() {
+        projector = projector.with_fence(roles.projection.clone());
+    }
     let applied = projector.applied();
 
     let verifier = Verifier::new(settings.webhook_secrets.clone())
@@ -497,6 +557,8 @@ pub async fn start_with(
             step_up_expiry_ms: settings.scaled_ms(settings.step_up_expiry_secs as f64 * 1000.0),
         },
         http: worker::media_client(&roots).context("http client")?,
+        operator_lane: roles.operator_lane.clone(),
+        release_at_start: membership.is_none(),
     });
     let app = Arc::new(App {
         settings,
@@ -515,6 +577,9 @@ pub async fn start_with(
         reconciler,
         reconcile_totals,
         readiness: Arc::new(readiness::Readiness::default()),
+        backend,
+        membership: membership.clone(),
+        roles: roles.clone(),
     });
     app.record("kycd", "policy.loaded", None, policy_details(&app, &active))
         .await;
@@ -557,19 +622,43 @@ pub async fn start_with(
         tokio::spawn(background::outbox_backlog(app.clone(), stop_rx.clone())),
         tokio::spawn(readiness::monitor(
             app.clone(),
-            readiness::AuditFiles {
-                store_db: store_path.clone(),
-                events_db: log_path.clone(),
-                key_file: app.settings.audit().key_path(&app.settings.data_dir),
-                anchor_file: app.settings.audit_anchor_file.clone(),
+            match &app.backend {
+                storage::Backend::Embedded {
+                    log_path,
+                    store_path,
+                    ..
+                } => Some(readiness::AuditFiles {
+                    store_db: store_path.clone(),
+                    events_db: log_path.clone(),
+                    key_file: app.settings.audit().key_path(&app.settings.data_dir),
+                    anchor_file: app.settings.audit_anchor_file.clone(),
+                }),
+                storage::Backend::Postgres { .. } => None,
             },
             stop_rx.clone(),
         )),
-        tokio::spawn({
-            let clock = app.clock.clone();
-            anchoring.run(log.clone(), move || clock.now_millis(), stop_rx.clone())
-        }),
     ];
+    let mut background = background;
+    if let Some(anchoring) = anchoring {
+        let clock = app.clock.clone();
+        background.push(tokio::spawn(anchoring.run(
+            log.clone(),
+            move || clock.now_millis(),
+            stop_rx.clone(),
+        )));
+    }
+    if let Some(membership) = membership.clone() {
+        let stop = stop_rx.clone();
+        background.push(tokio::spawn(async move {
+            if let Err(e) = membership.run(stop).await {
+                // Another process serves under this id now and holds its
+                // leases: this one must not go on (its fenced commits are
+                // refused anyway), so it stops at once.
+                tracing::error!(error = %e, "stopping");
+                std::process::exit(1);
+            }
+        }));
+    }
     let with_body_timeout = |router: Router| {
         router.layer(axum::middleware::from_fn_with_state(
             body_read_timeout,

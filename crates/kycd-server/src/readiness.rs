@@ -178,7 +178,14 @@ impl StallWatch {
 }
 
 /// Keep every [`Check`] up to date until `stop`.
-pub(crate) async fn monitor(app: Arc<App>, audit: AuditFiles, mut stop: watch::Receiver<bool>) {
+///
+/// `audit` names the embedded store's files; `None` (PostgreSQL) verifies
+/// through the store, to its head row.
+pub(crate) async fn monitor(
+    app: Arc<App>,
+    audit: Option<AuditFiles>,
+    mut stop: watch::Receiver<bool>,
+) {
     let head = app.log.subscribe();
     let mut stall = StallWatch::new(Duration::from_secs(app.settings.projector_stall_secs));
     let mut last_probe = Instant::now();
@@ -201,7 +208,16 @@ pub(crate) async fn monitor(app: Arc<App>, audit: AuditFiles, mut stop: watch::R
         app.readiness.report(Check::Projector, !stuck);
         if last_audit_check.is_none_or(|at| at.elapsed() >= AUDIT_CHECK_EVERY) {
             last_audit_check = Some(Instant::now());
-            if let Some(holds) = audit_tail_holds(&audit).await {
+            let holds = match &audit {
+                Some(files) => audit_tail_holds(files).await,
+                None => app
+                    .audit
+                    .verify_audit()
+                    .await
+                    .ok()
+                    .map(|v| v.problem.is_none()),
+            };
+            if let Some(holds) = holds {
                 if !holds && app.readiness.passes(Check::AuditChain) {
                     tracing::error!(
                         "the audit chain no longer verifies from its newest anchor on; `kycd audit verify` shows what was found"

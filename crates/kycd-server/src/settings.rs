@@ -308,6 +308,14 @@ settings! {
     database_max_connections: u32 = DEFAULT_DATABASE_MAX_CONNECTIONS,
         Meta::env("KYCD_DATABASE_MAX_CONNECTIONS");
 
+    /// This instance's name among several on one database (`GET
+    /// /api/v1/cluster` lists it with the leases it holds). Unique per
+    /// running process: a second start under the same name takes the
+    /// first's leases and the first stops. Default: the host name and the
+    /// process id.
+    instance_id: Option<String> = None,
+        Meta::env("KYCD_INSTANCE_ID").example("\"kycd-a\"");
+
     /// Didit webhook secrets (secret_shared_key). All are accepted; the
     /// first is the current one, so a secret rotates without downtime. In
     /// the environment: comma-separated. Without one, every delivery is

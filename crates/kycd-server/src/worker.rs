@@ -105,6 +105,13 @@ pub struct Worker {
     pub config: WorkerConfig,
     /// For fetching portraits from Didit's signed media links.
     pub http: reqwest::Client,
+    /// Whether this instance runs the operator webhook lane (one instance
+    /// of a cluster at a time, so the endpoint receives in order).
+    pub operator_lane: watch::Receiver<bool>,
+    /// Hand back every running action at start: right for one process
+    /// (what runs is this process's previous run's), wrong when other
+    /// instances share the outbox, whose claims then expire instead.
+    pub release_at_start: bool,
 }
 
 enum Outcome {
@@ -118,13 +125,15 @@ impl Worker {
     /// webhooks (one at a time, in order) in two loops. `wake` ticks when
     /// new actions may be due (the projector committed).
     pub async fn run(self: Arc<Self>, stop: watch::Receiver<bool>, wake: watch::Receiver<u64>) {
-        match self.outbox.release_running(self.clock.now_millis()).await {
-            Ok(n) if n > 0 => tracing::info!(
-                actions = n,
-                "actions interrupted by a restart are due again"
-            ),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "could not release interrupted actions"),
+        if self.release_at_start {
+            match self.outbox.release_running(self.clock.now_millis()).await {
+                Ok(n) if n > 0 => tracing::info!(
+                    actions = n,
+                    "actions interrupted by a restart are due again"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "could not release interrupted actions"),
+            }
         }
         let didit = {
             let me = self.clone();
@@ -166,6 +175,9 @@ impl Worker {
         let didit_kinds = [actions::UPDATE_STATUS, actions::BLOCKLIST, actions::STEP_UP];
         if operator {
             let sender = self.operator.as_ref()?;
+            if !*self.operator_lane.borrow() {
+                return None;
+            }
             // A disabled endpoint's messages wait until it is enabled.
             let state = self.outbox.endpoint(sender.url()).await.ok()?;
             if state.disabled() {

@@ -300,7 +300,8 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_delivery_survives_sigkill_and_is_projected_exactly_once() {
-    crash_and_check(envs()).await;
+    let run = crash_and_check(envs()).await;
+    assert!(run.embedded_files, "the embedded default keeps events.db");
 }
 
 /// The same on PostgreSQL (`KYCD_DATABASE_URL`, a schema of its own): the
@@ -314,11 +315,32 @@ async fn on_postgres_every_acknowledged_delivery_survives_sigkill_and_is_project
     let schema = schemas.schema().await;
     let mut envs = envs();
     envs.push(("KYCD_DATABASE_URL", schemas.url_of(&schema)));
-    crash_and_check(envs).await;
+    let run = crash_and_check(envs).await;
+    assert!(!run.embedded_files, "on PostgreSQL no SQLite file is made");
+    // Every acknowledged delivery is in the database (the runs checked
+    // the rest through the API).
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let events: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM \"{schema}\".events"))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(
+        events as usize >= run.acks,
+        "{events} events for {} acks",
+        run.acks
+    );
+    pool.close().await;
     schemas.drop_all().await;
 }
 
-async fn crash_and_check(envs: Vec<(&'static str, String)>) {
+/// What a crash run leaves to check by backend.
+struct CrashRun {
+    acks: usize,
+    /// Whether the data directory holds `events.db`.
+    embedded_files: bool,
+}
+
+async fn crash_and_check(envs: Vec<(&'static str, String)>) -> CrashRun {
     let root = tempfile::TempDir::new().unwrap();
     let data_dir: PathBuf = root.path().join("data");
     std::fs::create_dir_all(&data_dir).unwrap();
@@ -383,6 +405,10 @@ async fn crash_and_check(envs: Vec<(&'static str, String)>) {
     resends_are_duplicates(&client, &base, &acks).await;
     eprintln!("run 2: resends answered as duplicates ({:?})", t.elapsed());
     drop(second);
+    CrashRun {
+        acks: acks.len(),
+        embedded_files: data_dir.join("events.db").exists(),
+    }
 }
 
 async fn every_ack_is_in_the_log(client: &reqwest::Client, base: &Arc<String>, acks: &[Ack]) {
