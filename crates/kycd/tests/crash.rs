@@ -538,3 +538,186 @@ async fn resends_are_duplicates(client: &reqwest::Client, base: &Arc<String>, ac
         assert_eq!(body["id"], ack.evt_id.as_str(), "resend: {body}");
     }
 }
+
+/// Three `kycd serve` instances on one PostgreSQL schema: deliveries go to
+/// all three in turn; the instance holding the projection's lease is
+/// SIGKILLed mid-stream; another takes the lease over within the stated
+/// time (`LEASE_TTL` plus a tick, with a margin for a loaded machine), and
+/// every acknowledged delivery is projected exactly once, each session
+/// with exactly one decision, the audit chain intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_share_one_database_and_survive_the_projectors_sigkill() {
+    let Some(url) = kycd_log::postgres::testing::url_or_skip("three instances") else {
+        return;
+    };
+    let schemas = kycd_log::postgres::testing::Schemas::new(&url).await;
+    let schema = schemas.schema().await;
+    let root = tempfile::TempDir::new().unwrap();
+    let key_file = root.path().join("audit.key");
+    let mut servers = Vec::new();
+    for name in ["kycd-a", "kycd-b", "kycd-c"] {
+        let data_dir = root.path().join(name);
+        std::fs::create_dir_all(&data_dir).unwrap();
+        let mut envs = envs();
+        envs.push(("KYCD_DATABASE_URL", schemas.url_of(&schema)));
+        envs.push(("KYCD_INSTANCE_ID", name.to_owned()));
+        // One key for the cluster: every instance appends to one chain.
+        envs.push(("KYCD_AUDIT_KEY_FILE", key_file.display().to_string()));
+        let log = root.path().join(format!("{name}.log"));
+        servers.push((name, Server::start(&data_dir, &log, &envs)));
+    }
+    let client = client();
+    let cluster_of = |base: String| {
+        let client = client.clone();
+        async move { get(&client, format!("{base}/api/v1/cluster")).await.1 }
+    };
+    let holder = |view: &Json, lease: &str| -> Option<String> {
+        view["leases"].as_array()?.iter().find_map(|l| {
+            (l["name"] == lease && l["expired"] == false)
+                .then(|| l["owner"].as_str().map(str::to_owned))
+                .flatten()
+        })
+    };
+    // All three join and every lease finds one holder.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let first_view = loop {
+        let view = cluster_of(servers[0].1.base.clone()).await;
+        let alive = view["instances"]
+            .as_array()
+            .map(|i| i.iter().filter(|i| i["alive"] == true).count())
+            .unwrap_or(0);
+        let held = ["partition/0", "timers", "lane:operator.webhook"]
+            .iter()
+            .all(|l| holder(&view, l).is_some());
+        if alive == 3 && held {
+            break view;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cluster never formed: {view}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let projector = holder(&first_view, "partition/0").unwrap();
+
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut acks = Vec::new();
+    let mut send = |batch: Vec<Delivery>, bases: Vec<String>| {
+        let client = client.clone();
+        async move {
+            let mut acked = Vec::new();
+            for (i, d) in batch.into_iter().enumerate() {
+                let base = &bases[i % bases.len()];
+                match post(&client, base, &d).await {
+                    Some((200, body)) if body["status"] == "accepted" => acked.push(Ack {
+                        evt_id: body["id"].as_str().unwrap().to_owned(),
+                        delivery: d,
+                    }),
+                    other => panic!("a live instance refused a delivery: {other:?}"),
+                }
+            }
+            acked
+        }
+    };
+    let deliveries = |from: usize, n: usize| -> Vec<Delivery> {
+        // Every fifth session gets two statuses, in order, which may go
+        // to different instances.
+        (from..from + n)
+            .flat_map(|i| {
+                let sid = format!("6b1d2c3e-0000-4000-8000-{i:012}");
+                let user = format!("cluster-user-{i}");
+                let first = (i % 5 == 0).then(|| delivery(IN_PROGRESS, &sid, &user, now));
+                first
+                    .into_iter()
+                    .chain([delivery(APPROVED, &sid, &user, now)])
+            })
+            .collect()
+    };
+    let all: Vec<String> = servers.iter().map(|(_, s)| s.base.clone()).collect();
+    acks.extend(send(deliveries(0, 90), all).await);
+
+    // SIGKILL the projector's instance.
+    let index = servers.iter().position(|(n, _)| *n == projector).unwrap();
+    let (_, mut killed) = servers.remove(index);
+    killed.kill();
+    let killed_at = Instant::now();
+    let survivors: Vec<String> = servers.iter().map(|(_, s)| s.base.clone()).collect();
+    acks.extend(send(deliveries(90, 90), survivors.clone()).await);
+
+    // A survivor takes the projection over.
+    let deadline = killed_at + Duration::from_secs(40);
+    let taken_by = loop {
+        let view = cluster_of(survivors[0].clone()).await;
+        if let Some(owner) = holder(&view, "partition/0").filter(|o| *o != projector) {
+            break owner;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no instance took the projection over: {view}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let takeover = killed_at.elapsed();
+    eprintln!("partition/0: {projector} killed, {taken_by} took over after {takeover:?}");
+    // The lease's time to live (10 s) and a tick (1 s), with a margin.
+    assert!(
+        takeover < Duration::from_secs(25),
+        "takeover took {takeover:?}"
+    );
+
+    let base = Arc::new(survivors[0].clone());
+    every_ack_is_in_the_log(&client, &base, &acks).await;
+    every_acked_session_holds_its_events_once(&client, &base, &acks).await;
+    resends_are_duplicates(&client, &base, &acks).await;
+
+    // Exactly one active decision per session, and one chain.
+    let pool = sqlx::PgPool::connect(&schemas.url_of(&schema))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + PROJECTION_DEADLINE;
+    loop {
+        let decided: i64 =
+            sqlx::query_scalar("SELECT count(DISTINCT session_id) FROM decisions WHERE NOT shadow")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        // 180 sessions; the 36 with two statuses are decided once (at
+        // their `Approved`).
+        if decided == 180 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{decided} of 180 sessions decided"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let twice: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT session_id FROM decisions WHERE NOT shadow
+           GROUP BY session_id, event_offset HAVING count(*) > 1) d",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(twice, 0, "an event decided twice");
+    pool.close().await;
+    let store = kycd_log::postgres::store::PgStore::open(
+        kycd_log::postgres::Database::connect(
+            &schemas.url_of(&schema),
+            &kycd_log::postgres::PoolSettings::default(),
+        )
+        .await
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    store.set_audit_key(kycd_log::audit::AuditKey::load(&key_file).unwrap());
+    let verified = kycd_log::audit::Audit::verify_audit(&store).await.unwrap();
+    assert!(verified.problem.is_none(), "{:?}", verified.problem);
+    assert!(verified.records > 0);
+    drop(servers);
+    schemas.drop_all().await;
+}
