@@ -605,7 +605,7 @@ async fn three_instances_share_one_database_and_survive_the_projectors_sigkill()
         .unwrap()
         .as_secs();
     let mut acks = Vec::new();
-    let mut send = |batch: Vec<Delivery>, bases: Vec<String>| {
+    let send = |batch: Vec<Delivery>, bases: Vec<String>| {
         let client = client.clone();
         async move {
             let mut acked = Vec::new();
