@@ -62,6 +62,7 @@ pub enum UserCmd {
 
 fn open(serve: &ServeArgs) -> anyhow::Result<SqliteStore> {
     let loaded = config::load(serve, &config::process_env())?;
+    config::embedded_only(&loaded.settings, "token / user")?;
     let dir = &loaded.settings.data_dir;
     std::fs::create_dir_all(dir)
         .with_context(|| format!("create data directory {}", dir.display()))?;

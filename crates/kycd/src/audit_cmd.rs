@@ -67,6 +67,7 @@ pub fn run(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
     let AuditCmd::Verify(args) = cmd;
     let loaded = config::load(&args, &config::process_env())?;
     let settings = &loaded.settings;
+    config::embedded_only(settings, "audit verify")?;
     let dir = &settings.data_dir;
     let store_db = dir.join("store.db");
     let events_db = dir.join("events.db");

@@ -113,6 +113,7 @@ pub fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
         eprintln!("warning: {w}");
     }
     let settings = &loaded.settings;
+    config::embedded_only(settings, "backup")?;
     let dir = &settings.data_dir;
     let (store_db, events_db) = (dir.join("store.db"), dir.join("events.db"));
     for f in [&store_db, &events_db] {

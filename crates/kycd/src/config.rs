@@ -312,6 +312,21 @@ fn apply_env(loaded: &mut Loaded, env: &[(String, String)]) -> anyhow::Result<()
     Ok(())
 }
 
+/// Refuse, saying why, a command that works on the embedded SQLite files
+/// when the settings put the log and store in PostgreSQL: it would read or
+/// write files that no server uses.
+pub fn embedded_only(s: &Settings, command: &str) -> anyhow::Result<()> {
+    if s.database_url.is_some() {
+        bail!(
+            "`kycd {command}` works on the embedded data directory only, and {} is set; \
+             on PostgreSQL use the running server's API instead (tokens: POST \
+             /api/v1/tokens; audit: GET /api/v1/audit and /readyz; backups: pg_dump)",
+            named("database_url")
+        );
+    }
+    Ok(())
+}
+
 /// Checks of a value's range or of settings together; each names the
 /// setting and its variable.
 fn validate(s: &Settings) -> anyhow::Result<()> {

@@ -105,6 +105,7 @@ fn save_report(
 
 pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let loaded = config::load(&args.serve, &config::process_env())?;
+    config::embedded_only(&loaded.settings, "replay")?;
     let candidate = match args.policy.as_str() {
         "builtin" => Some(Policy::builtin_default()),
         kycd_engine::replay::RECORDED => None,

@@ -160,3 +160,41 @@ fn users_are_added_with_a_hashed_password_from_stdin() {
         text(&verified)
     );
 }
+
+#[test]
+fn file_commands_refuse_a_postgres_deployment_instead_of_writing_files_no_server_reads() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("data");
+    for args in [
+        &["token", "create", "--name", "x", "--scope", "read"][..],
+        &["token", "list"][..],
+        &["audit", "verify"][..],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_kycd"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(&dir)
+            .env_remove("KYCD_CONFIG")
+            .env(
+                "KYCD_DATABASE_URL",
+                "postgres://kycd:hunter2@127.0.0.1:1/kycd",
+            )
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let said = text(&out);
+        assert!(!out.status.success(), "{args:?}: {said}");
+        assert!(
+            said.contains("embedded data directory only"),
+            "{args:?}: {said}"
+        );
+        assert!(
+            !said.contains("hunter2"),
+            "the URL's password never shows: {said}"
+        );
+        assert!(
+            !dir.join("store.db").exists(),
+            "{args:?} made a store no server reads"
+        );
+    }
+}
