@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use kycd_sim::{ApiCall, CallEffect, Faults, RateLimits, SimConfig, WebhookVersion};
+use kycd_sim::{Faults, RateLimits, SimConfig, WebhookVersion};
 use serde_json::Value;
 
 mod support;
@@ -45,22 +45,6 @@ async fn count(base: &str, state: &str) -> usize {
         .map_or(0, Vec::len)
 }
 
-/// Calls that changed something at Didit, per (path, session, new status).
-fn changes(calls: &[ApiCall]) -> HashMap<(String, String, String), usize> {
-    let mut out = HashMap::new();
-    for c in calls.iter().filter(|c| c.effect == CallEffect::Changed) {
-        let status = c.request["new_status"].as_str().unwrap_or("").to_owned();
-        let path = if c.path.ends_with("/update-status/") {
-            "update-status".to_owned()
-        } else {
-            c.path.clone()
-        };
-        *out.entry((path, c.session_id.clone().unwrap_or_default(), status))
-            .or_insert(0) += 1;
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_in_the_middle_of_the_outbox_repeats_nothing_at_didit() {
     // Didit accepts one write per (simulated) minute here, and asks to be
@@ -95,33 +79,7 @@ async fn a_crash_in_the_middle_of_the_outbox_repeats_nothing_at_didit() {
     // The default policy steps up (adaptive verification): give every
     // check a workflow at the simulator, as an operator would.
     let mut envs = envs;
-    let client = didit::client::DiditClient::new({
-        let mut c = didit::client::ClientConfig::new(sim.api_key().to_owned());
-        c.base_url = sim.base_url();
-        c
-    })
-    .unwrap();
-    for (check, nfc) in [("NFC", true), ("PHONE", false)] {
-        let mut req = didit::client::CreateWorkflowRequest::new(
-            format!("step-up {check}"),
-            didit::client::WorkflowType::Kyc,
-        );
-        req.is_nfc_enabled = Some(nfc);
-        req.is_phone_verification_enabled = Some(!nfc);
-        let wf = client.create_workflow(&req).await.unwrap();
-        envs.push((
-            if nfc {
-                "KYCD_STEP_UP_WORKFLOW_NFC"
-            } else {
-                "KYCD_STEP_UP_WORKFLOW_PHONE"
-            },
-            wf.id().unwrap().to_owned(),
-        ));
-    }
-    envs.push((
-        "KYCD_STEP_UP_WORKFLOW_BIOMETRIC_AUTH",
-        sim.biometric_workflow_id().to_owned(),
-    ));
+    envs.extend(support::step_up_workflows(&sim).await);
     let mut first = Server::start(&data, &root.path().join("run1.log"), &envs);
     let base = first.base.clone();
     sim.add_destination(&format!("{base}/webhooks/didit"), WebhookVersion::V3)
@@ -181,7 +139,7 @@ async fn a_crash_in_the_middle_of_the_outbox_repeats_nothing_at_didit() {
 
     assert_eq!(count(&base, "dead").await, 0, "no action died");
     let calls = sim.calls();
-    for (key, n) in changes(&calls) {
+    for (key, n) in support::changes(&calls) {
         assert_eq!(n, 1, "{key:?} happened {n} times at Didit");
     }
     // Every write-back kycd recorded as done is in effect at Didit.

@@ -1,10 +1,13 @@
 //! Helpers shared by the tests that run the real binary.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+
+pub mod acks;
 
 /// How long `kycd serve` may take to print its address.
 pub const STARTUP_DEADLINE: Duration = Duration::from_secs(120);
@@ -108,4 +111,54 @@ pub fn tail(path: &Path) -> String {
     }
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+/// Step-up workflows at the simulator for every check the default policy
+/// may ask for, as an operator would set them up: the variables that name
+/// them.
+pub async fn step_up_workflows(sim: &kycd_sim::Sim) -> Vec<(&'static str, String)> {
+    let client = didit::client::DiditClient::new({
+        let mut c = didit::client::ClientConfig::new(sim.api_key().to_owned());
+        c.base_url = sim.base_url();
+        c
+    })
+    .unwrap();
+    let mut envs = Vec::new();
+    for (var, nfc) in [
+        ("KYCD_STEP_UP_WORKFLOW_NFC", true),
+        ("KYCD_STEP_UP_WORKFLOW_PHONE", false),
+    ] {
+        let mut req = didit::client::CreateWorkflowRequest::new(
+            format!("step-up {var}"),
+            didit::client::WorkflowType::Kyc,
+        );
+        req.is_nfc_enabled = Some(nfc);
+        req.is_phone_verification_enabled = Some(!nfc);
+        let wf = client.create_workflow(&req).await.unwrap();
+        envs.push((var, wf.id().unwrap().to_owned()));
+    }
+    envs.push((
+        "KYCD_STEP_UP_WORKFLOW_BIOMETRIC_AUTH",
+        sim.biometric_workflow_id().to_owned(),
+    ));
+    envs
+}
+
+/// Calls that changed something at Didit, per (path, session, new status).
+pub fn changes(calls: &[kycd_sim::ApiCall]) -> HashMap<(String, String, String), usize> {
+    let mut out = HashMap::new();
+    for c in calls
+        .iter()
+        .filter(|c| c.effect == kycd_sim::CallEffect::Changed)
+    {
+        let status = c.request["new_status"].as_str().unwrap_or("").to_owned();
+        let path = if c.path.ends_with("/update-status/") {
+            "update-status".to_owned()
+        } else {
+            c.path.clone()
+        };
+        *out.entry((path, c.session_id.clone().unwrap_or_default(), status))
+            .or_insert(0) += 1;
+    }
+    out
 }
