@@ -261,10 +261,11 @@ pub trait Outbox: Send + Sync + 'static {
     /// `holder`. Each claim counts as an attempt and holds the action until
     /// `now + lease`.
     ///
-    /// **Lanes are FIFO.** An action with a lane ([`lane_of`]: a Didit
-    /// session, the operator's endpoint) is claimable only while no earlier
-    /// action (lower `seq`) of its lane is unfinished, so one lane never
-    /// runs two actions at once, nor a later one before an earlier one:
+    /// **Lanes.** An action with a lane ([`lane_of`]) waits for others of
+    /// its lane. A Didit session's lane is FIFO: an action is claimable
+    /// only while no earlier action (lower `seq`) of its session is
+    /// unfinished, so a session never has two actions running, nor a later
+    /// one before an earlier one:
     ///
     /// - an earlier action **pending** blocks, even when not yet due (a
     ///   retry backing off): order goes before speed, so a write-back
@@ -277,10 +278,18 @@ pub trait Outbox: Send + Sync + 'static {
     ///   [`Outbox::retry_action`] is unfinished again and blocks the
     ///   lane's later unfinished actions, not those already run.
     ///
+    /// The operator's endpoint lane is serial, not FIFO: one webhook at a
+    /// time (none while another runs), the lowest `seq` of those due first, so a message backing off
+    /// on the webhook schedule (hours) does not hold back the next, and
+    /// consecutive failures still reach the endpoint's disabling.
+    ///
     /// Concurrent claims (other workers, other instances) never get two
-    /// actions of one lane: only a lane's oldest unfinished action passes,
-    /// rows are locked as they are claimed, and enqueues into one lane
-    /// commit in `seq` order.
+    /// actions of one session: only a session's oldest unfinished action
+    /// passes, rows are locked as they are claimed, and enqueues into one
+    /// lane commit in `seq` order. Two claims at the very same moment could
+    /// each take a different due webhook; the endpoint lane's lease
+    /// (`lane:operator.webhook`, one instance claiming one at a time)
+    /// rules that out.
     async fn claim(
         &self,
         holder: &Holder,
@@ -500,17 +509,26 @@ pub(crate) fn migrate(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The unfinished actions of each lane in order: what [`CLAIMABLE`]
+/// The unfinished actions of each lane in order: what [`claimable`]
 /// probes for an earlier one, so a claim costs the backlog, not the
 /// history.
 pub(crate) const LANES_INDEX: &str = "CREATE INDEX IF NOT EXISTS actions_lanes
      ON actions(lane, seq) WHERE state IN ('pending', 'running')";
 
-/// The lane rule of [`Outbox::claim`] on a candidate row `a`: no earlier
-/// unfinished action in its lane. The same text on both backends.
-pub(crate) const CLAIMABLE: &str = "(a.lane IS NULL OR NOT EXISTS (
-       SELECT 1 FROM actions e
-       WHERE e.lane = a.lane AND e.seq < a.seq AND e.state IN ('pending', 'running')))";
+/// The lane rule of [`Outbox::claim`] on a candidate row `a`, with `now`
+/// the placeholder of the claim's time: in a session's lane no earlier
+/// unfinished action; in the endpoint's no other running webhook and no
+/// earlier one due. The same text on both backends.
+pub(crate) fn claimable(now: &str) -> String {
+    format!(
+        "(a.lane IS NULL OR NOT EXISTS (
+           SELECT 1 FROM actions e
+           WHERE e.lane = a.lane AND e.state IN ('pending', 'running') AND e.seq <> a.seq
+             AND CASE WHEN a.lane = 'endpoint'
+                   THEN e.state = 'running' OR (e.seq < a.seq AND e.next_at_ms <= {now})
+                   ELSE e.seq < a.seq END))"
+    )
+}
 
 pub(crate) fn claim(
     conn: &mut Connection,
@@ -528,8 +546,9 @@ pub(crate) fn claim(
              WHERE ((a.state = 'pending' AND a.next_at_ms <= ?1)
                     OR (a.state = 'running' AND a.lease_until_ms <= ?1))
                AND a.kind NOT IN (SELECT value FROM json_each(?3))
-               AND {CLAIMABLE}
-             ORDER BY a.next_at_ms, a.seq LIMIT ?2"
+               AND {}
+             ORDER BY a.next_at_ms, a.seq LIMIT ?2",
+            claimable("?1")
         ))?;
         let rows = stmt.query_map(params![now_ms, limit as i64, excluded], |r| r.get(0))?;
         rows.collect::<Result<_, _>>()?

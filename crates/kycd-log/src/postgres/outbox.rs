@@ -9,7 +9,7 @@ use super::store::PgStore;
 use super::{signed, store_error, unsigned};
 use crate::outbox::{
     lane_of, ActionQuery, ActionRecord, ActionState, EndpointState, Finish, Holder, NewAction,
-    Outbox, StepUpRecord, CLAIMABLE,
+    Outbox, StepUpRecord,
 };
 
 /// The class of the advisory locks that serialise enqueues into one lane
@@ -247,7 +247,7 @@ impl Outbox for PgStore {
                  WHERE ((a.state = 'pending' AND a.next_at_ms <= $1)
                         OR (a.state = 'running' AND a.lease_until_ms <= $1))
                    AND NOT (a.kind = ANY($3))
-                   AND {CLAIMABLE}
+                   AND {}
                  ORDER BY a.next_at_ms, a.seq LIMIT $2
                  FOR UPDATE OF a SKIP LOCKED)
              UPDATE actions a SET state = 'running', attempts = a.attempts + 1,
@@ -255,6 +255,7 @@ impl Outbox for PgStore {
                claimed_by = $5, claimed_epoch = $6
              FROM due WHERE a.seq = due.seq
              RETURNING {}",
+            crate::outbox::claimable("$1"),
             ACTION_COLUMNS
                 .split(',')
                 .map(|c| format!("a.{}", c.trim()))
