@@ -145,7 +145,53 @@ pub struct ActionRecord {
     pub result: Option<Value>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// The order it keeps ([`lane_of`]); `None` for an action that keeps
+    /// none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lane: Option<String>,
+    /// Who holds it while it runs (cleared when it finishes or is handed
+    /// back).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claimed_by: Option<Holder>,
 }
+
+/// Who claims actions: an instance id and the epoch of its current run
+/// (bumped by every start of that id), so a restarted instance can hand
+/// back its previous runs' claims without touching anyone else's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Holder {
+    pub instance: String,
+    pub epoch: i64,
+}
+
+impl Holder {
+    pub fn new(instance: impl Into<String>, epoch: i64) -> Self {
+        Self {
+            instance: instance.into(),
+            epoch,
+        }
+    }
+}
+
+/// The lane an action of `kind` about `session_id` keeps its order in:
+/// `session:<id>` for Didit actions (a step-up's is its original session,
+/// which is its `session_id`), `endpoint` for operator webhooks (kycd has
+/// one operator endpoint), none for anything else. Both backends store it
+/// when the action is enqueued.
+pub fn lane_of(kind: &str, session_id: Option<&str>) -> Option<String> {
+    if kind == "operator.webhook" {
+        return Some("endpoint".to_owned());
+    }
+    match session_id {
+        Some(s) if kind.starts_with("didit.") => Some(format!("session:{s}")),
+        _ => None,
+    }
+}
+
+/// [`lane_of`] in SQL (both dialects), for migrations that fill the
+/// column in for actions enqueued before it.
+pub(crate) const LANE_SQL: &str = "CASE WHEN kind = 'operator.webhook' THEN 'endpoint'
+     WHEN kind LIKE 'didit.%' AND session_id IS NOT NULL THEN 'session:' || session_id END";
 
 /// How an attempt ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -211,10 +257,42 @@ pub trait Outbox: Send + Sync + 'static {
     async fn enqueue(&self, actions: Vec<NewAction>) -> Result<usize, StoreError>;
 
     /// Claim up to `limit` due actions (pending and due, or running with an
-    /// expired lease), oldest due first, skipping `exclude_kinds`. Each
-    /// claim counts as an attempt and holds the action until `now + lease`.
+    /// expired lease), oldest due first, skipping `exclude_kinds`, for
+    /// `holder`. Each claim counts as an attempt and holds the action until
+    /// `now + lease`.
+    ///
+    /// **Lanes.** An action with a lane ([`lane_of`]) waits for others of
+    /// its lane. A Didit session's lane is FIFO: an action is claimable
+    /// only while no earlier action (lower `seq`) of its session is
+    /// unfinished, so a session never has two actions running, nor a later
+    /// one before an earlier one:
+    ///
+    /// - an earlier action **pending** blocks, even when not yet due (a
+    ///   retry backing off): order goes before speed, so a write-back
+    ///   retrying is never overtaken by a later write-back or blocklist;
+    /// - an earlier action **running** blocks, even with its lease expired
+    ///   (then it is the one claimable);
+    /// - an earlier action **done, skipped or dead** does not: a given-up
+    ///   action no longer holds its lane, which moves on (a person sees it
+    ///   among the dead letters). A dead action put back with
+    ///   [`Outbox::retry_action`] is unfinished again and blocks the
+    ///   lane's later unfinished actions, not those already run.
+    ///
+    /// The operator's endpoint lane is serial, not FIFO: one webhook at a
+    /// time (none while another runs), the lowest `seq` of those due first, so a message backing off
+    /// on the webhook schedule (hours) does not hold back the next, and
+    /// consecutive failures still reach the endpoint's disabling.
+    ///
+    /// Concurrent claims (other workers, other instances) never get two
+    /// actions of one session: only a session's oldest unfinished action
+    /// passes, rows are locked as they are claimed, and enqueues into one
+    /// lane commit in `seq` order. Two claims at the very same moment could
+    /// each take a different due webhook; the endpoint lane's lease
+    /// (`lane:operator.webhook`, one instance claiming one at a time)
+    /// rules that out.
     async fn claim(
         &self,
+        holder: &Holder,
         now_ms: i64,
         lease_ms: i64,
         limit: usize,
@@ -231,9 +309,16 @@ pub trait Outbox: Send + Sync + 'static {
         now_ms: i64,
     ) -> Result<bool, StoreError>;
 
-    /// Hand every running action back (at start-up, when no worker of this
-    /// store can still hold one). Returns how many.
+    /// Hand every running action back, whoever claimed it: only for one
+    /// process on its own store (the embedded one) at start, when no
+    /// worker can still hold one. Returns how many.
     async fn release_running(&self, now_ms: i64) -> Result<usize, StoreError>;
+
+    /// Hand back the running actions claimed by `holder.instance` under
+    /// `holder.epoch` or an earlier epoch: a restarted instance's previous
+    /// runs' claims, due at once. Other instances' claims, and a later run
+    /// of the same id's, are left to their lease. Returns how many.
+    async fn release_claims_of(&self, holder: &Holder, now_ms: i64) -> Result<usize, StoreError>;
 
     async fn get_action(&self, id: &str) -> Result<Option<ActionRecord>, StoreError>;
 
@@ -285,8 +370,8 @@ pub(crate) fn insert_actions(
 ) -> Result<usize, StoreError> {
     let mut stmt = tx.prepare_cached(
         "INSERT OR IGNORE INTO actions (id, idempotency_key, kind, session_id, decision_id, payload,
-           state, attempts, next_at_ms, created_at_ms, updated_at_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', 0, ?7, ?7, ?7)",
+           state, attempts, next_at_ms, created_at_ms, updated_at_ms, lane)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', 0, ?7, ?7, ?7, ?8)",
     )?;
     let mut n = 0;
     for a in actions {
@@ -298,7 +383,8 @@ pub(crate) fn insert_actions(
             a.session_id,
             a.decision_id,
             a.payload.to_string(),
-            a.created_at_ms
+            a.created_at_ms,
+            lane_of(&a.kind, a.session_id.as_deref())
         ])?;
     }
     Ok(n)
@@ -333,7 +419,8 @@ pub(crate) fn upsert_step_ups(
 
 const ACTION_COLUMNS: &str =
     "seq, id, idempotency_key, kind, session_id, decision_id, payload, state,
-    attempts, next_at_ms, last_error, result, created_at_ms, updated_at_ms";
+    attempts, next_at_ms, last_error, result, created_at_ms, updated_at_ms,
+    lane, claimed_by, claimed_epoch";
 
 fn corrupt(what: &str) -> impl Fn(serde_json::Error) -> StoreError + '_ {
     move |e| StoreError::Corrupt(format!("{what}: {e}"))
@@ -358,6 +445,14 @@ fn row_to_action(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawAction> {
             result: None,
             created_at_ms: r.get(12)?,
             updated_at_ms: r.get(13)?,
+            lane: r.get(14)?,
+            claimed_by: match (
+                r.get::<_, Option<String>>(15)?,
+                r.get::<_, Option<i64>>(16)?,
+            ) {
+                (Some(instance), Some(epoch)) => Some(Holder { instance, epoch }),
+                _ => None,
+            },
         },
         r.get(6)?,
         r.get(7)?,
@@ -390,8 +485,54 @@ pub(crate) fn action_by_id(
         .transpose()
 }
 
+/// The columns added after the first release, with the lanes index; run
+/// at every open (`SqliteStore::open`), a no-op once done. Actions
+/// enqueued before get their lane here, so a redriven old one keeps its
+/// order too.
+pub(crate) fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let has_lane: bool = conn.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info('actions') WHERE name = 'lane'",
+        [],
+        |r| r.get::<_, i64>(0).map(|n| n > 0),
+    )?;
+    if !has_lane {
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE;
+             ALTER TABLE actions ADD COLUMN lane TEXT;
+             ALTER TABLE actions ADD COLUMN claimed_by TEXT;
+             ALTER TABLE actions ADD COLUMN claimed_epoch INTEGER;
+             UPDATE actions SET lane = {LANE_SQL};
+             COMMIT;"
+        ))?;
+    }
+    conn.execute_batch(LANES_INDEX)?;
+    Ok(())
+}
+
+/// The unfinished actions of each lane in order: what [`claimable`]
+/// probes for an earlier one, so a claim costs the backlog, not the
+/// history.
+pub(crate) const LANES_INDEX: &str = "CREATE INDEX IF NOT EXISTS actions_lanes
+     ON actions(lane, seq) WHERE state IN ('pending', 'running')";
+
+/// The lane rule of [`Outbox::claim`] on a candidate row `a`, with `now`
+/// the placeholder of the claim's time: in a session's lane no earlier
+/// unfinished action; in the endpoint's no other running webhook and no
+/// earlier one due. The same text on both backends.
+pub(crate) fn claimable(now: &str) -> String {
+    format!(
+        "(a.lane IS NULL OR NOT EXISTS (
+           SELECT 1 FROM actions e
+           WHERE e.lane = a.lane AND e.state IN ('pending', 'running') AND e.seq <> a.seq
+             AND CASE WHEN a.lane = 'endpoint'
+                   THEN e.state = 'running' OR (e.seq < a.seq AND e.next_at_ms <= {now})
+                   ELSE e.seq < a.seq END))"
+    )
+}
+
 pub(crate) fn claim(
     conn: &mut Connection,
+    holder: &Holder,
     now_ms: i64,
     lease_ms: i64,
     limit: usize,
@@ -400,12 +541,15 @@ pub(crate) fn claim(
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let excluded = serde_json::to_string(exclude).unwrap_or_else(|_| "[]".into());
     let ids: Vec<String> = {
-        let mut stmt = tx.prepare_cached(
-            "SELECT id FROM actions
-             WHERE ((state = 'pending' AND next_at_ms <= ?1) OR (state = 'running' AND lease_until_ms <= ?1))
-               AND kind NOT IN (SELECT value FROM json_each(?3))
-             ORDER BY next_at_ms, seq LIMIT ?2",
-        )?;
+        let mut stmt = tx.prepare_cached(&format!(
+            "SELECT a.id FROM actions a
+             WHERE ((a.state = 'pending' AND a.next_at_ms <= ?1)
+                    OR (a.state = 'running' AND a.lease_until_ms <= ?1))
+               AND a.kind NOT IN (SELECT value FROM json_each(?3))
+               AND {}
+             ORDER BY a.next_at_ms, a.seq LIMIT ?2",
+            claimable("?1")
+        ))?;
         let rows = stmt.query_map(params![now_ms, limit as i64, excluded], |r| r.get(0))?;
         rows.collect::<Result<_, _>>()?
     };
@@ -413,10 +557,16 @@ pub(crate) fn claim(
     {
         let mut up = tx.prepare_cached(
             "UPDATE actions SET state = 'running', attempts = attempts + 1, lease_until_ms = ?2,
-               updated_at_ms = ?3 WHERE id = ?1",
+               updated_at_ms = ?3, claimed_by = ?4, claimed_epoch = ?5 WHERE id = ?1",
         )?;
         for id in &ids {
-            up.execute(params![id, now_ms + lease_ms, now_ms])?;
+            up.execute(params![
+                id,
+                now_ms + lease_ms,
+                now_ms,
+                holder.instance,
+                holder.epoch
+            ])?;
             if let Some(a) = action_by_id(&tx, id)? {
                 out.push(a);
             }
@@ -438,7 +588,8 @@ pub(crate) fn finish(
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let n = tx.execute(
         "UPDATE actions SET state = ?3, next_at_ms = coalesce(?4, next_at_ms), last_error = coalesce(?5, last_error),
-           result = coalesce(?6, result), lease_until_ms = NULL, updated_at_ms = ?7
+           result = coalesce(?6, result), lease_until_ms = NULL, updated_at_ms = ?7,
+           claimed_by = NULL, claimed_epoch = NULL
          WHERE id = ?1 AND attempts = ?2 AND state = 'running'",
         params![id, attempt as i64, state, next_at, error, result, now_ms],
     )?;
@@ -488,9 +639,23 @@ pub(crate) fn finish_fields(
 
 pub(crate) fn release_running(conn: &Connection, now_ms: i64) -> Result<usize, StoreError> {
     Ok(conn.execute(
-        "UPDATE actions SET state = 'pending', next_at_ms = ?1, lease_until_ms = NULL, updated_at_ms = ?1
+        "UPDATE actions SET state = 'pending', next_at_ms = ?1, lease_until_ms = NULL, updated_at_ms = ?1,
+           claimed_by = NULL, claimed_epoch = NULL
          WHERE state = 'running'",
         [now_ms],
+    )?)
+}
+
+pub(crate) fn release_claims_of(
+    conn: &Connection,
+    holder: &Holder,
+    now_ms: i64,
+) -> Result<usize, StoreError> {
+    Ok(conn.execute(
+        "UPDATE actions SET state = 'pending', next_at_ms = ?1, lease_until_ms = NULL, updated_at_ms = ?1,
+           claimed_by = NULL, claimed_epoch = NULL
+         WHERE state = 'running' AND claimed_by = ?2 AND claimed_epoch <= ?3",
+        params![now_ms, holder.instance, holder.epoch],
     )?)
 }
 
@@ -684,12 +849,14 @@ mod tests {
             ])
             .await
             .unwrap();
-        // Two operator webhooks claimed: one finishes, one stays running.
-        let claimed = store
-            .claim(1_000, 60_000, 10, vec!["didit.update_status".to_owned()])
+        // Two operator webhooks claimed in turn: one finishes, one stays
+        // running.
+        let me = Holder::new("test", 1);
+        let only_webhooks = vec!["didit.update_status".to_owned()];
+        let mut claimed = store
+            .claim(&me, 1_000, 60_000, 10, only_webhooks.clone())
             .await
             .unwrap();
-        assert_eq!(claimed.len(), 2);
         let done = &claimed[0];
         assert!(store
             .finish(
@@ -700,6 +867,13 @@ mod tests {
             )
             .await
             .unwrap());
+        claimed.extend(
+            store
+                .claim(&me, 1_001, 60_000, 10, only_webhooks)
+                .await
+                .unwrap(),
+        );
+        assert_eq!(claimed.len(), 2);
         let backlog = store.backlog().await.unwrap();
         assert_eq!(
             backlog,

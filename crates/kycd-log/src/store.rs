@@ -478,6 +478,7 @@ impl SqliteStore {
         writer.busy_timeout(std::time::Duration::from_secs(5))?;
         writer.execute_batch(SCHEMA)?;
         writer.execute_batch(outbox::SCHEMA)?;
+        outbox::migrate(&writer)?;
         writer.execute_batch(audit::SCHEMA)?;
         audit::migrate(&writer)?;
         writer.execute_batch(crate::access::SCHEMA)?;
@@ -1076,13 +1077,15 @@ impl outbox::Outbox for SqliteStore {
 
     async fn claim(
         &self,
+        holder: &outbox::Holder,
         now_ms: i64,
         lease_ms: i64,
         limit: usize,
         exclude_kinds: Vec<String>,
     ) -> Result<Vec<outbox::ActionRecord>, StoreError> {
+        let holder = holder.clone();
         Self::with(&self.writer, move |c| {
-            outbox::claim(c, now_ms, lease_ms, limit, &exclude_kinds)
+            outbox::claim(c, &holder, now_ms, lease_ms, limit, &exclude_kinds)
         })
         .await
     }
@@ -1104,6 +1107,18 @@ impl outbox::Outbox for SqliteStore {
 
     async fn release_running(&self, now_ms: i64) -> Result<usize, StoreError> {
         Self::with(&self.writer, move |c| outbox::release_running(c, now_ms)).await
+    }
+
+    async fn release_claims_of(
+        &self,
+        holder: &outbox::Holder,
+        now_ms: i64,
+    ) -> Result<usize, StoreError> {
+        let holder = holder.clone();
+        Self::with(&self.writer, move |c| {
+            outbox::release_claims_of(c, &holder, now_ms)
+        })
+        .await
     }
 
     async fn get_action(&self, id: &str) -> Result<Option<outbox::ActionRecord>, StoreError> {

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use kycd_log::audit::suite::run_audit_suite;
 use kycd_log::audit::{Audit, AuditKey, NewAudit};
-use kycd_log::outbox::suite::run_outbox_suite;
-use kycd_log::outbox::{NewAction, Outbox};
+use kycd_log::outbox::suite::{concurrent_claimers_keep_every_lane_in_order, run_outbox_suite};
+use kycd_log::outbox::{Holder, NewAction, Outbox};
 use kycd_log::postgres::store::PgStore;
 use kycd_log::postgres::testing::{url_or_skip, Schemas};
 use kycd_log::postgres::{Database, PoolSettings};
@@ -25,10 +25,17 @@ async fn store(schemas: &Schemas, keyed: bool) -> Arc<PgStore> {
 
 /// Two stores on one schema, each with its own pool: two instances.
 async fn two_instances(schemas: &Schemas) -> (Arc<PgStore>, Arc<PgStore>) {
+    let mut out = instances(schemas, 2).await;
+    let b = out.pop().unwrap();
+    (out.pop().unwrap(), b)
+}
+
+/// `n` stores on one schema, each with its own pool: `n` instances.
+async fn instances(schemas: &Schemas, n: usize) -> Vec<Arc<PgStore>> {
     let schema = schemas.schema().await;
     let url = schemas.url_of(&schema);
     let mut out = Vec::new();
-    for _ in 0..2 {
+    for _ in 0..n {
         let db = Database::connect(&url, &PoolSettings::default())
             .await
             .unwrap();
@@ -36,8 +43,7 @@ async fn two_instances(schemas: &Schemas) -> (Arc<PgStore>, Arc<PgStore>) {
         s.set_audit_key(AuditKey::from_bytes([7; 32]));
         out.push(Arc::new(s));
     }
-    let b = out.pop().unwrap();
-    (out.pop().unwrap(), b)
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -95,7 +101,16 @@ async fn two_instances_claiming_from_one_queue_take_each_action_once() {
         workers.spawn(async move {
             let mut mine = Vec::new();
             loop {
-                let got = s.claim(2_000, 60_000, 7, Vec::new()).await.unwrap();
+                let got = s
+                    .claim(
+                        &Holder::new(format!("w{w}"), 1),
+                        2_000,
+                        60_000,
+                        7,
+                        Vec::new(),
+                    )
+                    .await
+                    .unwrap();
                 if got.is_empty() {
                     return mine;
                 }
@@ -107,6 +122,21 @@ async fn two_instances_claiming_from_one_queue_take_each_action_once() {
     let distinct: HashSet<&String> = claimed.iter().collect();
     assert_eq!(claimed.len(), N, "every action claimed, none twice");
     assert_eq!(distinct.len(), N);
+    schemas.drop_all().await;
+}
+
+/// Eight instances, each on its own pool, claiming concurrently: no lane
+/// (a session, the endpoint) ever has two actions held at once, and each
+/// runs its actions in order. Repeated, since a race shows only sometimes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn instances_on_separate_pools_keep_every_lane_in_order() {
+    let Some(url) = url_or_skip("instances_keep_every_lane_in_order") else {
+        return;
+    };
+    let schemas = Schemas::new(&url).await;
+    for _ in 0..5 {
+        concurrent_claimers_keep_every_lane_in_order(instances(&schemas, 8).await).await;
+    }
     schemas.drop_all().await;
 }
 

@@ -120,6 +120,11 @@ impl Membership {
         self.cluster.id()
     }
 
+    /// This run's epoch of the instance id (bumped by every start).
+    pub fn epoch(&self) -> i64 {
+        self.cluster.epoch()
+    }
+
     /// Heartbeat and keep leases until `stop`, then release them. Returns
     /// an error when another process started under this instance's id:
     /// the caller must stop serving.

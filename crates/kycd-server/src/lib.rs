@@ -558,6 +558,11 @@ pub async fn start_with(
         },
         http: worker::media_client(&roots).context("http client")?,
         operator_lane: roles.operator_lane.clone(),
+        // The embedded store has one process: its claims are all its own.
+        holder: match &membership {
+            Some(m) => kycd_log::outbox::Holder::new(m.id(), m.epoch()),
+            None => kycd_log::outbox::Holder::new("embedded", 0),
+        },
         release_at_start: membership.is_none(),
     });
     let app = Arc::new(App {

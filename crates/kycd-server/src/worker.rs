@@ -29,7 +29,7 @@ use didit::client::{
 use kycd_core::clock::SharedClock;
 use kycd_engine::actions::{self, OPERATOR_WEBHOOK};
 use kycd_engine::projector::{STEP_UP_CHECK_META, STEP_UP_CREATED, STEP_UP_EXPIRED, STEP_UP_META};
-use kycd_log::outbox::{ActionRecord, Finish, NewAction, Outbox};
+use kycd_log::outbox::{ActionRecord, Finish, Holder, NewAction, Outbox};
 use kycd_log::{EventLog, EventSource, NewEvent};
 use rand::Rng;
 use serde_json::{json, Value};
@@ -108,9 +108,14 @@ pub struct Worker {
     /// Whether this instance runs the operator webhook lane (one instance
     /// of a cluster at a time, so the endpoint receives in order).
     pub operator_lane: watch::Receiver<bool>,
+    /// Who this worker's claims are recorded as held by: this instance's
+    /// id and epoch.
+    pub holder: Holder,
     /// Hand back every running action at start: right for one process
     /// (what runs is this process's previous run's), wrong when other
-    /// instances share the outbox, whose claims then expire instead.
+    /// instances share the outbox. Without it only the claims of this
+    /// instance id's earlier runs are handed back ([`Holder`]); other
+    /// instances' claims expire by their lease.
     pub release_at_start: bool,
 }
 
@@ -125,15 +130,19 @@ impl Worker {
     /// webhooks (one at a time, in order) in two loops. `wake` ticks when
     /// new actions may be due (the projector committed).
     pub async fn run(self: Arc<Self>, stop: watch::Receiver<bool>, wake: watch::Receiver<u64>) {
-        if self.release_at_start {
-            match self.outbox.release_running(self.clock.now_millis()).await {
-                Ok(n) if n > 0 => tracing::info!(
-                    actions = n,
-                    "actions interrupted by a restart are due again"
-                ),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "could not release interrupted actions"),
-            }
+        let now = self.clock.now_millis();
+        let released = if self.release_at_start {
+            self.outbox.release_running(now).await
+        } else {
+            self.outbox.release_claims_of(&self.holder, now).await
+        };
+        match released {
+            Ok(n) if n > 0 => tracing::info!(
+                actions = n,
+                "actions interrupted by a restart are due again"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not release interrupted actions"),
         }
         let didit = {
             let me = self.clone();
@@ -193,7 +202,11 @@ impl Worker {
 
     async fn round(self: &Arc<Self>, batch: usize, exclude: Vec<String>) -> usize {
         let now = self.clock.now_millis();
-        let claimed = match self.outbox.claim(now, LEASE_MS, batch, exclude).await {
+        let claimed = match self
+            .outbox
+            .claim(&self.holder, now, LEASE_MS, batch, exclude)
+            .await
+        {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "could not claim actions");

@@ -14,7 +14,9 @@ use std::sync::Arc;
 use serde_json::json;
 use tokio::task::JoinSet;
 
-use super::{ActionQuery, ActionRecord, ActionState, Finish, NewAction, Outbox, StepUpRecord};
+use super::{
+    ActionQuery, ActionRecord, ActionState, Finish, Holder, NewAction, Outbox, StepUpRecord,
+};
 use crate::store::{ProjectionBatch, Store};
 use crate::suite::run_checks;
 
@@ -40,8 +42,17 @@ where
             step_ups_upsert_and_come_due,
             an_endpoint_is_disabled_after_consecutive_failures,
             concurrent_claimers_get_each_action_exactly_once,
+            a_session_runs_its_didit_actions_one_at_a_time_in_order,
+            operator_webhooks_to_the_endpoint_go_one_at_a_time,
+            a_claim_records_its_holder_and_a_restart_hands_back_only_its_own,
+            concurrent_claimers_keep_every_lane_in_order_one_store,
         ]
     );
+}
+
+/// The holder the checks claim as, unless they say otherwise.
+pub fn me() -> Holder {
+    Holder::new("kycd-test", 1)
 }
 
 /// An action of `kind` about `session`, created (and first due) at `at_ms`.
@@ -141,13 +152,13 @@ async fn claim_takes_due_actions_oldest_first_within_the_limit<S: Store + Outbox
     .await
     .expect("enqueue");
     assert!(
-        s.claim(500, 1_000, 0, vec![])
+        s.claim(&me(), 500, 1_000, 0, vec![])
             .await
             .expect("claim")
             .is_empty(),
         "a limit of 0 claims nothing"
     );
-    let claimed = s.claim(500, 1_000, 2, vec![]).await.expect("claim");
+    let claimed = s.claim(&me(), 500, 1_000, 2, vec![]).await.expect("claim");
     assert_eq!(keys(&claimed), ["first", "second"], "oldest due first");
     for a in &claimed {
         assert_eq!(a.state, ActionState::Running);
@@ -155,25 +166,28 @@ async fn claim_takes_due_actions_oldest_first_within_the_limit<S: Store + Outbox
         assert_eq!(s.get_action(&a.id).await.expect("get").as_ref(), Some(a));
     }
     let excluded = s
-        .claim(500, 1_000, 10, vec!["didit.update_status".into()])
+        .claim(&me(), 500, 1_000, 10, vec!["didit.update_status".into()])
         .await
         .expect("claim");
     assert!(
         excluded.is_empty(),
         "excluded kinds are skipped: {excluded:?}"
     );
-    let rest = s.claim(500, 1_000, 10, vec![]).await.expect("claim");
+    let rest = s.claim(&me(), 500, 1_000, 10, vec![]).await.expect("claim");
     assert_eq!(
         keys(&rest),
         ["third"],
         "held actions are not claimed again and undue ones wait"
     );
     assert!(s
-        .claim(999, 1_000, 10, vec![])
+        .claim(&me(), 999, 1_000, 10, vec![])
         .await
         .expect("claim")
         .is_empty());
-    let late = s.claim(1_000, 1_000, 10, vec![]).await.expect("claim");
+    let late = s
+        .claim(&me(), 1_000, 1_000, 10, vec![])
+        .await
+        .expect("claim");
     assert_eq!(keys(&late), ["late"], "due at exactly next_at_ms");
 }
 
@@ -183,17 +197,17 @@ async fn an_expired_lease_is_claimed_again_and_the_old_attempt_cannot_finish<S: 
     s.enqueue(vec![action("a", "didit.update_status", "s1", 100)])
         .await
         .expect("enqueue");
-    let first = s.claim(500, 100, 10, vec![]).await.expect("claim");
+    let first = s.claim(&me(), 500, 100, 10, vec![]).await.expect("claim");
     assert_eq!(first.len(), 1);
     let id = first[0].id.clone();
     assert!(
-        s.claim(599, 100, 10, vec![])
+        s.claim(&me(), 599, 100, 10, vec![])
             .await
             .expect("claim")
             .is_empty(),
         "held until now + lease"
     );
-    let second = s.claim(600, 100, 10, vec![]).await.expect("claim");
+    let second = s.claim(&me(), 600, 100, 10, vec![]).await.expect("claim");
     assert_eq!(keys(&second), ["a"], "an expired lease is claimed again");
     assert_eq!(second[0].attempts, 2);
     assert!(
@@ -231,7 +245,7 @@ async fn an_expired_lease_is_claimed_again_and_the_old_attempt_cannot_finish<S: 
         .await
         .expect("finish unknown"));
     assert!(
-        s.claim(10_000, 100, 10, vec![])
+        s.claim(&me(), 10_000, 100, 10, vec![])
             .await
             .expect("claim")
             .is_empty(),
@@ -241,13 +255,13 @@ async fn an_expired_lease_is_claimed_again_and_the_old_attempt_cannot_finish<S: 
 
 async fn finish_records_each_ending<S: Store + Outbox>(s: Arc<S>) {
     s.enqueue(vec![
-        action("retry", "operator.webhook", "s1", 100),
-        action("skip", "operator.webhook", "s2", 101),
-        action("dead", "operator.webhook", "s3", 102),
+        action("retry", "didit.update_status", "s1", 100),
+        action("skip", "didit.update_status", "s2", 101),
+        action("dead", "didit.blocklist", "s3", 102),
     ])
     .await
     .expect("enqueue");
-    let claimed = s.claim(200, 1_000, 10, vec![]).await.expect("claim");
+    let claimed = s.claim(&me(), 200, 1_000, 10, vec![]).await.expect("claim");
     assert_eq!(claimed.len(), 3);
     let id = |key: &str| {
         claimed
@@ -303,13 +317,16 @@ async fn finish_records_each_ending<S: Store + Outbox>(s: Arc<S>) {
     assert_eq!(d.last_error.as_deref(), Some("gave up"));
 
     assert!(
-        s.claim(4_999, 1_000, 10, vec![])
+        s.claim(&me(), 4_999, 1_000, 10, vec![])
             .await
             .expect("claim")
             .is_empty(),
         "a retry waits for its time; skipped and dead actions are never claimed"
     );
-    let again = s.claim(5_000, 1_000, 10, vec![]).await.expect("claim");
+    let again = s
+        .claim(&me(), 5_000, 1_000, 10, vec![])
+        .await
+        .expect("claim");
     assert_eq!(keys(&again), ["retry"]);
     assert_eq!(again[0].attempts, 2);
     assert_eq!(
@@ -327,7 +344,7 @@ async fn retry_action_requeues_only_dead_or_skipped_actions<S: Store + Outbox>(s
     ])
     .await
     .expect("enqueue");
-    let claimed = s.claim(200, 1_000, 2, vec![]).await.expect("claim");
+    let claimed = s.claim(&me(), 200, 1_000, 2, vec![]).await.expect("claim");
     assert_eq!(keys(&claimed), ["dead", "skipped"]);
     // Attempts used up: two more claims of "dead" before it dies.
     let dead = claimed[0].id.clone();
@@ -343,7 +360,7 @@ async fn retry_action_requeues_only_dead_or_skipped_actions<S: Store + Outbox>(s
         )
         .await
         .expect("finish"));
-    let again = s.claim(300, 1_000, 10, vec![]).await.expect("claim");
+    let again = s.claim(&me(), 300, 1_000, 10, vec![]).await.expect("claim");
     assert_eq!(keys(&again), ["dead"]);
     assert!(s
         .finish(&dead, 2, Finish::Dead("gave up".into()), 310)
@@ -395,7 +412,10 @@ async fn retry_action_requeues_only_dead_or_skipped_actions<S: Store + Outbox>(s
         .expect("retry")
         .is_none());
 
-    let due = s.claim(1_000, 1_000, 10, vec![]).await.expect("claim");
+    let due = s
+        .claim(&me(), 1_000, 1_000, 10, vec![])
+        .await
+        .expect("claim");
     assert_eq!(
         keys(&due),
         ["dead", "skipped"],
@@ -413,7 +433,10 @@ async fn release_running_hands_every_claim_back<S: Store + Outbox>(s: Arc<S>) {
     .await
     .expect("enqueue");
     assert_eq!(
-        s.claim(200, 60_000, 10, vec![]).await.expect("claim").len(),
+        s.claim(&me(), 200, 60_000, 10, vec![])
+            .await
+            .expect("claim")
+            .len(),
         2
     );
     assert_eq!(s.release_running(300).await.expect("release"), 2);
@@ -428,7 +451,10 @@ async fn release_running_hands_every_claim_back<S: Store + Outbox>(s: Arc<S>) {
         "an action no worker held keeps its time"
     );
     assert_eq!(s.release_running(301).await.expect("release"), 0);
-    let again = s.claim(300, 60_000, 10, vec![]).await.expect("claim");
+    let again = s
+        .claim(&me(), 300, 60_000, 10, vec![])
+        .await
+        .expect("claim");
     assert_eq!(
         keys(&again),
         ["a", "b"],
@@ -515,7 +541,9 @@ async fn list_actions_filters_and_pages_newest_first<S: Store + Outbox>(s: Arc<S
     .await;
     assert_eq!(keys(&both), ["k8", "k4", "k2"]);
 
-    s.claim(10_000, 1_000, 2, vec![]).await.expect("claim");
+    s.claim(&me(), 10_000, 1_000, 2, vec![])
+        .await
+        .expect("claim");
     let running = list(q(&|q| q.state = Some(ActionState::Running))).await;
     assert_eq!(keys(&running), ["k1", "k0"]);
     let pending = list(q(&|q| q.state = Some(ActionState::Pending))).await;
@@ -537,7 +565,7 @@ async fn counts_and_backlog_follow_states<S: Store + Outbox>(s: Arc<S>) {
     ])
     .await
     .expect("enqueue");
-    let claimed = s.claim(200, 1_000, 2, vec![]).await.expect("claim");
+    let claimed = s.claim(&me(), 200, 1_000, 2, vec![]).await.expect("claim");
     assert_eq!(keys(&claimed), ["a", "b"]);
     assert!(s
         .finish(&claimed[0].id, 1, Finish::Done(json!({})), 300)
@@ -758,7 +786,10 @@ async fn concurrent_claimers_get_each_action_exactly_once<S: Store + Outbox>(s: 
         tasks.spawn(async move {
             let mut mine = Vec::new();
             loop {
-                let batch = s.claim(10_000, 60_000, 3, vec![]).await.expect("claim");
+                let batch = s
+                    .claim(&me(), 10_000, 60_000, 3, vec![])
+                    .await
+                    .expect("claim");
                 if batch.is_empty() {
                     return mine;
                 }
@@ -785,7 +816,7 @@ async fn concurrent_claimers_get_each_action_exactly_once<S: Store + Outbox>(s: 
     }
     assert_eq!(owner.len(), ACTIONS, "every due action is claimed");
     assert!(
-        s.claim(10_000, 60_000, 1_000, vec![])
+        s.claim(&me(), 10_000, 60_000, 1_000, vec![])
             .await
             .expect("claim")
             .is_empty(),
@@ -806,7 +837,11 @@ async fn concurrent_claimers_get_each_action_exactly_once<S: Store + Outbox>(s: 
                     .finish(&id, 1, Finish::Done(json!({})), 11_000)
                     .await
                     .expect("finish"));
-                stolen.extend(s.claim(11_000, 60_000, 5, vec![]).await.expect("claim"));
+                stolen.extend(
+                    s.claim(&me(), 11_000, 60_000, 5, vec![])
+                        .await
+                        .expect("claim"),
+                );
             }
             stolen
         });
@@ -824,4 +859,340 @@ async fn concurrent_claimers_get_each_action_exactly_once<S: Store + Outbox>(s: 
         counts.get(&("didit.update_status".to_owned(), "done".to_owned())),
         Some(&(ACTIONS as u64))
     );
+}
+
+async fn claim_keys<S: Outbox + ?Sized>(s: &S, now: i64) -> Vec<String> {
+    s.claim(&me(), now, 1_000, 10, vec![])
+        .await
+        .expect("claim")
+        .into_iter()
+        .map(|a| a.idempotency_key)
+        .collect()
+}
+
+async fn finish_key<S: Outbox + ?Sized>(s: &S, key: &str, finish: Finish, now: i64) {
+    let a = by_key(s, key).await;
+    assert!(
+        s.finish(&a.id, a.attempts, finish, now)
+            .await
+            .expect("finish"),
+        "{key} was held"
+    );
+}
+
+/// A session's Didit actions (write-backs, a blocklist) run one at a time
+/// in the order they were enqueued: a later one waits while an earlier one
+/// is running, or pending even when not yet due (backing off); an earlier
+/// one that is done, skipped or dead no longer holds the session.
+async fn a_session_runs_its_didit_actions_one_at_a_time_in_order<S: Store + Outbox>(s: Arc<S>) {
+    s.enqueue(vec![
+        action("s1-status", "didit.update_status", "s1", 100),
+        action("s1-block", "didit.blocklist", "s1", 100),
+        action("s2-status", "didit.update_status", "s2", 100),
+        action("s1-review", "didit.update_status", "s1", 150),
+        action("s1-later", "didit.update_status", "s1", 160),
+    ])
+    .await
+    .expect("enqueue");
+    let first = s.get_action(&by_key(&*s, "s1-block").await.id).await;
+    assert_eq!(
+        first.expect("get").and_then(|a| a.lane).as_deref(),
+        Some("session:s1"),
+        "a Didit action's lane is its session"
+    );
+    assert_eq!(
+        claim_keys(&*s, 200).await,
+        ["s1-status", "s2-status"],
+        "one action per session, the session's oldest"
+    );
+    assert!(
+        claim_keys(&*s, 200).await.is_empty(),
+        "nothing of s1 while its first action runs"
+    );
+    finish_key(&*s, "s2-status", Finish::Done(json!({})), 250).await;
+    finish_key(
+        &*s,
+        "s1-status",
+        Finish::Retry {
+            error: "503".into(),
+            at_ms: 5_000,
+        },
+        300,
+    )
+    .await;
+    assert!(
+        claim_keys(&*s, 400).await.is_empty(),
+        "a write-back backing off still holds its session: order over speed"
+    );
+    assert!(
+        claim_keys(&*s, 4_999).await.is_empty(),
+        "nor just before its retry is due"
+    );
+    assert_eq!(
+        claim_keys(&*s, 5_000).await,
+        ["s1-status"],
+        "the retry comes first when due"
+    );
+    finish_key(&*s, "s1-status", Finish::Dead("gave up".into()), 5_100).await;
+    assert_eq!(
+        claim_keys(&*s, 5_200).await,
+        ["s1-block"],
+        "a dead action does not hold its session for ever"
+    );
+    assert!(
+        claim_keys(&*s, 5_300).await.is_empty(),
+        "s1-review waits for the blocklist"
+    );
+    assert_eq!(
+        claim_keys(&*s, 6_200).await,
+        ["s1-block"],
+        "an expired lease is claimed again, still before later actions"
+    );
+    finish_key(&*s, "s1-block", Finish::Done(json!({})), 6_300).await;
+    assert_eq!(claim_keys(&*s, 6_300).await, ["s1-review"]);
+    finish_key(&*s, "s1-review", Finish::Skipped("stale".into()), 6_400).await;
+    assert_eq!(
+        claim_keys(&*s, 6_400).await,
+        ["s1-later"],
+        "a skipped action does not hold its session"
+    );
+    // A redriven dead action is unfinished again: it does not overtake
+    // what already ran, but holds back what comes after it.
+    s.enqueue(vec![action("s1-last", "didit.update_status", "s1", 6_500)])
+        .await
+        .expect("enqueue");
+    finish_key(&*s, "s1-later", Finish::Done(json!({})), 6_500).await;
+    let dead = by_key(&*s, "s1-status").await;
+    s.retry_action(&dead.id, 6_600).await.expect("retry");
+    assert_eq!(claim_keys(&*s, 6_600).await, ["s1-status"]);
+    assert!(claim_keys(&*s, 6_600).await.is_empty());
+}
+
+/// Operator webhooks to the endpoint go one at a time, oldest due first,
+/// whichever sessions they are about, and never wait for Didit actions; a
+/// message backing off does not hold back the next.
+async fn operator_webhooks_to_the_endpoint_go_one_at_a_time<S: Store + Outbox>(s: Arc<S>) {
+    s.enqueue(vec![
+        action("w1", "operator.webhook", "s1", 100),
+        action("w2", "operator.webhook", "s2", 100),
+        action("d1", "didit.update_status", "s1", 100),
+        action("w3", "operator.webhook", "s1", 110),
+    ])
+    .await
+    .expect("enqueue");
+    assert_eq!(
+        by_key(&*s, "w2").await.lane.as_deref(),
+        Some("endpoint"),
+        "a webhook's lane is the endpoint"
+    );
+    assert_eq!(
+        claim_keys(&*s, 200).await,
+        ["w1", "d1"],
+        "one webhook in flight; Didit lanes are apart"
+    );
+    finish_key(&*s, "d1", Finish::Done(json!({})), 250).await;
+    assert!(
+        claim_keys(&*s, 260).await.is_empty(),
+        "nothing while a webhook runs"
+    );
+    finish_key(
+        &*s,
+        "w1",
+        Finish::Retry {
+            error: "timeout".into(),
+            at_ms: 1_000,
+        },
+        300,
+    )
+    .await;
+    assert_eq!(
+        claim_keys(&*s, 400).await,
+        ["w2"],
+        "a message backing off does not hold back the next"
+    );
+    assert!(
+        claim_keys(&*s, 1_000).await.is_empty(),
+        "w1, due again, waits while w2 runs"
+    );
+    finish_key(&*s, "w2", Finish::Done(json!({})), 1_100).await;
+    assert_eq!(claim_keys(&*s, 1_100).await, ["w1"], "oldest due first");
+    finish_key(&*s, "w1", Finish::Dead("blocked".into()), 1_200).await;
+    assert_eq!(claim_keys(&*s, 1_200).await, ["w3"]);
+}
+
+/// A claim says who holds it; a restarted instance hands back the claims
+/// of its earlier runs at once, never another instance's nor a later run's
+/// of its own id (a newer process that replaced it).
+async fn a_claim_records_its_holder_and_a_restart_hands_back_only_its_own<S: Store + Outbox>(
+    s: Arc<S>,
+) {
+    let (a1, a2, a3, b1) = (
+        Holder::new("kycd-a", 1),
+        Holder::new("kycd-a", 2),
+        Holder::new("kycd-a", 3),
+        Holder::new("kycd-b", 1),
+    );
+    s.enqueue(vec![
+        action("mine-old", "didit.update_status", "s1", 100),
+        action("theirs", "didit.update_status", "s2", 100),
+        action("mine-newer", "didit.update_status", "s3", 100),
+        action("free", "didit.update_status", "s4", 100),
+    ])
+    .await
+    .expect("enqueue");
+    for (holder, key) in [(&a1, "mine-old"), (&b1, "theirs"), (&a3, "mine-newer")] {
+        let got = s
+            .claim(holder, 200, 60_000, 1, vec![])
+            .await
+            .expect("claim");
+        assert_eq!(keys(&got), [key]);
+        assert_eq!(
+            got[0].claimed_by.as_ref(),
+            Some(holder),
+            "the claim says who"
+        );
+        assert_eq!(
+            by_key(&*s, key).await.claimed_by.as_ref(),
+            Some(holder),
+            "and is stored"
+        );
+    }
+    assert_eq!(by_key(&*s, "free").await.claimed_by, None);
+
+    // kycd-a starts again as epoch 2.
+    assert_eq!(
+        s.release_claims_of(&a2, 300).await.expect("release"),
+        1,
+        "only kycd-a's epoch-1 claim"
+    );
+    let released = by_key(&*s, "mine-old").await;
+    assert_eq!(released.state, ActionState::Pending);
+    assert_eq!(released.next_at_ms, 300, "due at once");
+    assert_eq!(released.claimed_by, None);
+    for (key, holder) in [("theirs", &b1), ("mine-newer", &a3)] {
+        let kept = by_key(&*s, key).await;
+        assert_eq!(kept.state, ActionState::Running, "{key} is still held");
+        assert_eq!(kept.claimed_by.as_ref(), Some(holder));
+    }
+    let again = s.claim(&a2, 300, 60_000, 10, vec![]).await.expect("claim");
+    assert_eq!(
+        keys(&again),
+        ["free", "mine-old"],
+        "the handed-back claim runs again at once; the others wait for their lease"
+    );
+    assert_eq!(
+        s.release_claims_of(&Holder::new("kycd-c", 9), 400)
+            .await
+            .expect("release"),
+        0
+    );
+    // A finish clears the holder.
+    let a = by_key(&*s, "theirs").await;
+    assert!(s
+        .finish(&a.id, a.attempts, Finish::Done(json!({})), 500)
+        .await
+        .expect("finish"));
+    assert_eq!(by_key(&*s, "theirs").await.claimed_by, None);
+}
+
+async fn concurrent_claimers_keep_every_lane_in_order_one_store<S: Store + Outbox>(s: Arc<S>) {
+    let stores = (0..8).map(|_| Arc::clone(&s)).collect();
+    concurrent_claimers_keep_every_lane_in_order(stores).await;
+}
+
+/// Many claimers at once over the same outbox (`stores` may be one store
+/// shared, or several on separate connections: separate instances), over
+/// sessions of several Didit actions each, all due: no two actions of one
+/// session are ever held at once, and each session's actions run in `seq`
+/// order. Every
+/// action runs once.
+pub async fn concurrent_claimers_keep_every_lane_in_order<S: Outbox + ?Sized>(stores: Vec<Arc<S>>) {
+    const SESSIONS: usize = 24;
+    const PER_SESSION: usize = 6;
+    let Some(first) = stores.first() else { return };
+    let mut actions = Vec::new();
+    for round in 0..PER_SESSION {
+        for i in 0..SESSIONS {
+            let kind = if round % 2 == 0 {
+                "didit.update_status"
+            } else {
+                "didit.blocklist"
+            };
+            actions.push(action(
+                &format!("s{i}-{round}"),
+                kind,
+                &format!("s{i}"),
+                (round * SESSIONS + i) as i64,
+            ));
+        }
+    }
+    // One at a time: seq is each lane's order of rounds.
+    for a in actions {
+        first.enqueue(vec![a]).await.expect("enqueue");
+    }
+    let total = PER_SESSION * SESSIONS;
+    // Per lane: what is held now (by the tracking, not the store), and the
+    // seqs run so far in order.
+    #[derive(Default)]
+    struct Lanes {
+        held: HashMap<String, String>,
+        ran: HashMap<String, Vec<u64>>,
+        count: usize,
+    }
+    let lanes = Arc::new(std::sync::Mutex::new(Lanes::default()));
+    let mut tasks = JoinSet::new();
+    for (w, s) in stores.into_iter().enumerate() {
+        let lanes = Arc::clone(&lanes);
+        tasks.spawn(async move {
+            let holder = Holder::new(format!("claimer-{w}"), 1);
+            loop {
+                if lanes.lock().expect("lanes").count == total {
+                    return;
+                }
+                let got = s
+                    .claim(&holder, 100_000, 600_000, 4, vec![])
+                    .await
+                    .expect("claim");
+                for a in &got {
+                    let lane = a.lane.clone().expect("every action here has a lane");
+                    let mut l = lanes.lock().expect("lanes");
+                    if let Some(other) = l.held.insert(lane.clone(), a.idempotency_key.clone()) {
+                        panic!(
+                            "{} claimed while {other} of the same lane is held",
+                            a.idempotency_key
+                        );
+                    }
+                }
+                tokio::task::yield_now().await;
+                for a in got {
+                    let lane = a.lane.clone().expect("lane");
+                    // Released in the tracking before the store, so the
+                    // next of the lane can only be claimed after this.
+                    {
+                        let mut l = lanes.lock().expect("lanes");
+                        l.held.remove(&lane);
+                        l.ran.entry(lane).or_default().push(a.seq);
+                        l.count += 1;
+                    }
+                    assert!(s
+                        .finish(&a.id, a.attempts, Finish::Done(json!({})), 100_001)
+                        .await
+                        .expect("finish"));
+                }
+            }
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.expect("claimer task");
+    }
+    let l = lanes.lock().expect("lanes");
+    assert_eq!(l.count, total, "every action ran once");
+    assert_eq!(l.ran.len(), SESSIONS);
+    for (lane, seqs) in &l.ran {
+        assert_eq!(seqs.len(), PER_SESSION, "{lane}: each action once");
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "{lane} ran out of order: {seqs:?}"
+        );
+    }
 }

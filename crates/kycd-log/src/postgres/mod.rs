@@ -75,6 +75,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "cluster",
         include_str!("../../migrations/postgres/0007_cluster.sql"),
     ),
+    (
+        8,
+        "outbox_lanes",
+        include_str!("../../migrations/postgres/0008_outbox_lanes.sql"),
+    ),
 ];
 
 /// Any statement running longer than this is cancelled by the server: a

@@ -8,23 +8,52 @@ use sqlx::{PgConnection, Row};
 use super::store::PgStore;
 use super::{signed, store_error, unsigned};
 use crate::outbox::{
-    ActionQuery, ActionRecord, ActionState, EndpointState, Finish, NewAction, Outbox, StepUpRecord,
+    lane_of, ActionQuery, ActionRecord, ActionState, EndpointState, Finish, Holder, NewAction,
+    Outbox, StepUpRecord,
 };
+
+/// The class of the advisory locks that serialise enqueues into one lane
+/// (the other key is the lane's hash); no other lock uses it.
+const LANE_LOCK_CLASS: i32 = 0x6b6c_616e; // "klan"
 use crate::store::StoreError;
 
 /// Enqueue `actions` inside a transaction; a key already enqueued is not
 /// enqueued again. Returns how many were new.
+///
+/// Each lane written to is locked first (a transaction-scoped advisory
+/// lock, taken in one order so two enqueues cannot deadlock), so enqueues
+/// into one lane commit one after the other and `seq` order is commit
+/// order: a claim that sees an action of a lane sees every earlier one,
+/// and cannot take a later action while an earlier one is still to
+/// commit. A hash collision only serialises two lanes' enqueues.
 pub(crate) async fn insert_actions(
     tx: &mut PgConnection,
     actions: &[NewAction],
 ) -> Result<usize, StoreError> {
+    let mut lanes: Vec<String> = actions
+        .iter()
+        .filter_map(|a| lane_of(&a.kind, a.session_id.as_deref()))
+        .collect();
+    lanes.sort();
+    lanes.dedup();
+    if !lanes.is_empty() {
+        sqlx::query(
+            "SELECT pg_advisory_xact_lock($1, h)
+             FROM (SELECT DISTINCT hashtext(l) AS h FROM unnest($2::text[]) AS l) x ORDER BY h",
+        )
+        .bind(LANE_LOCK_CLASS)
+        .bind(&lanes)
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
+    }
     let mut n = 0;
     for a in actions {
         let id = format!("act_{}", kycd_core::id::ulid_body(a.created_at_ms));
         let done = sqlx::query(
             "INSERT INTO actions (id, idempotency_key, kind, session_id, decision_id, payload,
-               state, attempts, next_at_ms, created_at_ms, updated_at_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, $7, $7)
+               state, attempts, next_at_ms, created_at_ms, updated_at_ms, lane)
+             VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, $7, $7, $8)
              ON CONFLICT (idempotency_key) DO NOTHING",
         )
         .bind(id)
@@ -34,6 +63,7 @@ pub(crate) async fn insert_actions(
         .bind(&a.decision_id)
         .bind(a.payload.to_string())
         .bind(a.created_at_ms)
+        .bind(lane_of(&a.kind, a.session_id.as_deref()))
         .execute(&mut *tx)
         .await
         .map_err(store_error)?;
@@ -74,7 +104,8 @@ pub(crate) async fn upsert_step_ups(
 
 const ACTION_COLUMNS: &str =
     "seq, id, idempotency_key, kind, session_id, decision_id, payload, state,
-    attempts, next_at_ms, last_error, result, created_at_ms, updated_at_ms";
+    attempts, next_at_ms, last_error, result, created_at_ms, updated_at_ms,
+    lane, claimed_by, claimed_epoch";
 
 fn corrupt(what: &str) -> impl Fn(serde_json::Error) -> StoreError + '_ {
     move |e| StoreError::Corrupt(format!("{what}: {e}"))
@@ -106,6 +137,14 @@ fn action_of(r: &PgRow) -> Result<ActionRecord, StoreError> {
             .map_err(corrupt("action result"))?,
         created_at_ms: r.try_get(12).map_err(get)?,
         updated_at_ms: r.try_get(13).map_err(get)?,
+        lane: r.try_get(14).map_err(get)?,
+        claimed_by: match (
+            r.try_get::<Option<String>, _>(15).map_err(get)?,
+            r.try_get::<Option<i64>, _>(16).map_err(get)?,
+        ) {
+            (Some(instance), Some(epoch)) => Some(Holder { instance, epoch }),
+            _ => None,
+        },
     })
 }
 
@@ -186,8 +225,17 @@ impl Outbox for PgStore {
     /// One statement: the due rows are locked `FOR UPDATE SKIP LOCKED`, so
     /// concurrent claims (other workers, other instances) pass over each
     /// other's rows instead of waiting for them or taking them twice.
+    ///
+    /// The lane rule reads the statement's snapshot, not locks: an earlier
+    /// row another claim has locked (and is making running) is still
+    /// unfinished in that snapshot, so skipping it never lets its lane's
+    /// later row through. A row finished after the snapshot is re-read
+    /// when locked (`state` no longer matches, it is passed over), and an
+    /// enqueue cannot slip an earlier row in after the snapshot (lanes
+    /// commit in `seq` order, [`insert_actions`]).
     async fn claim(
         &self,
+        holder: &Holder,
         now_ms: i64,
         lease_ms: i64,
         limit: usize,
@@ -195,16 +243,19 @@ impl Outbox for PgStore {
     ) -> Result<Vec<ActionRecord>, StoreError> {
         let rows = sqlx::query(&format!(
             "WITH due AS (
-                 SELECT seq FROM actions
-                 WHERE ((state = 'pending' AND next_at_ms <= $1)
-                        OR (state = 'running' AND lease_until_ms <= $1))
-                   AND NOT (kind = ANY($3))
-                 ORDER BY next_at_ms, seq LIMIT $2
-                 FOR UPDATE SKIP LOCKED)
+                 SELECT a.seq FROM actions a
+                 WHERE ((a.state = 'pending' AND a.next_at_ms <= $1)
+                        OR (a.state = 'running' AND a.lease_until_ms <= $1))
+                   AND NOT (a.kind = ANY($3))
+                   AND {}
+                 ORDER BY a.next_at_ms, a.seq LIMIT $2
+                 FOR UPDATE OF a SKIP LOCKED)
              UPDATE actions a SET state = 'running', attempts = a.attempts + 1,
-               lease_until_ms = $1 + $4, updated_at_ms = $1
+               lease_until_ms = $1 + $4, updated_at_ms = $1,
+               claimed_by = $5, claimed_epoch = $6
              FROM due WHERE a.seq = due.seq
              RETURNING {}",
+            crate::outbox::claimable("$1"),
             ACTION_COLUMNS
                 .split(',')
                 .map(|c| format!("a.{}", c.trim()))
@@ -215,6 +266,8 @@ impl Outbox for PgStore {
         .bind(signed(limit as u64))
         .bind(&exclude_kinds)
         .bind(lease_ms)
+        .bind(&holder.instance)
+        .bind(holder.epoch)
         .fetch_all(self.db.pool())
         .await
         .map_err(store_error)?;
@@ -236,7 +289,7 @@ impl Outbox for PgStore {
         let n = sqlx::query(
             "UPDATE actions SET state = $3, next_at_ms = coalesce($4, next_at_ms),
                last_error = coalesce($5, last_error), result = coalesce($6, result),
-               lease_until_ms = NULL, updated_at_ms = $7
+               lease_until_ms = NULL, updated_at_ms = $7, claimed_by = NULL, claimed_epoch = NULL
              WHERE id = $1 AND attempts = $2 AND state = 'running'",
         )
         .bind(id)
@@ -265,9 +318,25 @@ impl Outbox for PgStore {
     async fn release_running(&self, now_ms: i64) -> Result<usize, StoreError> {
         let n = sqlx::query(
             "UPDATE actions SET state = 'pending', next_at_ms = $1, lease_until_ms = NULL,
-               updated_at_ms = $1 WHERE state = 'running'",
+               updated_at_ms = $1, claimed_by = NULL, claimed_epoch = NULL
+             WHERE state = 'running'",
         )
         .bind(now_ms)
+        .execute(self.db.pool())
+        .await
+        .map_err(store_error)?;
+        Ok(n.rows_affected() as usize)
+    }
+
+    async fn release_claims_of(&self, holder: &Holder, now_ms: i64) -> Result<usize, StoreError> {
+        let n = sqlx::query(
+            "UPDATE actions SET state = 'pending', next_at_ms = $1, lease_until_ms = NULL,
+               updated_at_ms = $1, claimed_by = NULL, claimed_epoch = NULL
+             WHERE state = 'running' AND claimed_by = $2 AND claimed_epoch <= $3",
+        )
+        .bind(now_ms)
+        .bind(&holder.instance)
+        .bind(holder.epoch)
         .execute(self.db.pool())
         .await
         .map_err(store_error)?;
