@@ -85,10 +85,12 @@ pub(crate) mod sqlite {
     use crate::store::StoreError;
 
     pub(crate) fn get(c: &Connection, name: &str) -> Result<Option<String>, StoreError> {
-        Ok(c.query_row("SELECT value FROM cursors WHERE name = ?1", [name], |r| {
-            r.get(0)
-        })
-        .optional()?)
+        Ok(
+            c.query_row("SELECT value FROM cursors WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()?,
+        )
     }
 
     pub(crate) fn set(c: &Connection, name: &str, value: &str) -> Result<(), StoreError> {
@@ -118,7 +120,11 @@ pub(crate) mod sqlite {
                    WHERE fetched_at_ms <= ?3",
             )?;
             for id in ids {
-                if stmt.execute(rusqlite::params![id, now_ms, now_ms.saturating_sub(every_ms)])? > 0
+                if stmt.execute(rusqlite::params![
+                    id,
+                    now_ms,
+                    now_ms.saturating_sub(every_ms)
+                ])? > 0
                 {
                     taken.push(id.clone());
                 }

@@ -1098,7 +1098,10 @@ impl crate::cursors::Cursors for SqliteStore {
 
     async fn fetch_succeeded(&self, session_id: &str) -> Result<(), StoreError> {
         let id = session_id.to_owned();
-        Self::with(&self.writer, move |c| crate::cursors::sqlite::succeeded(c, &id)).await
+        Self::with(&self.writer, move |c| {
+            crate::cursors::sqlite::succeeded(c, &id)
+        })
+        .await
     }
 
     async fn unconfirmed_fetches(
