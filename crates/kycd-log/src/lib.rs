@@ -15,6 +15,9 @@
 //!   the chain's head in the event log, where editing the store cannot
 //!   reach it.
 //!
+//! - [`cursors`]: named cursors and reconciliation's fetch throttle, part
+//!   of every store.
+//!
 //! Every backend of a trait passes the same conformance suite (`suite`,
 //! `store::suite`, `outbox::suite`, `audit::suite`, `access::suite`,
 //! `cases::suite`), compiled only for tests and with the `testsuite`
@@ -26,6 +29,7 @@ pub mod anchor;
 pub mod audit;
 pub mod cases;
 mod checkpoint;
+pub mod cursors;
 pub mod log;
 pub mod outbox;
 pub mod postgres;

@@ -233,8 +233,10 @@ pub struct DecisionQuery {
     pub limit: usize,
 }
 
+/// The projections, and (as a supertrait) the cursors and fetch throttle
+/// of [`crate::cursors`].
 #[async_trait::async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: crate::cursors::Cursors + Send + Sync + 'static {
     /// Where `consumer` stopped: every event up to this offset is reflected.
     async fn consumer_offset(&self, consumer: &str) -> Result<u64, StoreError>;
 
@@ -483,6 +485,7 @@ impl SqliteStore {
         audit::migrate(&writer)?;
         writer.execute_batch(crate::access::SCHEMA)?;
         writer.execute_batch(crate::cases::SCHEMA)?;
+        writer.execute_batch(crate::cursors::SCHEMA)?;
         let kept: i64 = writer.pragma_query_value(None, "page_size", |r| r.get(0))?;
         if kept != page_size {
             tracing::warn!(
@@ -1064,6 +1067,68 @@ impl Store for SqliteStore {
 }
 
 #[async_trait::async_trait]
+impl crate::cursors::Cursors for SqliteStore {
+    async fn get_cursor(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let name = name.to_owned();
+        Self::with(&self.reader, move |c| crate::cursors::sqlite::get(c, &name)).await
+    }
+
+    async fn set_cursor(&self, name: &str, value: &str) -> Result<(), StoreError> {
+        let (name, value) = (name.to_owned(), value.to_owned());
+        Self::with(&self.writer, move |c| {
+            crate::cursors::sqlite::set(c, &name, &value)
+        })
+        .await
+    }
+
+    async fn take_fetches(
+        &self,
+        session_ids: &[String],
+        now_ms: i64,
+        every_ms: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        if session_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = session_ids.to_vec();
+        Self::with(&self.writer, move |c| {
+            crate::cursors::sqlite::take(c, &ids, now_ms, every_ms)
+        })
+        .await
+    }
+
+    async fn fetch_succeeded(&self, session_id: &str) -> Result<(), StoreError> {
+        let id = session_id.to_owned();
+        Self::with(&self.writer, move |c| {
+            crate::cursors::sqlite::succeeded(c, &id)
+        })
+        .await
+    }
+
+    async fn unconfirmed_fetches(
+        &self,
+        taken_until_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        Self::with(&self.reader, move |c| {
+            crate::cursors::sqlite::unconfirmed(c, taken_until_ms, limit)
+        })
+        .await
+    }
+
+    async fn forget_fetches(
+        &self,
+        confirmed_until_ms: i64,
+        unconfirmed_until_ms: i64,
+    ) -> Result<u64, StoreError> {
+        Self::with(&self.writer, move |c| {
+            crate::cursors::sqlite::forget(c, confirmed_until_ms, unconfirmed_until_ms)
+        })
+        .await
+    }
+}
+
+#[async_trait::async_trait]
 impl outbox::Outbox for SqliteStore {
     async fn enqueue(&self, actions: Vec<NewAction>) -> Result<usize, StoreError> {
         Self::with(&self.writer, move |c| {
@@ -1458,8 +1523,90 @@ pub mod suite {
                 the_policy_mark_moves_only_with_a_policy,
                 a_link_seen_again_keeps_its_latest_time_and_subjects_their_latest_version,
                 concurrent_commits_from_one_offset_apply_exactly_once,
+                cursors_are_named_values_that_last,
+                a_fetch_is_taken_once_per_period_and_retried_until_confirmed,
+                concurrent_takers_get_each_fetch_once,
             ]
         );
+    }
+
+    async fn cursors_are_named_values_that_last(s: Arc<dyn Store>) {
+        assert_eq!(s.get_cursor("reconcile/listing").await.unwrap(), None);
+        s.set_cursor("reconcile/listing", "{\"through_ms\":5}")
+            .await
+            .unwrap();
+        s.set_cursor("other", "x").await.unwrap();
+        s.set_cursor("reconcile/listing", "{\"through_ms\":7}")
+            .await
+            .unwrap();
+        assert_eq!(
+            s.get_cursor("reconcile/listing").await.unwrap().as_deref(),
+            Some("{\"through_ms\":7}")
+        );
+        assert_eq!(s.get_cursor("other").await.unwrap().as_deref(), Some("x"));
+    }
+
+    async fn a_fetch_is_taken_once_per_period_and_retried_until_confirmed(s: Arc<dyn Store>) {
+        let ids = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+        // Every period is 100 ms; a and b are taken at 1000.
+        assert_eq!(
+            s.take_fetches(&ids(&["a", "b"]), 1000, 100).await.unwrap(),
+            ids(&["a", "b"])
+        );
+        // Within the period neither is taken again; c is new.
+        assert_eq!(
+            s.take_fetches(&ids(&["b", "c", "a"]), 1099, 100)
+                .await
+                .unwrap(),
+            ids(&["c"])
+        );
+        s.fetch_succeeded("a").await.unwrap();
+        // b and c are unconfirmed (failed, or their process died); only
+        // those last taken by then come back.
+        assert_eq!(s.unconfirmed_fetches(1000, 10).await.unwrap(), ids(&["b"]));
+        assert_eq!(
+            s.unconfirmed_fetches(2000, 10).await.unwrap(),
+            ids(&["b", "c"])
+        );
+        assert_eq!(s.unconfirmed_fetches(2000, 1).await.unwrap(), ids(&["b"]));
+        // A period later all are due again; b stays unconfirmed since 1000.
+        assert_eq!(
+            s.take_fetches(&ids(&["a", "b"]), 1100, 100).await.unwrap(),
+            ids(&["a", "b"])
+        );
+        s.fetch_succeeded("a").await.unwrap();
+        // Oldest take first: c (1099), then b (1100).
+        assert_eq!(
+            s.unconfirmed_fetches(2000, 10).await.unwrap(),
+            ids(&["c", "b"])
+        );
+        // Confirmed fetches taken by 1100 are forgotten, and unconfirmed
+        // ones first taken by 1000 (b): c stays.
+        assert_eq!(s.forget_fetches(1100, 1000).await.unwrap(), 2);
+        assert_eq!(s.unconfirmed_fetches(2000, 10).await.unwrap(), ids(&["c"]));
+        // a was forgotten, so it is taken again at once.
+        assert_eq!(
+            s.take_fetches(&ids(&["a", "c"]), 1101, 100).await.unwrap(),
+            ids(&["a"])
+        );
+        assert!(s.take_fetches(&[], 1101, 100).await.unwrap().is_empty());
+    }
+
+    async fn concurrent_takers_get_each_fetch_once(s: Arc<dyn Store>) {
+        let ids: Vec<String> = (0..50).map(|i| format!("s{i}")).collect();
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..4 {
+            let (s, ids) = (s.clone(), ids.clone());
+            tasks.spawn(async move { s.take_fetches(&ids, 5000, 1000).await.unwrap() });
+        }
+        let mut all = Vec::new();
+        while let Some(got) = tasks.join_next().await {
+            all.extend(got.unwrap());
+        }
+        all.sort();
+        let mut want = ids.clone();
+        want.sort();
+        assert_eq!(all, want, "each session taken by exactly one caller");
     }
 
     async fn load_sessions_returns_only_what_exists(s: Arc<dyn Store>) {

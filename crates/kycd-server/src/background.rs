@@ -11,9 +11,6 @@ use tokio::sync::watch;
 
 use crate::App;
 
-/// How far back each automatic pass lists Didit's sessions.
-const LISTING_LOOKBACK_MS: i64 = 2 * 86_400_000;
-
 /// Wait `ms` or until stopped; false when stopped.
 async fn pause(stop: &mut watch::Receiver<bool>, ms: i64) -> bool {
     tokio::select! {
@@ -37,8 +34,9 @@ pub async fn reconcile_loop(app: Arc<App>, mut stop: watch::Receiver<bool>) {
         if !app.roles.timers() {
             continue;
         }
-        let since = app.clock.now_millis() - LISTING_LOOKBACK_MS;
-        let report = reconciler.pass(since).await;
+        let report = reconciler
+            .incremental_pass(crate::reconcile::LISTING_LOOKBACK_MS)
+            .await;
         if report.appended > 0 || report.errors > 0 {
             tracing::info!(
                 listed = report.listed,

@@ -503,7 +503,14 @@ async fn get_decision(
 ) -> Response {
     let call = Call::new(&method, &uri).about(&id);
     logged(&inner, &headers, Scope::DecisionRead, call, || {
-        let st = inner.lock();
+        let mut st = inner.lock();
+        if let Some(n) = st.failing_decisions.get_mut(&id).filter(|n| **n > 0) {
+            *n -= 1;
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Service temporarily unavailable.",
+            ));
+        }
         let s = st
             .live_session(&id)
             .ok_or_else(ApiError::session_not_found)?;

@@ -354,6 +354,7 @@ pub async fn start(config: SimConfig) -> anyhow::Result<Sim> {
         runs: 0,
         api_rng: rng_for(config.seed, "api", ""),
         rings: Vec::new(),
+        failing_decisions: HashMap::new(),
     };
     let clock = clock::SimClock::new(config.time_scale);
     let inner = Arc::new(Inner {
@@ -655,6 +656,15 @@ impl Sim {
         s.status = SessionStatus::from(status);
         s.flow += 1;
         Ok(())
+    }
+
+    /// Test control: the next `times` decision reads of the session answer
+    /// 503, as Didit does when it is briefly unavailable.
+    pub fn fail_decision_reads(&self, session_id: &str, times: u32) {
+        self.inner
+            .lock()
+            .failing_decisions
+            .insert(session_id.to_owned(), times);
     }
 
     /// Stops customers and deliveries and closes the server.

@@ -281,6 +281,8 @@ pub(crate) struct State {
     pub api_rng: SimRng,
     /// The rings being filled, at most one open ring of each kind.
     pub rings: Vec<Ring>,
+    /// Test control: decision reads of these sessions still to answer 503.
+    pub failing_decisions: HashMap<String, u32>,
 }
 
 impl State {

@@ -31,6 +31,7 @@ pub mod access;
 pub mod audit;
 pub mod cases;
 pub mod cluster;
+pub mod cursors;
 pub mod log;
 pub mod outbox;
 pub mod store;
@@ -79,6 +80,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         8,
         "outbox_lanes",
         include_str!("../../migrations/postgres/0008_outbox_lanes.sql"),
+    ),
+    (
+        9,
+        "cursors",
+        include_str!("../../migrations/postgres/0009_cursors.sql"),
     ),
 ];
 
@@ -176,7 +182,8 @@ impl Database {
                     .await
                     .map_err(store_error)?;
             let newest = newest.unwrap_or(0);
-            let known = MIGRATIONS.len() as i32;
+            // The newest version this build knows (numbers may skip).
+            let known = MIGRATIONS.last().map_or(0, |m| m.0);
             if newest > known {
                 return Err(StoreError::Corrupt(format!(
                     "the database schema is at version {newest}, newer than this build knows (1..={known})"
