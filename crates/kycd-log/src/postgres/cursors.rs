@@ -55,14 +55,13 @@ impl Cursors for PgStore {
         .fetch_all(self.db.pool())
         .await
         .map_err(store_error)?;
-        let taken: std::collections::HashSet<String> = taken.into_iter().collect();
-        let mut out = Vec::new();
-        for id in session_ids {
-            if taken.contains(id) && !out.contains(id) {
-                out.push(id.clone());
-            }
-        }
-        Ok(out)
+        // In the order given, each once.
+        let mut taken: std::collections::HashSet<String> = taken.into_iter().collect();
+        Ok(session_ids
+            .iter()
+            .filter(|id| taken.remove(*id))
+            .cloned()
+            .collect())
     }
 
     async fn fetch_succeeded(&self, session_id: &str) -> Result<(), StoreError> {

@@ -12,10 +12,11 @@ use crate::outbox::{
     Outbox, StepUpRecord,
 };
 
+use crate::store::StoreError;
+
 /// The class of the advisory locks that serialise enqueues into one lane
 /// (the other key is the lane's hash); no other lock uses it.
 const LANE_LOCK_CLASS: i32 = 0x6b6c_616e; // "klan"
-use crate::store::StoreError;
 
 /// Enqueue `actions` inside a transaction; a key already enqueued is not
 /// enqueued again. Returns how many were new.
