@@ -115,6 +115,23 @@ fn decision_reads(sim: &Sim, id: &str) -> usize {
         .count()
 }
 
+/// Returns once the wall clock (which stamps the simulator's
+/// `created_at`) has moved past the current millisecond.
+async fn next_millisecond() {
+    let ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    };
+    let start = ms();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while ms() <= start {
+        assert!(std::time::Instant::now() < deadline, "the clock stood still");
+        tokio::task::yield_now().await;
+    }
+}
+
 async fn sim() -> Sim {
     // 600 times faster: the simulator's rate-limit minute lasts 100 ms.
     kycd_sim::start(SimConfig {
@@ -151,8 +168,12 @@ async fn the_second_pass_lists_only_what_is_new(b: Backend) {
 async fn a_failed_fetch_is_retried_though_the_cursor_moved_on(b: Backend) {
     let sim = sim().await;
     let clock = now_clock();
-    let ids = create(&sim, 3).await;
-    let failing = ids[1].clone();
+    // The failing session is the oldest, and the others are created in a
+    // later millisecond: the listing's boundary (the newest session's
+    // millisecond, listed again) can then never hold it.
+    let failing = create(&sim, 1).await.remove(0);
+    next_millisecond().await;
+    create(&sim, 2).await;
     sim.fail_decision_reads(&failing, 1);
     let r = reconciler(&b, &sim, &clock);
     let first = r.incremental_pass(LISTING_LOOKBACK_MS).await;
@@ -167,9 +188,11 @@ async fn a_failed_fetch_is_retried_though_the_cursor_moved_on(b: Backend) {
     assert_eq!(decision_reads(&sim, &failing), 2, "{later:?}");
     assert_eq!(later.errors, 0, "{later:?}");
     assert!(r.totals.sessions.lock().unwrap().contains(&failing));
-    // The listing did not read it again: only the newest session and the
-    // boundary were listed since the first pass.
-    assert!(early.listed + later.listed <= 3, "{early:?} {later:?}");
+    // The listing did not read it again: the early pass listed the
+    // boundary (the first pass's newest, with any of its millisecond) and
+    // the new session, the later pass the new one alone.
+    assert!((2..=3).contains(&early.listed), "{early:?}");
+    assert_eq!(later.listed, 1, "{later:?}");
     // Confirmed now: not fetched again a period later.
     clock.advance_millis(AFTER_MS);
     r.incremental_pass(LISTING_LOOKBACK_MS).await;
