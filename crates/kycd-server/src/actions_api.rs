@@ -10,6 +10,7 @@ use axum::extract::{Path, Query, State};
 use axum::response::IntoResponse;
 use axum::{Extension, Json};
 use kycd_core::when::format_millis;
+use kycd_engine::actions::UPDATE_STATUS;
 use kycd_log::outbox::{ActionQuery, ActionRecord, ActionState};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -92,6 +93,17 @@ pub async fn retry_action(
     Extension(who): Extension<Principal>,
     Path(id): Path<String>,
 ) -> ApiResult {
+    if let Some(later) = superseded_by(&app, &id).await? {
+        return Err(ApiError::new(
+            Code::Conflict,
+            format!(
+                "a later status write-back for this session exists ({}, {}); redriving this one \
+                 would set Didit's status back to an older decision's",
+                later.id,
+                later.state.as_str()
+            ),
+        ));
+    }
     let now = app.clock.now_millis();
     match app.outbox.retry_action(&id, now).await.map_err(store_err)? {
         None => Err(ApiError::new(Code::NotFound, "no such action")),
@@ -114,6 +126,30 @@ pub async fn retry_action(
             ),
         )),
     }
+}
+
+/// For a status write-back, the newest later one of its session, if any:
+/// only the latest decision's status may be written back. (A later one
+/// enqueued after this check runs after the redriven one, as its lane is
+/// FIFO, so the latest still wins.)
+async fn superseded_by(app: &App, id: &str) -> Result<Option<ActionRecord>, ApiError> {
+    let Some(a) = app.outbox.get_action(id).await.map_err(store_err)? else {
+        return Ok(None);
+    };
+    let (UPDATE_STATUS, Some(session)) = (a.kind.as_str(), a.session_id.clone()) else {
+        return Ok(None);
+    };
+    let newest = app
+        .outbox
+        .list_actions(ActionQuery {
+            session_id: Some(session),
+            kind: Some(UPDATE_STATUS.to_owned()),
+            limit: 1,
+            ..ActionQuery::default()
+        })
+        .await
+        .map_err(store_err)?;
+    Ok(newest.into_iter().find(|n| n.seq > a.seq))
 }
 
 fn endpoint_url(app: &App) -> Result<&str, ApiError> {

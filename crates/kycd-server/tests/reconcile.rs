@@ -127,7 +127,10 @@ async fn next_millisecond() {
     let start = ms();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while ms() <= start {
-        assert!(std::time::Instant::now() < deadline, "the clock stood still");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the clock stood still"
+        );
         tokio::task::yield_now().await;
     }
 }
