@@ -350,6 +350,15 @@ fn build_event(
         return Err("session event without status");
     }
     let event_id = str_field(body, "event_id");
+    // No backend's index may trip on them: PostgreSQL's text cannot hold
+    // U+0000, and no id of Didit's carries one.
+    if [session_id, Some(webhook_type), event_id]
+        .into_iter()
+        .flatten()
+        .any(|t| t.contains('\0'))
+    {
+        return Err("a NUL character in session_id, event_id or webhook_type");
+    }
 
     // Dedupe on Didit's event id when there is one, on the compound key
     // only when there is not, and always on the content without event_id,

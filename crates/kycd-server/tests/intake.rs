@@ -438,6 +438,29 @@ async fn authentic_but_unusable_deliveries_are_quarantined_with_a_400() {
             format!(r#"{{"session_id":"s","timestamp":{NOW},"webhook_type":"data.updated"}}"#)
                 .into_bytes(),
         ),
+        // Refused alike on every backend (PostgreSQL's text cannot hold
+        // U+0000): quarantined, not a 503 that Didit retries forever.
+        (
+            "NUL in session_id",
+            format!(
+                r#"{{"session_id":"s\u0000x","status":"Approved","timestamp":{NOW},"webhook_type":"status.updated"}}"#
+            )
+            .into_bytes(),
+        ),
+        (
+            "NUL in event_id",
+            format!(
+                r#"{{"event_id":"e\u0000","session_id":"s","status":"Approved","timestamp":{NOW},"webhook_type":"status.updated"}}"#
+            )
+            .into_bytes(),
+        ),
+        (
+            "NUL in webhook_type",
+            format!(
+                r#"{{"session_id":"s","status":"Approved","timestamp":{NOW},"webhook_type":"status.updated\u0000"}}"#
+            )
+            .into_bytes(),
+        ),
     ];
     for (i, (what, bytes)) in cases.iter().enumerate() {
         let sig = key.sign_hex(bytes);
