@@ -1936,6 +1936,7 @@ mod tests {
             dedupe_keys: Vec::new(),
             body: Vec::new(),
             meta: json!({}),
+            partition: None,
         };
         let decision = |offset: u64, outcome: &str, shadow: bool| DecisionRecord {
             id: format!("dec_{offset}_{shadow}"),

@@ -33,6 +33,7 @@ pub mod cursors;
 pub mod log;
 pub mod outbox;
 pub mod postgres;
+pub mod route;
 pub mod sqlite_log;
 pub mod store;
 #[cfg(any(test, feature = "testsuite"))]

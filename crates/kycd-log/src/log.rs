@@ -103,6 +103,9 @@ pub struct StoredEvent {
     pub dedupe_keys: Vec<String>,
     pub body: Vec<u8>,
     pub meta: serde_json::Value,
+    /// The partition that projects it (`crate::route`); `None` when every
+    /// partition reads it, and always on a log with one partition.
+    pub partition: Option<u32>,
 }
 
 impl StoredEvent {
@@ -179,6 +182,10 @@ pub enum LogError {
     /// Stored data or schema is not what this build understands.
     #[error("event log corrupt: {0}")]
     Corrupt(String),
+    /// The log cannot be opened as asked (a partition count other than
+    /// the one it was created with).
+    #[error("event log settings: {0}")]
+    Settings(String),
     /// [`EventLog::shutdown`] was called; no more writes are taken.
     #[error("event log closed")]
     Closed,
@@ -201,6 +208,37 @@ pub trait EventLog: Send + Sync + 'static {
     /// Up to `max` events with `offset > after_offset`, ascending. Offsets
     /// start at 1, so `read(0, n)` reads from the beginning.
     async fn read(&self, after_offset: u64, max: usize) -> Result<Vec<StoredEvent>, LogError>;
+
+    /// Up to `max` events with `offset > after_offset` that partitions
+    /// `partitions` project, with those every partition reads, ascending;
+    /// and the offset the read is complete to (every event up to it that
+    /// those partitions read is among them), which passes the last event
+    /// returned when the rest of the range belongs to other partitions. A
+    /// log with one partition reads everything.
+    async fn read_partitions(
+        &self,
+        after_offset: u64,
+        max: usize,
+        partitions: &[u32],
+    ) -> Result<(Vec<StoredEvent>, u64), LogError> {
+        let _ = partitions;
+        // The head first: every event up to it is committed, so a read
+        // that comes back short has seen them all.
+        let head = self.head().await?;
+        let events = self.read(after_offset, max).await?;
+        let through = match events.last() {
+            Some(e) if events.len() == max => e.offset,
+            Some(e) => head.max(e.offset),
+            None => head.max(after_offset),
+        };
+        Ok((events, through))
+    }
+
+    /// How many partitions the log was created with (1 unless a database
+    /// log was created with more).
+    fn partitions(&self) -> u32 {
+        1
+    }
 
     /// The event with kycd id `id`, if it was committed.
     async fn get(&self, id: &EventId) -> Result<Option<StoredEvent>, LogError>;

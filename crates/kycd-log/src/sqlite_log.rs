@@ -1027,6 +1027,8 @@ fn event_from_row(row: &Row<'_>) -> rusqlite::Result<StoredEvent> {
         body: row.get(8)?,
         meta: serde_json::from_str(&row.get::<_, String>(9)?)
             .map_err(|e| conversion(9, Type::Text, e))?,
+        // One partition: every event is read by it.
+        partition: None,
     })
 }
 

@@ -373,3 +373,192 @@ async fn a_nul_character_postgresql_cannot_store_fails_only_its_own_append() {
     );
     schemas.drop_all().await;
 }
+
+fn partitioned(n: u32) -> PgLogOptions {
+    PgLogOptions {
+        partitions: Some(n),
+        ..PgLogOptions::default()
+    }
+}
+
+fn delivery(n: u64, session: &str, vendor: Option<&str>) -> kycd_log::NewEvent {
+    let body = match vendor {
+        Some(v) => {
+            format!(r#"{{"session_id":"{session}","status":"Approved","vendor_data":"{v}"}}"#)
+        }
+        None => format!(r#"{{"session_id":"{session}","status":"In Progress"}}"#),
+    };
+    kycd_log::NewEvent {
+        session_id: Some(session.to_owned()),
+        body: body.into_bytes(),
+        ..sample_event(n, &[])
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn partitions_route_by_customer_and_keep_each_sessions_home() {
+    use kycd_log::route::{hash, partition_of};
+    let Some(url) = url_or_skip("partitions_route_by_customer_and_keep_each_sessions_home") else {
+        return;
+    };
+    const N: u32 = 16;
+    let schemas = Schemas::new(&url).await;
+    let (_, db_a, db_b) = pools_on_one_schema(&schemas).await;
+    let a = open(db_a.clone(), partitioned(N)).await;
+    let b = open(db_b, partitioned(N)).await;
+    let customer = |v: &str| Some(partition_of(hash(v), N));
+
+    // Sessions whose first delivery has no vendor_data and whose later ones
+    // do, racing from two instances: each keeps one home, its id's.
+    let mut tasks = JoinSet::new();
+    for s in 0..60u64 {
+        for (i, vendor) in [None, Some(format!("user-{s}")), Some(format!("user-{s}"))]
+            .into_iter()
+            .enumerate()
+        {
+            let log: Arc<dyn EventLog> = if (s + i as u64).is_multiple_of(2) {
+                a.clone()
+            } else {
+                b.clone()
+            };
+            tasks.spawn(async move {
+                let session = format!("late-{s}");
+                // The first delivery is appended before the others start.
+                if i > 0 {
+                    tokio::task::yield_now().await;
+                }
+                log.append(delivery(s * 10 + i as u64, &session, vendor.as_deref()))
+                    .await
+                    .unwrap()
+            });
+        }
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.unwrap();
+    }
+    let events = read_all(&*a).await;
+    let mut homes: HashMap<String, HashSet<Option<u32>>> = HashMap::new();
+    for e in &events {
+        homes
+            .entry(e.session_id.clone().unwrap())
+            .or_default()
+            .insert(e.partition);
+    }
+    assert_eq!(homes.len(), 60);
+    for (session, parts) in &homes {
+        assert_eq!(parts.len(), 1, "{session} has one home: {parts:?}");
+        let first = events
+            .iter()
+            .find(|e| e.session_id.as_deref() == Some(session))
+            .unwrap();
+        let first_vendor = std::str::from_utf8(&first.body)
+            .unwrap()
+            .contains("vendor_data");
+        let expected = if first_vendor {
+            customer(&format!("user-{}", &session["late-".len()..]))
+        } else {
+            customer(session)
+        };
+        assert_eq!(parts.iter().next().unwrap(), &expected, "{session}");
+    }
+
+    // A customer's sessions share a partition; kycd's own events about a
+    // session follow it; a subject's write goes to its customer; events
+    // about no session reach every partition.
+    let head = a.head().await.unwrap();
+    let append = |e: kycd_log::NewEvent| {
+        let log = a.clone();
+        async move { log.append(e).await.unwrap() }
+    };
+    append(delivery(1001, "cust-1", Some("user-1"))).await;
+    append(delivery(1002, "cust-2", Some("user-1"))).await;
+    append(kycd_log::NewEvent {
+        source: kycd_log::EventSource::Internal,
+        kind: "kycd.review".into(),
+        body: br#"{"vendor_data":"someone-else"}"#.to_vec(),
+        ..delivery(1003, "cust-2", None)
+    })
+    .await;
+    append(kycd_log::NewEvent {
+        source: kycd_log::EventSource::Subject,
+        kind: "subject.updated".into(),
+        session_id: None,
+        body: br#"{"vendor_data":"user-1","attributes":{}}"#.to_vec(),
+        ..sample_event(1004, &[])
+    })
+    .await;
+    append(kycd_log::NewEvent {
+        source: kycd_log::EventSource::Internal,
+        kind: "kycd.policy.activated".into(),
+        session_id: None,
+        ..sample_event(1005, &[])
+    })
+    .await;
+    let tail = a.read(head, 100).await.unwrap();
+    let parts: Vec<Option<u32>> = tail.iter().map(|e| e.partition).collect();
+    let k = customer("user-1");
+    assert_eq!(parts, vec![k, k, k, k, None]);
+
+    // Reading by partition: its events and those every partition reads,
+    // complete to the offset returned.
+    let k = k.unwrap();
+    let all = read_all(&*a).await;
+    let (mine, through) = b.read_partitions(0, 10_000, &[k]).await.unwrap();
+    let expected: Vec<&StoredEvent> = all
+        .iter()
+        .filter(|e| e.partition.is_none_or(|p| p == k))
+        .collect();
+    assert_eq!(mine.iter().collect::<Vec<_>>(), expected);
+    assert_eq!(
+        through,
+        a.head().await.unwrap(),
+        "a short read is complete to the head"
+    );
+    let (first_two, through) = b.read_partitions(0, 2, &[k]).await.unwrap();
+    assert_eq!(first_two.len(), 2);
+    assert_eq!(
+        through, first_two[1].offset,
+        "a full page is complete to its last event"
+    );
+    let others: Vec<u32> = (0..N).filter(|p| *p != k).collect();
+    let (theirs, _) = b.read_partitions(0, 10_000, &others).await.unwrap();
+    assert_eq!(
+        theirs.len() + mine.len(),
+        all.len() + 1,
+        "only the policy is read by both"
+    );
+
+    // The count is fixed when the log is created.
+    drop((a, b));
+    let again = PgLog::open(db_a.clone(), PgLogOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(again.partitions(), N, "an existing log keeps its count");
+    let refused = PgLog::open(db_a.clone(), partitioned(8)).await.unwrap_err();
+    assert!(matches!(refused, LogError::Settings(_)), "{refused}");
+    assert!(refused.to_string().contains("created with 16"), "{refused}");
+    assert!(matches!(
+        PgLog::open(db_a, partitioned(0)).await.unwrap_err(),
+        LogError::Settings(_)
+    ));
+    // And a log made before partitions existed has one.
+    let old = schemas.database().await;
+    let log = PgLog::open(old, PgLogOptions::default()).await.unwrap();
+    assert_eq!(log.partitions(), 1);
+    schemas.drop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partitioned_pg_log_passes_the_event_log_suite() {
+    let Some(url) = url_or_skip("a_partitioned_pg_log_passes_the_event_log_suite") else {
+        return;
+    };
+    let schemas = Schemas::new(&url).await;
+    let made = &schemas;
+    run_event_log_suite(move || async move {
+        let db = made.database().await;
+        open(db, partitioned(64)).await as Arc<dyn EventLog>
+    })
+    .await;
+    schemas.drop_all().await;
+}

@@ -65,6 +65,7 @@ use crate::log::{
     Appended, EventLog, EventSource, LogError, NewEvent, NewQuarantine, Quarantined, StoredEvent,
     QUARANTINE_ID_PREFIX,
 };
+use crate::route::{self, Route};
 use crate::sqlite_log::APPEND_RESULTS;
 
 /// The channel appends notify and every instance listens on. The payload
@@ -87,7 +88,7 @@ const INSERT_CHUNK_BYTES: usize = 16 << 20;
 const LISTEN_RETRY: Duration = Duration::from_secs(1);
 
 const EVENT_COLUMNS: &str =
-    "pos, id, received_at_ms, source, kind, session_id, didit_event_id, dedupe_keys, body, meta";
+    "pos, id, received_at_ms, source, kind, session_id, didit_event_id, dedupe_keys, body, meta, partition";
 
 /// Options for [`PgLog::open`]. SQLite's `durability` and `max_db_bytes`
 /// have no counterpart: on PostgreSQL, durability is the server's
@@ -100,6 +101,10 @@ pub struct PgLogOptions {
     /// How often the head is read from the database in case a notification
     /// was lost (or arrived while the listener was reconnecting).
     pub poll_every: Duration,
+    /// How many partitions the log has (`crate::route`): fixed when the log
+    /// is created (1 when `None`); opening an existing log with another
+    /// count fails with [`LogError::Settings`].
+    pub partitions: Option<u32>,
 }
 
 impl Default for PgLogOptions {
@@ -107,6 +112,7 @@ impl Default for PgLogOptions {
         Self {
             max_batch: 512,
             poll_every: Duration::from_millis(200),
+            partitions: None,
         }
     }
 }
@@ -150,6 +156,7 @@ pub struct PgLog {
     /// [`EventLog::head`]; never backwards.
     head: Arc<watch::Sender<u64>>,
     stats: Arc<Stats>,
+    partitions: u32,
     /// Dropped with the log, which stops the listener and the poller.
     _stop: watch::Sender<()>,
 }
@@ -178,6 +185,7 @@ impl PgLog {
         let schema = schema.ok_or_else(|| {
             LogError::Corrupt("the connection's search_path names no existing schema".into())
         })?;
+        let partitions = partition_count(&pool, options.partitions).await?;
         // Listening before reading the head: a commit in between is then
         // either in the head read or notified.
         let listener = start_listening(&pool).await.map_err(log_error)?;
@@ -209,7 +217,7 @@ impl PgLog {
             stopped,
         ));
 
-        tracing::info!(schema = %schema, head = *head.borrow(), "event log opened");
+        tracing::info!(schema = %schema, head = *head.borrow(), partitions, "event log opened");
         Ok(PgLog {
             db,
             schema,
@@ -217,6 +225,7 @@ impl PgLog {
             closed: AtomicBool::new(false),
             head,
             stats,
+            partitions,
             _stop: stop,
         })
     }
@@ -276,7 +285,7 @@ impl EventLog for PgLog {
         let started = Instant::now();
         // Minting the id and serialising JSON happen on the caller's task,
         // so the writer only runs SQL.
-        let result = match EncodedEvent::new(event) {
+        let result = match EncodedEvent::new(event, self.partitions) {
             Ok(encoded) => self.submit(|reply| Request::Append(encoded, reply)).await,
             Err(e) => Err(e),
         };
@@ -301,6 +310,45 @@ impl EventLog for PgLog {
         .await
         .map_err(log_error)?;
         rows.iter().map(event_from_row).collect()
+    }
+
+    async fn read_partitions(
+        &self,
+        after_offset: u64,
+        max: usize,
+        partitions: &[u32],
+    ) -> Result<(Vec<StoredEvent>, u64), LogError> {
+        // Every offset up to the committed head is visible (appends commit
+        // in offset order), so the events of those partitions up to it are
+        // all in a read that comes back short.
+        let head = read_head(self.db.pool()).await?;
+        advance(&self.head, head);
+        if max == 0 || head <= after_offset {
+            return Ok((Vec::new(), head.max(after_offset)));
+        }
+        let wanted: Vec<i32> = partitions.iter().map(|&k| k as i32).collect();
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events
+             WHERE pos > $1 AND pos <= $2 AND (partition = ANY($3) OR partition IS NULL)
+             ORDER BY pos LIMIT $4"
+        ))
+        .bind(signed(after_offset))
+        .bind(signed(head))
+        .bind(&wanted)
+        .bind(i64::try_from(max).unwrap_or(i64::MAX))
+        .fetch_all(self.db.pool())
+        .await
+        .map_err(log_error)?;
+        let events: Vec<StoredEvent> = rows.iter().map(event_from_row).collect::<Result<_, _>>()?;
+        let through = match events.last() {
+            Some(e) if events.len() == max => e.offset,
+            _ => head,
+        };
+        Ok((events, through))
+    }
+
+    fn partitions(&self) -> u32 {
+        self.partitions
     }
 
     async fn get(&self, id: &EventId) -> Result<Option<StoredEvent>, LogError> {
@@ -417,6 +465,39 @@ fn advance(head: &watch::Sender<u64>, to: u64) {
 
 /// The committed head. A plain read: it does not wait for the row lock an
 /// append in progress holds.
+/// The log's partition count: `requested` (1 when `None`) for a new log;
+/// an existing log keeps the count it was created with, and asking for
+/// another is refused.
+async fn partition_count(pool: &PgPool, requested: Option<u32>) -> Result<u32, LogError> {
+    if let Some(n) = requested {
+        if !(1..=route::MAX_PARTITIONS).contains(&n) {
+            return Err(LogError::Settings(format!(
+                "the partition count must be between 1 and {}, not {n}",
+                route::MAX_PARTITIONS
+            )));
+        }
+    }
+    sqlx::query(
+        "INSERT INTO log_partitions (id, partitions) VALUES (1, $1) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(requested.unwrap_or(1) as i32)
+    .execute(pool)
+    .await
+    .map_err(log_error)?;
+    let stored: i32 = sqlx::query_scalar("SELECT partitions FROM log_partitions WHERE id = 1")
+        .fetch_one(pool)
+        .await
+        .map_err(log_error)?;
+    let stored = u32::try_from(stored).map_err(|_| corrupt("partition count", stored))?;
+    match requested {
+        Some(n) if n != stored => Err(LogError::Settings(format!(
+            "the event log was created with {stored} partition(s), and {n} were asked for; \
+             the count cannot change once the log exists"
+        ))),
+        _ => Ok(stored),
+    }
+}
+
 async fn read_head(pool: &PgPool) -> Result<u64, LogError> {
     let head: i64 = sqlx::query_scalar("SELECT head FROM log_head WHERE id = 1")
         .fetch_one(pool)
@@ -539,10 +620,11 @@ struct EncodedEvent {
     dedupe_keys_json: String,
     body: Vec<u8>,
     meta: String,
+    route: Route,
 }
 
 impl EncodedEvent {
-    fn new(e: NewEvent) -> Result<Self, LogError> {
+    fn new(e: NewEvent, partitions: u32) -> Result<Self, LogError> {
         // PostgreSQL's text cannot hold U+0000 (SQLite's can): refused here,
         // alone, rather than failing every other append of its batch.
         let texts = [
@@ -563,6 +645,7 @@ impl EncodedEvent {
         }
         let dedupe_keys_json = serde_json::to_string(&e.dedupe_keys)
             .map_err(|err| LogError::Unavailable(format!("cannot encode dedupe keys: {err}")))?;
+        let route = route::route(&e, partitions);
         Ok(Self {
             // Minted even if the event turns out to be a duplicate: cheaper
             // than a round trip, and an unused id costs nothing.
@@ -576,6 +659,7 @@ impl EncodedEvent {
             dedupe_keys_json,
             body: e.body,
             meta: e.meta.to_string(),
+            route,
         })
     }
 }
@@ -871,8 +955,9 @@ async fn write_batch(
                 "the log head moved from {head} to {moved} under its lock, expected {next}"
             )));
         }
-        for chunk in chunks(&accepted) {
-            insert_events(&mut tx, chunk).await?;
+        let partitions = resolve_routes(&mut tx, &accepted).await?;
+        for (chunk, parts) in chunks(&accepted, &partitions) {
+            insert_events(&mut tx, chunk, parts).await?;
         }
         if !key_rows.0.is_empty() {
             sqlx::query(
@@ -925,22 +1010,91 @@ async fn write_batch(
     Ok((outcomes, new_head))
 }
 
-/// `accepted` cut into runs of at most [`INSERT_CHUNK_BYTES`] of bodies
-/// (at least one event each).
-fn chunks<'a, 'e>(accepted: &'a [(i64, &'e EncodedEvent)]) -> Vec<&'a [(i64, &'e EncodedEvent)]> {
+/// The partition of each accepted event, in order: a session's stored
+/// home, or for a session seen first here the partition its first event
+/// routes to, recorded (under the log head's lock, so two instances never
+/// record two homes).
+async fn resolve_routes(
+    tx: &mut PgConnection,
+    accepted: &[(i64, &EncodedEvent)],
+) -> Result<Vec<Option<i32>>, LogError> {
+    let sessions: Vec<&str> = accepted
+        .iter()
+        .filter_map(|(_, e)| match &e.route {
+            Route::Session { session_id, .. } => Some(session_id.as_str()),
+            _ => None,
+        })
+        .collect();
+    let mut homes: HashMap<String, u32> = HashMap::new();
+    if !sessions.is_empty() {
+        let rows = sqlx::query(
+            "SELECT session_id, partition FROM session_routes WHERE session_id = ANY($1)",
+        )
+        .bind(&sessions)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(log_error)?;
+        for row in &rows {
+            let partition: i32 = row.try_get(1).map_err(log_error)?;
+            homes.insert(
+                row.try_get(0).map_err(log_error)?,
+                u32::try_from(partition).map_err(|_| corrupt("session route", partition))?,
+            );
+        }
+    }
+    let mut new_routes: (Vec<&str>, Vec<i32>, Vec<i64>) = (Vec::new(), Vec::new(), Vec::new());
+    let mut out = Vec::with_capacity(accepted.len());
+    for (pos, e) in accepted {
+        let home = match &e.route {
+            Route::Session { session_id, first } => {
+                Some(*homes.entry(session_id.clone()).or_insert_with(|| {
+                    new_routes.0.push(session_id);
+                    new_routes.1.push(*first as i32);
+                    new_routes.2.push(*pos);
+                    *first
+                }))
+            }
+            _ => None,
+        };
+        out.push(e.route.resolve(home).map(|k| k as i32));
+    }
+    if !new_routes.0.is_empty() {
+        sqlx::query(
+            "INSERT INTO session_routes (session_id, partition, first_pos)
+             SELECT * FROM UNNEST($1::text[], $2::int[], $3::bigint[])",
+        )
+        .bind(&new_routes.0)
+        .bind(&new_routes.1)
+        .bind(&new_routes.2)
+        .execute(&mut *tx)
+        .await
+        .map_err(log_error)?;
+    }
+    Ok(out)
+}
+
+/// An accepted event (its offset) and its partition.
+type Accepted<'a, 'e> = (&'a [(i64, &'e EncodedEvent)], &'a [Option<i32>]);
+
+/// `accepted` (with `partitions`, one each) cut into runs of at most
+/// [`INSERT_CHUNK_BYTES`] of bodies (at least one event each).
+fn chunks<'a, 'e>(
+    accepted: &'a [(i64, &'e EncodedEvent)],
+    partitions: &'a [Option<i32>],
+) -> Vec<Accepted<'a, 'e>> {
     let mut out = Vec::new();
     let mut start = 0;
     let mut bytes = 0usize;
     for (i, (_, event)) in accepted.iter().enumerate() {
         if i > start && bytes + event.body.len() > INSERT_CHUNK_BYTES {
-            out.push(&accepted[start..i]);
+            out.push((&accepted[start..i], &partitions[start..i]));
             start = i;
             bytes = 0;
         }
         bytes += event.body.len();
     }
     if start < accepted.len() {
-        out.push(&accepted[start..]);
+        out.push((&accepted[start..], &partitions[start..]));
     }
     out
 }
@@ -950,6 +1104,7 @@ fn chunks<'a, 'e>(accepted: &'a [(i64, &'e EncodedEvent)]) -> Vec<&'a [(i64, &'e
 async fn insert_events(
     tx: &mut PgConnection,
     events: &[(i64, &EncodedEvent)],
+    partitions: &[Option<i32>],
 ) -> Result<(), LogError> {
     let column =
         |f: fn(&EncodedEvent) -> &str| -> Vec<&str> { events.iter().map(|(_, e)| f(e)).collect() };
@@ -962,7 +1117,7 @@ async fn insert_events(
     sqlx::query(&format!(
         "INSERT INTO events ({EVENT_COLUMNS}) SELECT * FROM UNNEST(\
          $1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::text[], \
-         $6::text[], $7::text[], $8::text[], $9::bytea[], $10::text[])"
+         $6::text[], $7::text[], $8::text[], $9::bytea[], $10::text[], $11::int[])"
     ))
     .bind(positions)
     .bind(column(|e| e.id.as_str()))
@@ -974,6 +1129,7 @@ async fn insert_events(
     .bind(column(|e| &e.dedupe_keys_json))
     .bind(bodies)
     .bind(column(|e| &e.meta))
+    .bind(partitions)
     .execute(&mut *tx)
     .await
     .map_err(log_error)?;
@@ -1018,6 +1174,11 @@ fn event_from_row(row: &PgRow) -> Result<StoredEvent, LogError> {
         body: row.try_get(8).map_err(get)?,
         meta: serde_json::from_str(&row.try_get::<String, _>(9).map_err(get)?)
             .map_err(|e| corrupt("event meta", e))?,
+        partition: row
+            .try_get::<Option<i32>, _>(10)
+            .map_err(get)?
+            .map(|k| u32::try_from(k).map_err(|_| corrupt("partition", k)))
+            .transpose()?,
     })
 }
 
@@ -1049,14 +1210,18 @@ mod tests {
     #[test]
     fn large_bodies_are_inserted_in_several_statements() {
         let event = |size: usize| {
-            let mut e = EncodedEvent::new(crate::suite::sample_event(1, &[])).unwrap();
+            let mut e = EncodedEvent::new(crate::suite::sample_event(1, &[]), 1).unwrap();
             e.body = vec![0; size];
             e
         };
         let (big, small) = (event(INSERT_CHUNK_BYTES - 10), event(100));
         let accepted = vec![(1, &big), (2, &small), (3, &small), (4, &big)];
-        let sizes: Vec<usize> = chunks(&accepted).iter().map(|c| c.len()).collect();
+        let partitions = [Some(0), Some(1), None, Some(2)];
+        let cut = chunks(&accepted, &partitions);
+        let sizes: Vec<usize> = cut.iter().map(|c| c.0.len()).collect();
         assert_eq!(sizes, vec![1, 2, 1]);
-        assert!(chunks(&[]).is_empty());
+        let parts: Vec<&[Option<i32>]> = cut.iter().map(|c| c.1).collect();
+        assert_eq!(parts, vec![&[Some(0)][..], &[Some(1), None], &[Some(2)]]);
+        assert!(chunks(&[], &[]).is_empty());
     }
 }

@@ -86,6 +86,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "cursors",
         include_str!("../../migrations/postgres/0009_cursors.sql"),
     ),
+    (
+        12,
+        "partitions",
+        include_str!("../../migrations/postgres/0012_partitions.sql"),
+    ),
 ];
 
 /// Any statement running longer than this is cancelled by the server: a
