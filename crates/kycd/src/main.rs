@@ -50,7 +50,12 @@ pub fn startup() -> kycd_server::Startup {
 
 /// The backends compiled in. Each is fixed today; one that becomes a cargo
 /// feature gets a `#[cfg(feature = ...)]` entry here.
-pub const BACKENDS: &[&str] = &["event-log:sqlite", "store:sqlite"];
+pub const BACKENDS: &[&str] = &[
+    "event-log:sqlite",
+    "event-log:postgres",
+    "store:sqlite",
+    "store:postgres",
+];
 
 /// What `kycd --version` prints after the name.
 fn version() -> &'static str {

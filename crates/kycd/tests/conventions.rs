@@ -52,7 +52,12 @@ fn version_names_the_crate_version_a_revision_and_the_backends() {
             "a checkout's revision is 12 hex digits (and -dirty): {revision:?}"
         );
     }
-    assert!(line.contains("backends: event-log:sqlite"), "{line}");
+    assert!(
+        line.contains(
+            "backends: event-log:sqlite, event-log:postgres, store:sqlite, store:postgres"
+        ),
+        "{line}"
+    );
     // -V says the same.
     assert_eq!(stdout(&run(kycd().arg("-V"))).trim(), line);
 }
