@@ -39,10 +39,12 @@
 //! microseconds cut to milliseconds it would be missed by a cursor taken
 //! exactly. An hour is far beyond any commit's delay, and it also
 //! compares again the statuses of the sessions most likely to change
-//! (those of the last hour). A status change of an older session is not
-//! found by the listing: a session kycd knows and that awaits a result is
-//! the quiet pass's, and one kycd never heard of is found when it is
-//! created, not when it changes.
+//! (those of the last hour). A status change of an older session is found
+//! by the quiet pass if kycd knows it and awaits a result, and otherwise
+//! (one kycd holds as decided, changed later in Didit's console, its
+//! delivery lost) by the full walk: once every [`FULL_WALK_EVERY_MS`]
+//! (recorded in the store, [`FULL_WALK_CURSOR`], so the cluster's timers
+//! holder walks once) the pass lists the whole lookback.
 //!
 //! Pages are read by offset, newest first, each starting one row before
 //! the previous page ended. A session created during the walk pushes
@@ -114,6 +116,20 @@ pub const LISTING_OVERLAP_MS: i64 = 3_600_000;
 
 /// The store's cursor of the timers' listing walk.
 pub const LISTING_CURSOR: &str = "reconcile/listing";
+
+/// The store's record of the last walk of the whole lookback.
+pub const FULL_WALK_CURSOR: &str = "reconcile/full-walk";
+
+/// How often the timers' pass walks the whole lookback instead of what is
+/// new: a session kycd holds as decided whose status Didit changed later
+/// (a review in Didit's console) and whose delivery was lost is found
+/// within this long, at a fraction of walking the lookback every pass.
+pub const FULL_WALK_EVERY_MS: i64 = 3_600_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize, Serialize)]
+struct FullWalk {
+    at_ms: i64,
+}
 
 /// Rows per listing page (Didit's maximum).
 const PAGE: u32 = 100;
@@ -209,16 +225,44 @@ impl Reconciler {
                 };
             }
         };
-        let walk = Walk::incremental(
-            cursor.map(|c| c.through_ms),
-            self.clock.now_millis(),
-            lookback_ms,
-            self.listing_overlap_ms,
-        );
-        self.run(walk, Some(cursor)).await
+        let now_ms = self.clock.now_millis();
+        let full = match self.store.get_cursor(FULL_WALK_CURSOR).await {
+            Ok(c) => c
+                .and_then(|text| serde_json::from_str::<FullWalk>(&text).ok())
+                .is_none_or(|f| now_ms.saturating_sub(f.at_ms) >= FULL_WALK_EVERY_MS),
+            Err(e) => {
+                tracing::warn!(error = %e, "reconciliation could not read its cursor");
+                return Report {
+                    errors: 1,
+                    ..Report::default()
+                };
+            }
+        };
+        // Now and then the whole lookback, for the status changes of older
+        // sessions kycd holds as decided, whose delivery was lost.
+        let from = if full {
+            None
+        } else {
+            cursor.map(|c| c.through_ms)
+        };
+        let walk = Walk::incremental(from, now_ms, lookback_ms, self.listing_overlap_ms);
+        let (mut report, completed) = self.run_walk(walk, Some(cursor)).await;
+        if full && completed {
+            let text = serde_json::to_string(&FullWalk { at_ms: now_ms }).unwrap_or_default();
+            if let Err(e) = self.store.set_cursor(FULL_WALK_CURSOR, &text).await {
+                tracing::warn!(error = %e, "reconciliation could not record its full walk");
+                report.errors += 1;
+            }
+        }
+        report
     }
 
     async fn run(&self, walk: Walk, cursor: Option<Option<ListingCursor>>) -> Report {
+        self.run_walk(walk, cursor).await.0
+    }
+
+    /// The passes, and whether the listing's walk completed.
+    async fn run_walk(&self, walk: Walk, cursor: Option<Option<ListingCursor>>) -> (Report, bool) {
         let mut report = Report::default();
         self.forget_old_fetches().await;
         self.quiet_sessions(&mut report).await;
@@ -239,7 +283,8 @@ impl Reconciler {
         }
         metrics::counter!("kycd_reconcile_fetched_total").increment(report.fetched);
         metrics::counter!("kycd_reconcile_appended_total").increment(report.appended);
-        report
+        let completed = walked.is_some();
+        (report, completed)
     }
 
     /// Confirmed fetches older than `after_ms` no longer hold anything

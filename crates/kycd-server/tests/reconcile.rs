@@ -222,6 +222,32 @@ async fn another_instance_continues_from_the_cursor_and_the_throttle(b: Backend)
     sim.shutdown().await;
 }
 
+async fn the_whole_lookback_is_walked_again_every_hour(b: Backend) {
+    use kycd_server::reconcile::FULL_WALK_EVERY_MS;
+    let sim = sim().await;
+    let clock = now_clock();
+    create(&sim, 150).await;
+    let r = reconciler(&b, &sim, &clock);
+    let first = r.incremental_pass(LISTING_LOOKBACK_MS).await;
+    assert_eq!(first.listed, 150, "{first:?}");
+    let soon = r.incremental_pass(LISTING_LOOKBACK_MS).await;
+    assert!(soon.listed <= 3, "what is new only: {soon:?}");
+    // An hour on, on another instance (the same store): the whole lookback
+    // once, where the status of an older session changed at Didit shows.
+    clock.advance_millis(FULL_WALK_EVERY_MS);
+    let other = reconciler(&b, &sim, &clock);
+    let full = other.incremental_pass(LISTING_LOOKBACK_MS).await;
+    assert_eq!(full.listed, 150, "{full:?}");
+    assert_eq!(full.errors, 0, "{full:?}");
+    // And not again within the hour, on either.
+    clock.advance_millis(FULL_WALK_EVERY_MS - 1);
+    for r in [&r, &other] {
+        let next = r.incremental_pass(LISTING_LOOKBACK_MS).await;
+        assert!(next.listed <= 3, "{next:?}");
+    }
+    sim.shutdown().await;
+}
+
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         mod sqlite_backend {
@@ -249,4 +275,5 @@ on_both_backends!(
     the_second_pass_lists_only_what_is_new,
     a_failed_fetch_is_retried_though_the_cursor_moved_on,
     another_instance_continues_from_the_cursor_and_the_throttle,
+    the_whole_lookback_is_walked_again_every_hour,
 );
