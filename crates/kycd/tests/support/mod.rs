@@ -90,6 +90,16 @@ impl Server {
         self.child.id()
     }
 
+    /// SIGTERM, and wait for the graceful stop to finish.
+    pub fn terminate(&mut self) {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM failed");
+        self.child.wait().expect("reap kycd serve");
+    }
+
     /// SIGKILL: no graceful shutdown, no flush, nothing.
     pub fn kill(&mut self) {
         self.child.kill().expect("SIGKILL kycd serve");
