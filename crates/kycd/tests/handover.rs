@@ -8,7 +8,6 @@
 use std::time::{Duration, Instant};
 
 use kycd_log::postgres::testing::{url_or_skip, Schemas};
-use serde_json::Value as Json;
 
 mod support;
 use support::acks::{self, API_TOKEN};
