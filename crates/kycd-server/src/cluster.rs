@@ -4,7 +4,7 @@
 //!
 //! | Lease | Work | Holder |
 //! |---|---|---|
-//! | `partition/0` | the projection (decisions) | one instance; its commits are fenced |
+//! | `partition/<k>` | the projection (decisions) of partition k | one instance; its commits are fenced |
 //! | `timers` | reconciliation, step-up expiry | one instance |
 //! | `lane:operator.webhook` | operator webhooks, in order | one instance |
 //!
@@ -13,13 +13,24 @@
 //! killed holder's work moves within the time to live plus a tick. With
 //! the embedded store there is one process, and [`Roles::single`] holds
 //! everything.
+//!
+//! Partitions are placed by rendezvous hashing ([`desired_owner`]): each
+//! tick an instance takes the free partitions that want it, hands back at
+//! most [`MAX_RELEASES_PER_TICK`] that want another live instance, and
+//! takes any left expired for [`TAKEOVER_GRACE`] whoever they want, so
+//! instances joining or leaving move only their share, a few at a time.
+//! The log has one partition until the projector spreads over them.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kycd_log::postgres::cluster::{Cluster, ClusterError, InstanceInfo, Lease, LeaseInfo};
+use kycd_log::postgres::cluster::{
+    Cluster, ClusterError, InstanceInfo, Lease, LeaseInfo, LeaseState,
+};
 use kycd_log::store::Fence;
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 /// How long a lease lasts without renewal.
@@ -28,19 +39,60 @@ pub const LEASE_TTL: Duration = Duration::from_secs(10);
 /// How often leases are renewed, free ones sought and the heartbeat sent.
 pub const TICK: Duration = Duration::from_secs(1);
 
-/// The projection's lease (one partition, for now).
+/// The projection's lease while the log has one partition.
 pub const PROJECTION: &str = "partition/0";
 /// Reconciliation and step-up expiry.
 pub const TIMERS: &str = "timers";
 /// Operator webhooks, one at a time in order.
 pub const OPERATOR_LANE: &str = "lane:operator.webhook";
 
-const LEASES: [&str; 3] = [PROJECTION, TIMERS, OPERATOR_LANE];
+/// The leases of cluster-wide tasks, taken by whoever comes first.
+const TASKS: [&str; 2] = [TIMERS, OPERATOR_LANE];
+
+/// Partition leases are named this and the partition's number.
+const PARTITION_PREFIX: &str = "partition/";
+
+/// Rebalancing hands back at most this many partitions per tick.
+pub const MAX_RELEASES_PER_TICK: usize = 4;
+
+/// A partition lease expired (or handed back) this long is taken by any
+/// instance, not only the one it wants: its desired owner had its chance.
+pub const TAKEOVER_GRACE: Duration = Duration::from_secs(2);
+
+/// The lease of partition `k`.
+pub fn partition_lease(k: u32) -> String {
+    format!("{PARTITION_PREFIX}{k}")
+}
+
+fn partition_number(lease: &str) -> Option<u32> {
+    lease.strip_prefix(PARTITION_PREFIX)?.parse().ok()
+}
+
+/// The instance partition `k` wants among `live` ones: the highest
+/// SHA-256 of the partition and the instance id (rendezvous hashing), so
+/// that an instance joining or leaving moves only the partitions it wins
+/// or held.
+pub fn desired_owner<'a>(k: u32, live: &[&'a str]) -> Option<&'a str> {
+    live.iter().copied().max_by_key(|id| {
+        let mut h = Sha256::new();
+        h.update(b"kycd/owner/v1\0");
+        h.update(k.to_be_bytes());
+        h.update(id.as_bytes());
+        let digest = h.finalize();
+        let mut first = [0u8; 16];
+        first.copy_from_slice(&digest[..16]);
+        (u128::from_be_bytes(first), *id)
+    })
+}
 
 /// What this instance currently holds, as the work loops see it.
 #[derive(Clone, Debug)]
 pub struct Roles {
+    /// The lease of partition 0, which the projector works under while the
+    /// log has one partition.
     pub projection: watch::Receiver<Option<Fence>>,
+    /// Every partition this instance holds, by number.
+    pub partitions: watch::Receiver<Vec<(u32, Fence)>>,
     pub timers: watch::Receiver<bool>,
     pub operator_lane: watch::Receiver<bool>,
 }
@@ -50,6 +102,7 @@ impl Roles {
     pub fn single() -> Self {
         Self {
             projection: watch::channel(None).1,
+            partitions: watch::channel(Vec::new()).1,
             timers: watch::channel(true).1,
             operator_lane: watch::channel(true).1,
         }
@@ -68,7 +121,10 @@ impl Roles {
 /// [`Roles`].
 pub struct Membership {
     cluster: Cluster,
+    /// The log's partition count.
+    partitions: u32,
     projection: watch::Sender<Option<Fence>>,
+    partitions_held: watch::Sender<Vec<(u32, Fence)>>,
     timers: watch::Sender<bool>,
     operator_lane: watch::Sender<bool>,
     held: std::sync::Mutex<Vec<Lease>>,
@@ -79,6 +135,8 @@ pub struct Membership {
 pub struct ClusterView {
     pub backend: &'static str,
     pub this_instance: String,
+    /// The log's partition count.
+    pub partitions: u32,
     pub lease_ttl_ms: u64,
     pub instances: Vec<InstanceView>,
     pub leases: Vec<LeaseInfo>,
@@ -92,24 +150,31 @@ pub struct InstanceView {
     pub alive: bool,
     /// The leases it holds (not expired).
     pub leases: Vec<String>,
+    /// The partitions it holds (not expired), by number.
+    pub partitions: Vec<u32>,
 }
 
 impl Membership {
-    /// Register in the cluster; nothing is held until [`Membership::run`].
-    pub async fn join(cluster: Cluster) -> (Arc<Self>, Roles) {
+    /// Register in the cluster of a log with `partitions` partitions;
+    /// nothing is held until [`Membership::run`].
+    pub async fn join(cluster: Cluster, partitions: u32) -> (Arc<Self>, Roles) {
         let (projection, projection_rx) = watch::channel(None);
+        let (partitions_held, partitions_rx) = watch::channel(Vec::new());
         let (timers, timers_rx) = watch::channel(false);
         let (operator_lane, operator_rx) = watch::channel(false);
         (
             Arc::new(Self {
                 cluster,
+                partitions: partitions.max(1),
                 projection,
+                partitions_held,
                 timers,
                 operator_lane,
                 held: std::sync::Mutex::new(Vec::new()),
             }),
             Roles {
                 projection: projection_rx,
+                partitions: partitions_rx,
                 timers: timers_rx,
                 operator_lane: operator_rx,
             },
@@ -187,14 +252,79 @@ impl Membership {
     async fn keep(&self, before: &[Lease]) -> Result<Vec<Lease>, ClusterError> {
         self.cluster.heartbeat().await?;
         let mut now = Vec::new();
-        for name in LEASES {
+        for name in TASKS {
             let lease = match before.iter().find(|l| l.name == name) {
                 Some(l) if self.cluster.renew(l, LEASE_TTL).await? => Some(l.clone()),
                 _ => self.cluster.acquire(name, LEASE_TTL).await?,
             };
             now.extend(lease);
         }
+        now.extend(self.keep_partitions(before).await?);
         Ok(now)
+    }
+
+    /// Renew the partitions held, hand back a few that want another live
+    /// instance, and take the free ones that want this one (or that no one
+    /// took within [`TAKEOVER_GRACE`]).
+    async fn keep_partitions(&self, before: &[Lease]) -> Result<Vec<Lease>, ClusterError> {
+        let me = self.cluster.id();
+        let held: Vec<Lease> = before
+            .iter()
+            .filter(|l| partition_number(&l.name).is_some())
+            .cloned()
+            .collect();
+        let renewed = self.cluster.renew_all(&held, LEASE_TTL).await?;
+        let ttl_ms = LEASE_TTL.as_millis() as i64;
+        let instances = self.cluster.instances().await?;
+        let mut live: Vec<&str> = instances
+            .iter()
+            .filter(|i| i.heartbeat_age_ms < ttl_ms)
+            .map(|i| i.id.as_str())
+            .collect();
+        if !live.contains(&me) {
+            live.push(me);
+        }
+        let wants_me = |k: u32| desired_owner(k, &live) == Some(me);
+        let mut kept = Vec::with_capacity(renewed.len());
+        let mut released = 0;
+        for lease in renewed {
+            let k = partition_number(&lease.name).unwrap_or(0);
+            if k >= self.partitions || (!wants_me(k) && released < MAX_RELEASES_PER_TICK) {
+                self.cluster.release(&lease).await?;
+                released += 1;
+                tracing::info!(lease = %lease.name, "partition handed over for balance");
+            } else {
+                kept.push(lease);
+            }
+        }
+        let states: HashMap<String, LeaseState> = self
+            .cluster
+            .lease_states(PARTITION_PREFIX)
+            .await?
+            .into_iter()
+            .map(|s| (s.name.clone(), s))
+            .collect();
+        let grace_ms = TAKEOVER_GRACE.as_millis() as i64;
+        for k in 0..self.partitions {
+            let name = partition_lease(k);
+            if kept.iter().any(|l| l.name == name) {
+                continue;
+            }
+            let take = match states.get(&name) {
+                None => wants_me(k),
+                // This id's own (an earlier run's, or a renewal that failed).
+                Some(s) if s.owner.as_deref() == Some(me) => true,
+                Some(LeaseState {
+                    expired_for_ms: Some(ms),
+                    ..
+                }) => wants_me(k) || *ms >= grace_ms,
+                Some(_) => false,
+            };
+            if take {
+                kept.extend(self.cluster.acquire(&name, LEASE_TTL).await?);
+            }
+        }
+        Ok(kept)
     }
 
     fn publish(&self, held: &[Lease]) {
@@ -205,6 +335,16 @@ impl Membership {
         self.projection.send_if_modified(|f| {
             let changed = *f != fence;
             *f = fence;
+            changed
+        });
+        let mut partitions: Vec<(u32, Fence)> = held
+            .iter()
+            .filter_map(|l| Some((partition_number(&l.name)?, l.fence(self.cluster.id()))))
+            .collect();
+        partitions.sort_by_key(|(k, _)| *k);
+        self.partitions_held.send_if_modified(|p| {
+            let changed = *p != partitions;
+            *p = partitions;
             changed
         });
         let has = |name: &str| held.iter().any(|l| l.name == name);
@@ -222,20 +362,70 @@ impl Membership {
         Ok(ClusterView {
             backend,
             this_instance: self.cluster.id().to_owned(),
+            partitions: self.partitions,
             lease_ttl_ms: ttl_ms as u64,
             instances: instances
                 .into_iter()
-                .map(|i| InstanceView {
-                    alive: i.heartbeat_age_ms < ttl_ms,
-                    leases: leases
+                .map(|i| {
+                    let held: Vec<&LeaseInfo> = leases
                         .iter()
                         .filter(|l| !l.expired && l.owner.as_deref() == Some(i.id.as_str()))
-                        .map(|l| l.name.clone())
-                        .collect(),
-                    instance: i,
+                        .collect();
+                    let mut partitions: Vec<u32> = held
+                        .iter()
+                        .filter_map(|l| partition_number(&l.name))
+                        .collect();
+                    partitions.sort_unstable();
+                    InstanceView {
+                        alive: i.heartbeat_age_ms < ttl_ms,
+                        leases: held.iter().map(|l| l.name.clone()).collect(),
+                        partitions,
+                        instance: i,
+                    }
                 })
                 .collect(),
             leases,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendezvous_moves_only_the_share_of_who_joins_or_leaves() {
+        let three = ["kycd-a", "kycd-b", "kycd-c"];
+        let two = ["kycd-a", "kycd-b"];
+        let mut counts: HashMap<&str, usize> = HashMap::new();
+        for k in 0..64 {
+            let with = desired_owner(k, &three).unwrap();
+            *counts.entry(with).or_default() += 1;
+            let without = desired_owner(k, &two).unwrap();
+            // Leaving moves only what kycd-c held.
+            if with != "kycd-c" {
+                assert_eq!(with, without, "partition {k}");
+            }
+            // The order of the list does not matter.
+            assert_eq!(
+                desired_owner(k, &["kycd-c", "kycd-a", "kycd-b"]),
+                Some(with)
+            );
+        }
+        // Roughly even (64 partitions over three).
+        assert!(
+            counts.values().all(|&n| (10..=32).contains(&n)),
+            "{counts:?}"
+        );
+        assert_eq!(desired_owner(0, &[]), None);
+    }
+
+    #[test]
+    fn partition_leases_are_numbered() {
+        assert_eq!(partition_lease(7), "partition/7");
+        assert_eq!(partition_number("partition/7"), Some(7));
+        assert_eq!(partition_number(PROJECTION), Some(0));
+        assert_eq!(partition_number(TIMERS), None);
+        assert_eq!(partition_number("partition/x"), None);
     }
 }

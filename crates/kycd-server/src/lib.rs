@@ -434,7 +434,8 @@ pub async fn start_with(
             .await
             .context("join the cluster in the database")?;
             tracing::info!(instance = %id, epoch = joined.epoch(), "joined the cluster");
-            let (membership, roles) = cluster::Membership::join(joined).await;
+            let (membership, roles) =
+                cluster::Membership::join(joined, storage.log.partitions()).await;
             (Some(membership), roles)
         }
         storage::Backend::Embedded { .. } => (None, cluster::Roles::single()),

@@ -84,6 +84,15 @@ pub struct LeaseInfo {
     pub expired: bool,
 }
 
+/// A lease's state as [`Cluster::lease_states`] reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseState {
+    pub name: String,
+    pub owner: Option<String>,
+    /// How long ago it expired; `None` while it is live.
+    pub expired_for_ms: Option<i64>,
+}
+
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -207,6 +216,65 @@ impl Cluster {
         .await
         .map_err(store_error)?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// Extend every lease of `leases` by `ttl` in one statement; those
+    /// still held (the others were lost and their work must stop).
+    pub async fn renew_all(
+        &self,
+        leases: &[Lease],
+        ttl: Duration,
+    ) -> Result<Vec<Lease>, ClusterError> {
+        if leases.is_empty() {
+            return Ok(Vec::new());
+        }
+        let names: Vec<&str> = leases.iter().map(|l| l.name.as_str()).collect();
+        let epochs: Vec<i64> = leases.iter().map(|l| l.epoch).collect();
+        let renewed: Vec<String> = sqlx::query_scalar(
+            "UPDATE cluster_leases c SET expires_at = now() + make_interval(secs => $3::double precision / 1000)
+             FROM UNNEST($1::text[], $4::bigint[]) AS h(name, epoch)
+             WHERE c.name = h.name AND c.epoch = h.epoch AND c.owner = $2
+             RETURNING c.name",
+        )
+        .bind(&names)
+        .bind(&self.id)
+        .bind(millis(ttl))
+        .bind(&epochs)
+        .fetch_all(self.db.pool())
+        .await
+        .map_err(store_error)?;
+        Ok(leases
+            .iter()
+            .filter(|l| renewed.contains(&l.name))
+            .cloned()
+            .collect())
+    }
+
+    /// The leases whose name starts with `prefix`: owner (`None` when
+    /// free) and, once expired, for how long (ms, by the database's clock;
+    /// `None` while live). A lease never taken has no row.
+    pub async fn lease_states(&self, prefix: &str) -> Result<Vec<LeaseState>, ClusterError> {
+        let rows = sqlx::query(
+            "SELECT name, owner,
+               CASE WHEN expires_at = '-infinity' THEN 9223372036854775807
+                    WHEN expires_at < now() THEN (extract(epoch FROM now() - expires_at) * 1000)::bigint
+               END
+             FROM cluster_leases WHERE starts_with(name, $1)",
+        )
+        .bind(prefix)
+        .fetch_all(self.db.pool())
+        .await
+        .map_err(store_error)?;
+        rows.iter()
+            .map(|r| {
+                Ok(LeaseState {
+                    name: r.try_get(0)?,
+                    owner: r.try_get(1)?,
+                    expired_for_ms: r.try_get(2)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(|e| store_error(e).into())
     }
 
     /// Hand `lease` back at once (a clean stop), if still held.
