@@ -453,11 +453,11 @@ impl Projector {
         batch.sessions = sessions.into_values().collect();
         if let Some(fence) = &self.fence {
             let held = fence.borrow().clone();
-            batch.fence = Some(held.ok_or_else(|| StoreError::LeaseLost {
+            batch.fences = vec![held.ok_or_else(|| StoreError::LeaseLost {
                 lease: "partition".into(),
                 epoch: 0,
                 now: None,
-            })?);
+            })?];
         }
         let decided = self.metrics.as_ref().map(|_| decided(events, &batch));
         self.store.commit(CONSUMER, from, to, batch).await?;

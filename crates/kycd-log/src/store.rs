@@ -166,12 +166,12 @@ pub struct ProjectionBatch {
     /// so that a projector started later knows which policy is in force
     /// at the offset it resumes from.
     pub policy_offset: Option<u64>,
-    /// The lease the batch was made under, when several instances share
-    /// the store: the commit checks it in its own transaction and, if the
-    /// lease was taken over since, writes nothing
-    /// ([`StoreError::LeaseLost`]). `None` in a single process (the
-    /// embedded store, which one process owns, ignores it).
-    pub fence: Option<Fence>,
+    /// The leases the batch was made under, when several instances share
+    /// the store (one per partition it projects): the commit checks each
+    /// in its own transaction and, if any was taken over since, writes
+    /// nothing ([`StoreError::LeaseLost`]). Empty in a single process (the
+    /// embedded store, which one process owns, ignores them).
+    pub fences: Vec<Fence>,
 }
 
 /// A lease held by `owner` at `epoch` (its fencing token).
@@ -254,6 +254,21 @@ pub trait Store: crate::cursors::Cursors + Send + Sync + 'static {
         &self,
         consumer: &str,
         from_offset: u64,
+        to_offset: u64,
+        batch: ProjectionBatch,
+    ) -> Result<(), StoreError> {
+        self.commit_partitions(&[(consumer.to_owned(), from_offset)], to_offset, batch)
+            .await
+    }
+
+    /// [`Store::commit`] for a projection of several partitions at once:
+    /// every `(consumer, from_offset)` must be where it says (else
+    /// [`StoreError::OffsetConflict`], writing nothing), and all move to
+    /// `to_offset` with the batch. The batch's policy mark is kept for
+    /// each.
+    async fn commit_partitions(
+        &self,
+        consumers: &[(String, u64)],
         to_offset: u64,
         batch: ProjectionBatch,
     ) -> Result<(), StoreError>;
@@ -788,25 +803,26 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn commit(
+    async fn commit_partitions(
         &self,
-        consumer: &str,
-        from_offset: u64,
+        consumers: &[(String, u64)],
         to_offset: u64,
         batch: ProjectionBatch,
     ) -> Result<(), StoreError> {
-        let consumer = consumer.to_owned();
+        let consumers = consumers.to_vec();
         let sessions = batch.sessions;
         let chain = self.chain.clone();
         Self::with(&self.writer, move |c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let current = offset_of(&tx, &consumer)?;
-            if current != from_offset {
-                return Err(StoreError::OffsetConflict {
-                    consumer,
-                    current,
-                    expected: from_offset,
-                });
+            for (consumer, from_offset) in &consumers {
+                let current = offset_of(&tx, consumer)?;
+                if current != *from_offset {
+                    return Err(StoreError::OffsetConflict {
+                        consumer: consumer.clone(),
+                        current,
+                        expected: *from_offset,
+                    });
+                }
             }
             let appended;
             {
@@ -876,12 +892,14 @@ impl Store for SqliteStore {
                     "INSERT INTO consumer_offsets (consumer, offset) VALUES (?1, ?2)
                      ON CONFLICT(consumer) DO UPDATE SET offset = excluded.offset",
                 )?;
-                mark.execute(params![consumer, to_offset as i64])?;
-                if let Some(policy) = batch.policy_offset {
-                    mark.execute(params![
-                        format!("{consumer}{POLICY_MARK_SUFFIX}"),
-                        policy as i64
-                    ])?;
+                for (consumer, _) in &consumers {
+                    mark.execute(params![consumer, to_offset as i64])?;
+                    if let Some(policy) = batch.policy_offset {
+                        mark.execute(params![
+                            format!("{consumer}{POLICY_MARK_SUFFIX}"),
+                            policy as i64
+                        ])?;
+                    }
                 }
             }
             tx.commit()?;
@@ -1523,11 +1541,50 @@ pub mod suite {
                 the_policy_mark_moves_only_with_a_policy,
                 a_link_seen_again_keeps_its_latest_time_and_subjects_their_latest_version,
                 concurrent_commits_from_one_offset_apply_exactly_once,
+                several_partitions_commit_together_or_not_at_all,
                 cursors_are_named_values_that_last,
                 a_fetch_is_taken_once_per_period_and_retried_until_confirmed,
                 concurrent_takers_get_each_fetch_once,
             ]
         );
+    }
+
+    /// A projection of several partitions moves all their offsets in one
+    /// commit; one of them not where the batch says refuses it all.
+    async fn several_partitions_commit_together_or_not_at_all(s: Arc<dyn Store>) {
+        let parts =
+            |a: u64, b: u64| vec![("sessions/1".to_owned(), a), ("sessions/0".to_owned(), b)];
+        let batch = |id: &str| ProjectionBatch {
+            sessions: vec![record(1, id, "user-1", "Approved")],
+            policy_offset: Some(4),
+            ..ProjectionBatch::default()
+        };
+        s.commit("sessions/0", 0, 3, ProjectionBatch::default())
+            .await
+            .unwrap();
+        // sessions/1 has never committed (0), sessions/0 is at 3.
+        s.commit_partitions(&parts(0, 3), 5, batch("together"))
+            .await
+            .unwrap();
+        for c in ["sessions/0", "sessions/1"] {
+            assert_eq!(s.consumer_offset(c).await.unwrap(), 5, "{c}");
+            let mark = format!("{c}{POLICY_MARK_SUFFIX}");
+            assert_eq!(s.consumer_offset(&mark).await.unwrap(), 4, "{mark}");
+        }
+        let refused = s.commit_partitions(&parts(5, 4), 9, batch("refused")).await;
+        assert!(
+            matches!(
+                &refused,
+                Err(StoreError::OffsetConflict { consumer, current: 5, expected: 4 })
+                    if consumer == "sessions/0"
+            ),
+            "{refused:?}"
+        );
+        for c in ["sessions/0", "sessions/1"] {
+            assert_eq!(s.consumer_offset(c).await.unwrap(), 5, "{c} did not move");
+        }
+        assert!(s.get_session("refused").await.unwrap().is_none());
+        assert!(s.get_session("together").await.unwrap().is_some());
     }
 
     async fn cursors_are_named_values_that_last(s: Arc<dyn Store>) {

@@ -149,7 +149,7 @@ async fn a_former_owners_commit_writes_nothing_once_its_lease_is_taken_over() {
     };
     let batch = |id: &str, seq, fence| ProjectionBatch {
         sessions: vec![session(id, seq)],
-        fence: Some(fence),
+        fences: vec![fence],
         ..ProjectionBatch::default()
     };
     // a owns partition 0 and commits under it.

@@ -405,44 +405,56 @@ impl Store for PgStore {
             .collect()
     }
 
-    async fn commit(
+    async fn commit_partitions(
         &self,
-        consumer: &str,
-        from_offset: u64,
+        consumers: &[(String, u64)],
         to_offset: u64,
         batch: ProjectionBatch,
     ) -> Result<(), StoreError> {
         let mut tx = self.db.pool().begin().await.map_err(store_error)?;
-        // The consumer's row, locked until commit: concurrent commits of
+        // In one order, so two commits sharing consumers cannot deadlock.
+        let mut consumers = consumers.to_vec();
+        consumers.sort();
+        let names: Vec<&str> = consumers.iter().map(|(c, _)| c.as_str()).collect();
+        // The consumers' rows, locked until commit: concurrent commits of
         // one consumer (from any instance) queue here, and each finds the
-        // offset its predecessor committed. A first commit creates the row
+        // offset its predecessor committed. A first commit creates a row
         // (at 0) so that there is one to lock; a refused commit rolls it
         // back with everything else.
         sqlx::query(
-            "INSERT INTO consumer_offsets (consumer, pos) VALUES ($1, 0)
+            "INSERT INTO consumer_offsets (consumer, pos) SELECT c, 0 FROM UNNEST($1::text[]) AS c
              ON CONFLICT (consumer) DO NOTHING",
         )
-        .bind(consumer)
+        .bind(&names)
         .execute(&mut *tx)
         .await
         .map_err(store_error)?;
-        let current: i64 =
-            sqlx::query_scalar("SELECT pos FROM consumer_offsets WHERE consumer = $1 FOR UPDATE")
-                .bind(consumer)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(store_error)?;
-        let current = unsigned(current, "consumer offset")?;
-        if current != from_offset {
-            return Err(StoreError::OffsetConflict {
-                consumer: consumer.to_owned(),
-                current,
-                expected: from_offset,
-            });
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT consumer, pos FROM consumer_offsets WHERE consumer = ANY($1)
+             ORDER BY consumer COLLATE \"C\" FOR UPDATE",
+        )
+        .bind(&names)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        for (consumer, from_offset) in &consumers {
+            let current = rows
+                .iter()
+                .find(|(c, _)| c == consumer)
+                .map(|(_, pos)| unsigned(*pos, "consumer offset"))
+                .transpose()?
+                .unwrap_or(0);
+            if current != *from_offset {
+                return Err(StoreError::OffsetConflict {
+                    consumer: consumer.clone(),
+                    current,
+                    expected: *from_offset,
+                });
+            }
         }
-        // Under the lease it was made under, if any: a former owner's
+        // Under the leases it was made under, if any: a former owner's
         // batch writes nothing (docs/cluster-design.md, "The fenced commit").
-        if let Some(fence) = &batch.fence {
+        for fence in &batch.fences {
             super::cluster::fence(&mut tx, fence).await?;
         }
         write_sessions_and_decisions(&mut tx, &batch.sessions, &batch.decisions).await?;
@@ -451,18 +463,22 @@ impl Store for PgStore {
         super::outbox::upsert_step_ups(&mut tx, &batch.step_ups).await?;
         // Last before the marks: the audit head's lock is held the shortest.
         let appended = super::audit::append(&mut tx, &batch.audit, &self.chain).await?;
-        sqlx::query("UPDATE consumer_offsets SET pos = $2 WHERE consumer = $1")
-            .bind(consumer)
+        sqlx::query("UPDATE consumer_offsets SET pos = $2 WHERE consumer = ANY($1)")
+            .bind(&names)
             .bind(signed(to_offset))
             .execute(&mut *tx)
             .await
             .map_err(store_error)?;
         if let Some(policy) = batch.policy_offset {
+            let marks: Vec<String> = names
+                .iter()
+                .map(|c| format!("{c}{POLICY_MARK_SUFFIX}"))
+                .collect();
             sqlx::query(
-                "INSERT INTO consumer_offsets (consumer, pos) VALUES ($1, $2)
+                "INSERT INTO consumer_offsets (consumer, pos) SELECT c, $2 FROM UNNEST($1::text[]) AS c
                  ON CONFLICT (consumer) DO UPDATE SET pos = excluded.pos",
             )
-            .bind(format!("{consumer}{POLICY_MARK_SUFFIX}"))
+            .bind(&marks)
             .bind(signed(policy))
             .execute(&mut *tx)
             .await
