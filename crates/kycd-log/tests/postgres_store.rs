@@ -220,6 +220,7 @@ async fn two_instances_committing_one_offset_apply_exactly_one() {
             outcome: "approve".into(),
             score: 0.0,
             decided_at_ms: 1,
+            decided_by: None,
             doc: serde_json::json!({}),
         }],
         audit: vec![NewAudit {
