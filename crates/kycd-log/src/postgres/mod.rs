@@ -34,6 +34,7 @@ pub mod cluster;
 pub mod cursors;
 pub mod log;
 pub mod outbox;
+pub mod schemas;
 pub mod store;
 #[cfg(any(test, feature = "testsuite"))]
 pub mod testing;
