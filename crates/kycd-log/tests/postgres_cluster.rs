@@ -271,7 +271,10 @@ async fn each_decision_records_the_instance_that_committed_it() {
         .commit("sessions", 1, 2, batch(2, Some(second.fence(b.id()))))
         .await
         .unwrap();
-    store.commit("sessions", 2, 3, batch(3, None)).await.unwrap();
+    store
+        .commit("sessions", 2, 3, batch(3, None))
+        .await
+        .unwrap();
     let listed = store
         .list_decisions(DecisionQuery {
             limit: 10,

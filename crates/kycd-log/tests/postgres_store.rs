@@ -105,7 +105,8 @@ async fn a_version_missing_below_the_newest_recorded_one_is_applied() {
 /// even a version it does know that is missing).
 #[tokio::test]
 async fn a_database_recording_an_unknown_version_is_refused_and_left_alone() {
-    let Some(url) = url_or_skip("a_database_recording_an_unknown_version_is_refused_and_left_alone")
+    let Some(url) =
+        url_or_skip("a_database_recording_an_unknown_version_is_refused_and_left_alone")
     else {
         return;
     };
