@@ -65,20 +65,28 @@ async fn execute(db: &Database, sql: &str) {
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
+/// A new schema, migrated: its URL and database.
+async fn migrated(test: &str) -> Option<(Schemas, String, Database)> {
+    let url = url_or_skip(test)?;
+    let schemas = Schemas::new(&url).await;
+    let schema = schemas.schema().await;
+    let url = schemas.url_of(&schema);
+    let db = Database::connect(&url, &PoolSettings::default())
+        .await
+        .unwrap();
+    Some((schemas, url, db))
+}
+
 /// A database migrated by a build that applied the numbers out of order
 /// (version 10 arrived on a branch merged before 9's): the start applies 9,
 /// though a later version is recorded.
 #[tokio::test]
 async fn a_version_missing_below_the_newest_recorded_one_is_applied() {
-    let Some(url) = url_or_skip("a_version_missing_below_the_newest_recorded_one_is_applied")
+    let Some((schemas, url, db)) =
+        migrated("a_version_missing_below_the_newest_recorded_one_is_applied").await
     else {
         return;
     };
-    let schemas = Schemas::new(&url).await;
-    let schema = schemas.schema().await;
-    let url = schemas.url_of(&schema);
-    let settings = PoolSettings::default();
-    let db = Database::connect(&url, &settings).await.unwrap();
     // Migration 9 undone: its tables and its record.
     execute(
         &db,
@@ -87,7 +95,9 @@ async fn a_version_missing_below_the_newest_recorded_one_is_applied() {
     )
     .await;
     db.close().await;
-    let again = Database::connect(&url, &settings).await.unwrap();
+    let again = Database::connect(&url, &PoolSettings::default())
+        .await
+        .unwrap();
     assert_eq!(
         again.applied_migrations().await.unwrap(),
         MIGRATED.to_vec()
@@ -105,16 +115,11 @@ async fn a_version_missing_below_the_newest_recorded_one_is_applied() {
 /// even a version it does know that is missing).
 #[tokio::test]
 async fn a_database_recording_an_unknown_version_is_refused_and_left_alone() {
-    let Some(url) =
-        url_or_skip("a_database_recording_an_unknown_version_is_refused_and_left_alone")
+    let Some((schemas, url, db)) =
+        migrated("a_database_recording_an_unknown_version_is_refused_and_left_alone").await
     else {
         return;
     };
-    let schemas = Schemas::new(&url).await;
-    let schema = schemas.schema().await;
-    let url = schemas.url_of(&schema);
-    let settings = PoolSettings::default();
-    let db = Database::connect(&url, &settings).await.unwrap();
     execute(
         &db,
         "DROP TABLE cursors; DROP TABLE reconcile_fetches;
@@ -122,7 +127,7 @@ async fn a_database_recording_an_unknown_version_is_refused_and_left_alone() {
          INSERT INTO kycd_migrations (version, name) VALUES (9999, 'from a newer kycd')",
     )
     .await;
-    match Database::connect(&url, &settings).await {
+    match Database::connect(&url, &PoolSettings::default()).await {
         Err(StoreError::Corrupt(m)) => {
             assert!(m.contains("9999") && m.contains("newer kycd"), "{m}");
         }

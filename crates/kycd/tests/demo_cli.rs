@@ -282,6 +282,18 @@ fn the_cluster_demo_needs_a_postgres_url_and_never_shows_it() {
     assert!(!err.contains("hunter2"), "the URL's password: {err}");
 }
 
+/// A runtime for the checks in the database, and the server
+/// `KYCD_TEST_POSTGRES_URL` names (`None`, after saying why the test
+/// skips, without it).
+fn postgres(test: &str) -> Option<(tokio::runtime::Runtime, String)> {
+    let url = kycd_log::postgres::testing::url_or_skip(test)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    Some((rt, url))
+}
+
 /// The rows of the cluster summary's instance table: instance, webhooks,
 /// decisions, sessions.
 fn instance_rows(out: &str) -> Vec<(String, i64, i64, i64)> {
@@ -306,15 +318,10 @@ fn instance_rows(out: &str) -> Vec<(String, i64, i64, i64)> {
 /// its successor decided.
 #[test]
 fn the_cluster_demo_decides_like_the_embedded_one_and_says_which_instance_decided() {
-    use kycd_log::postgres::testing::{url_or_skip, Schemas};
-    let Some(url) = url_or_skip("the_cluster_demo_decides_like_the_embedded_one") else {
+    let Some((rt, url)) = postgres("the_cluster_demo_decides_like_the_embedded_one") else {
         return;
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let schemas = rt.block_on(Schemas::new(&url));
+    let schemas = rt.block_on(kycd_log::postgres::testing::Schemas::new(&url));
     let schema = rt.block_on(schemas.schema());
     let database = schemas.url_of(&schema);
     let args = ["--users", "60", "--seed", "9"];
@@ -395,14 +402,9 @@ fn the_cluster_demo_decides_like_the_embedded_one_and_says_which_instance_decide
 
 #[test]
 fn the_cluster_demo_makes_its_own_schema_and_drops_it() {
-    use kycd_log::postgres::testing::url_or_skip;
-    let Some(url) = url_or_skip("the_cluster_demo_makes_its_own_schema_and_drops_it") else {
+    let Some((rt, url)) = postgres("the_cluster_demo_makes_its_own_schema_and_drops_it") else {
         return;
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     let (code, out, err) = demo_on(&["--cluster", "--users", "5"], Some(&url));
     assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
     let schema = err
@@ -425,16 +427,11 @@ fn the_cluster_demo_makes_its_own_schema_and_drops_it() {
 
 #[test]
 fn the_cluster_demo_refuses_a_schema_that_holds_a_kycd_database() {
-    use kycd_log::postgres::testing::{url_or_skip, Schemas};
-    let Some(url) = url_or_skip("the_cluster_demo_refuses_a_schema_that_holds_a_kycd_database")
+    let Some((rt, url)) = postgres("the_cluster_demo_refuses_a_schema_that_holds_a_kycd_database")
     else {
         return;
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let schemas = rt.block_on(Schemas::new(&url));
+    let schemas = rt.block_on(kycd_log::postgres::testing::Schemas::new(&url));
     // A migrated schema, as a deployment's would be.
     let db = rt.block_on(schemas.database());
     let database = rt.block_on(async {
