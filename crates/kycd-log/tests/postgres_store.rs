@@ -41,18 +41,12 @@ async fn migrations_apply_once_in_order_even_when_instances_start_together() {
         kycd_log::postgres::Database::connect(&url, &settings),
     );
     let (a, _b, _c) = (a.unwrap(), b.unwrap(), c.unwrap());
-    assert_eq!(
-        a.applied_migrations().await.unwrap(),
-        MIGRATED.to_vec()
-    );
+    assert_eq!(a.applied_migrations().await.unwrap(), MIGRATED.to_vec());
     // Connecting again applies nothing.
     let again = kycd_log::postgres::Database::connect(&url, &settings)
         .await
         .unwrap();
-    assert_eq!(
-        again.applied_migrations().await.unwrap(),
-        MIGRATED.to_vec()
-    );
+    assert_eq!(again.applied_migrations().await.unwrap(), MIGRATED.to_vec());
     schemas.drop_all().await;
 }
 
@@ -98,10 +92,7 @@ async fn a_version_missing_below_the_newest_recorded_one_is_applied() {
     let again = Database::connect(&url, &PoolSettings::default())
         .await
         .unwrap();
-    assert_eq!(
-        again.applied_migrations().await.unwrap(),
-        MIGRATED.to_vec()
-    );
+    assert_eq!(again.applied_migrations().await.unwrap(), MIGRATED.to_vec());
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM cursors")
         .fetch_one(again.pool())
         .await
