@@ -438,6 +438,7 @@ mod tests {
             outcome: outcome.into(),
             score: 40.0,
             decided_at_ms: 1_000,
+            decided_by: None,
             doc: json!({
                 "reasons": [{"rule": "r1", "text": "Because"}],
                 "checks": ["NFC"],

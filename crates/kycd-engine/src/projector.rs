@@ -1182,6 +1182,7 @@ impl Projector {
             outcome: outcome.to_owned(),
             score,
             decided_at_ms: event.received_at_ms,
+            decided_by: None,
             doc,
         };
         let sandbox = record
@@ -1899,6 +1900,7 @@ fn decide(
         outcome,
         score,
         decided_at_ms: event.received_at_ms,
+        decided_by: None,
         doc,
     }
 }
@@ -1948,6 +1950,7 @@ mod tests {
             outcome: outcome.into(),
             score: 0.0,
             decided_at_ms: 0,
+            decided_by: None,
             doc: json!({}),
         };
         let events = [

@@ -318,6 +318,7 @@ mod tests {
             outcome: "review".into(),
             score: 40.0,
             decided_at_ms: 0,
+            decided_by: None,
             doc: json!({"id": id, "outcome": "review", "trace": trace}),
         }
     }

@@ -122,6 +122,14 @@ pub struct DecisionRecord {
     pub outcome: String,
     pub score: f64,
     pub decided_at_ms: i64,
+    /// The instance that committed the decision, as read back from the
+    /// store: the owner of the lease its batch was fenced with
+    /// ([`ProjectionBatch::fence`]), which the store writes at commit
+    /// (what a record carries into a commit is ignored). `None` for a batch
+    /// without a fence, so always on the embedded store: one process
+    /// decides everything there, and it keeps no such column.
+    #[serde(default)]
+    pub decided_by: Option<String>,
     /// The whole decision: reasons, checks, trace, facts.
     pub doc: serde_json::Value,
 }
@@ -640,6 +648,7 @@ fn row_to_decision(row: &rusqlite::Row<'_>) -> rusqlite::Result<(DecisionRecord,
             outcome: row.get(6)?,
             score: row.get(7)?,
             decided_at_ms: row.get(8)?,
+            decided_by: None,
             doc: serde_json::Value::Null,
         },
         row.get(9)?,
@@ -2108,6 +2117,7 @@ pub mod suite {
             outcome: outcome.to_owned(),
             score: 12.5,
             decided_at_ms: offset as i64,
+            decided_by: None,
             doc: serde_json::json!({"outcome": outcome, "reasons": []}),
         }
     }

@@ -226,3 +226,78 @@ async fn a_restarted_instance_takes_its_leases_back_at_once_and_the_old_run_cann
     );
     schemas.drop_all().await;
 }
+
+/// Each decision records the instance whose lease its batch was committed
+/// under: a, then b once b took partition 0 over. A batch committed
+/// without a fence names nobody.
+#[tokio::test]
+async fn each_decision_records_the_instance_that_committed_it() {
+    use kycd_log::postgres::store::PgStore;
+    use kycd_log::store::{DecisionQuery, DecisionRecord, ProjectionBatch, Store};
+    let Some((schemas, db)) = setup("postgres_cluster").await else {
+        return;
+    };
+    let store = PgStore::open(db.clone()).await.unwrap();
+    let a = Cluster::join(db.clone(), "kycd-a", "test").await.unwrap();
+    let b = Cluster::join(db.clone(), "kycd-b", "test").await.unwrap();
+    let decision = |offset: u64| DecisionRecord {
+        id: format!("dec_{offset}"),
+        event_offset: offset,
+        session_id: format!("s{offset}"),
+        subject: None,
+        policy_version: "v1".into(),
+        shadow: false,
+        outcome: "approve".into(),
+        score: 0.0,
+        decided_at_ms: 1,
+        // What the projector makes: it does not know who commits.
+        decided_by: None,
+        doc: serde_json::json!({"outcome": "approve"}),
+    };
+    let batch = |offset: u64, fence| ProjectionBatch {
+        decisions: vec![decision(offset)],
+        fence,
+        ..ProjectionBatch::default()
+    };
+    let first = a.acquire("partition/0", TTL).await.unwrap().unwrap();
+    store
+        .commit("sessions", 0, 1, batch(1, Some(first.fence(a.id()))))
+        .await
+        .unwrap();
+    // a stops and hands the lease back; b takes it over.
+    a.release(&first).await.unwrap();
+    let second = b.acquire("partition/0", TTL).await.unwrap().unwrap();
+    store
+        .commit("sessions", 1, 2, batch(2, Some(second.fence(b.id()))))
+        .await
+        .unwrap();
+    store
+        .commit("sessions", 2, 3, batch(3, None))
+        .await
+        .unwrap();
+    let listed = store
+        .list_decisions(DecisionQuery {
+            limit: 10,
+            ..DecisionQuery::default()
+        })
+        .await
+        .unwrap();
+    let by: Vec<(u64, Option<&str>)> = listed
+        .iter()
+        .map(|d| (d.event_offset, d.decided_by.as_deref()))
+        .collect();
+    assert_eq!(
+        by,
+        [(3, None), (2, Some("kycd-b")), (1, Some("kycd-a"))],
+        "newest first"
+    );
+    let one = store.get_decision("dec_1").await.unwrap().unwrap();
+    assert_eq!(one.decided_by.as_deref(), Some("kycd-a"));
+    let on_event = store
+        .decision_for_event(2, "s2", false)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(on_event.decided_by.as_deref(), Some("kycd-b"));
+    schemas.drop_all().await;
+}

@@ -21,6 +21,10 @@ use kycd_log::store::{
     DecisionRecord, ProjectionBatch, SessionRecord, Store, StoreError, POLICY_MARK_SUFFIX,
 };
 
+/// The versions this build migrates a new database to (numbers may skip:
+/// each branch takes its own).
+const MIGRATED: [i32; 11] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn migrations_apply_once_in_order_even_when_instances_start_together() {
     let Some(url) = url_or_skip("postgres_store") else {
@@ -37,18 +41,101 @@ async fn migrations_apply_once_in_order_even_when_instances_start_together() {
         kycd_log::postgres::Database::connect(&url, &settings),
     );
     let (a, _b, _c) = (a.unwrap(), b.unwrap(), c.unwrap());
-    assert_eq!(
-        a.applied_migrations().await.unwrap(),
-        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 12]
-    );
+    assert_eq!(a.applied_migrations().await.unwrap(), MIGRATED.to_vec());
     // Connecting again applies nothing.
     let again = kycd_log::postgres::Database::connect(&url, &settings)
         .await
         .unwrap();
-    assert_eq!(
-        again.applied_migrations().await.unwrap(),
-        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 12]
-    );
+    assert_eq!(again.applied_migrations().await.unwrap(), MIGRATED.to_vec());
+    schemas.drop_all().await;
+}
+
+/// Runs `sql` on `db`'s schema (a test's way of making a database look
+/// as another build left it).
+async fn execute(db: &Database, sql: &str) {
+    sqlx::raw_sql(sql)
+        .execute(db.pool())
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+/// A new schema, migrated: its URL and database.
+async fn migrated(test: &str) -> Option<(Schemas, String, Database)> {
+    let url = url_or_skip(test)?;
+    let schemas = Schemas::new(&url).await;
+    let schema = schemas.schema().await;
+    let url = schemas.url_of(&schema);
+    let db = Database::connect(&url, &PoolSettings::default())
+        .await
+        .unwrap();
+    Some((schemas, url, db))
+}
+
+/// A database migrated by a build that applied the numbers out of order
+/// (version 10 arrived on a branch merged before 9's): the start applies 9,
+/// though a later version is recorded.
+#[tokio::test]
+async fn a_version_missing_below_the_newest_recorded_one_is_applied() {
+    let Some((schemas, url, db)) =
+        migrated("a_version_missing_below_the_newest_recorded_one_is_applied").await
+    else {
+        return;
+    };
+    // Migration 9 undone: its tables and its record.
+    execute(
+        &db,
+        "DROP TABLE cursors; DROP TABLE reconcile_fetches;
+         DELETE FROM kycd_migrations WHERE version = 9",
+    )
+    .await;
+    db.close().await;
+    let again = Database::connect(&url, &PoolSettings::default())
+        .await
+        .unwrap();
+    assert_eq!(again.applied_migrations().await.unwrap(), MIGRATED.to_vec());
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM cursors")
+        .fetch_one(again.pool())
+        .await
+        .expect("migration 9 applied again");
+    assert_eq!(rows, 0);
+    schemas.drop_all().await;
+}
+
+/// A database that records a version this build does not know was
+/// migrated by a newer kycd: the start is refused, applying nothing (not
+/// even a version it does know that is missing).
+#[tokio::test]
+async fn a_database_recording_an_unknown_version_is_refused_and_left_alone() {
+    let Some((schemas, url, db)) =
+        migrated("a_database_recording_an_unknown_version_is_refused_and_left_alone").await
+    else {
+        return;
+    };
+    execute(
+        &db,
+        "DROP TABLE cursors; DROP TABLE reconcile_fetches;
+         DELETE FROM kycd_migrations WHERE version = 9;
+         INSERT INTO kycd_migrations (version, name) VALUES (9999, 'from a newer kycd')",
+    )
+    .await;
+    match Database::connect(&url, &PoolSettings::default()).await {
+        Err(StoreError::Corrupt(m)) => {
+            assert!(m.contains("9999") && m.contains("newer kycd"), "{m}");
+        }
+        Err(other) => panic!("refused for the wrong reason: {other}"),
+        Ok(_) => panic!("a newer kycd's schema must be refused"),
+    }
+    let applied: Vec<i32> =
+        sqlx::query_scalar("SELECT version FROM kycd_migrations ORDER BY version")
+            .fetch_all(db.pool())
+            .await
+            .unwrap();
+    assert_eq!(applied, [1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 9999]);
+    let cursors: Option<String> = sqlx::query_scalar("SELECT to_regclass('cursors')::text")
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(cursors, None, "nothing applied");
     schemas.drop_all().await;
 }
 
@@ -130,6 +217,7 @@ async fn two_instances_committing_one_offset_apply_exactly_one() {
             outcome: "approve".into(),
             score: 0.0,
             decided_at_ms: 1,
+            decided_by: None,
             doc: serde_json::json!({}),
         }],
         audit: vec![NewAudit {

@@ -3,6 +3,8 @@
 //! - `GET /decisions?outcome=&session_id=&shadow=&limit=&cursor=`, newest first;
 //! - `GET /decisions/{id}`: the whole decision, with trace and facts, and
 //!   the shadow policy's decision on the same event when there is one;
+//!   both name the instance that decided (`decided_by`: the holder of the
+//!   projection's lease at the commit; null on the embedded store);
 //! - `GET /shadow?limit=`: how the shadow policy compares with the active
 //!   one over the latest decisions (a from-to matrix and disagreements);
 //! - `PUT /subjects/{vendor_data}`: store the operator's JSON attributes for
@@ -59,6 +61,7 @@ fn listed(d: &DecisionRecord) -> Value {
         "policy_version": d.policy_version,
         "shadow": d.shadow,
         "decided_at": format_millis(d.decided_at_ms),
+        "decided_by": d.decided_by,
     })
 }
 
@@ -117,6 +120,8 @@ pub async fn get_decision(State(app): State<Arc<App>>, Path(id): Path<String>) -
         return Err(ApiError::new(Code::NotFound, "no such decision"));
     };
     let mut doc = d.doc.clone();
+    // Which instance committed it (null on the embedded store).
+    doc["decided_by"] = json!(d.decided_by);
     // Stored compactly; the API shows one object per rule and table.
     if let Some(trace) = doc.get_mut("trace") {
         kycd_policy::expand_trace(trace);

@@ -406,3 +406,101 @@ async fn reloading_refuses_an_invalid_policy_and_keeps_the_active_one() {
         after.as_str()
     );
 }
+
+/// `decided_by`: on the embedded store one process decides everything
+/// and no instance is named, in the listing and in the record alike.
+#[tokio::test]
+async fn on_the_embedded_store_decisions_name_no_instance() {
+    let app = spawn_with(|_| {}).await;
+    app.deliver(&approved("s-one", "alice", "C0000001")).await;
+    let d = app.decided("s-one").await;
+    let (_, list) = app.get("/api/v1/decisions").await;
+    let item = &list["items"][0];
+    assert_eq!(item["id"], d["id"]);
+    assert_eq!(item.get("decided_by"), Some(&Value::Null), "{item}");
+    let (_, full) = app
+        .get(&format!("/api/v1/decisions/{}", d["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(full.get("decided_by"), Some(&Value::Null));
+}
+
+/// Two instances on one PostgreSQL schema: a decision names the instance
+/// that held the projection's lease when it committed, the first one
+/// before it stopped and the other after it took the lease over, in the
+/// API's listing and record on either instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_postgres_each_decision_names_the_instance_that_made_it() {
+    use kycd_log::postgres::testing::{url_or_skip, Schemas};
+    let Some(url) = url_or_skip("on_postgres_each_decision_names_the_instance_that_made_it") else {
+        return;
+    };
+    let schemas = Schemas::new(&url).await;
+    let schema = schemas.schema().await;
+    let url = schemas.url_of(&schema);
+    let key_dir = tempfile::tempdir().unwrap();
+    let instance = |id: &'static str| {
+        let url = url.clone();
+        let key = key_dir.path().join("audit.key");
+        move |s: &mut Settings| {
+            s.database_url = Some(Secret::new(url));
+            s.instance_id = Some(id.to_owned());
+            // Every instance must share the audit key.
+            s.audit_key_file = Some(key);
+        }
+    };
+    let a = spawn_with(instance("kycd-a")).await;
+    wait_for_lease(&a, "partition/0", "kycd-a").await;
+    let b = spawn_with(instance("kycd-b")).await;
+
+    // Delivered to b, decided by a, which projects.
+    b.deliver(&approved("s-before", "alice", "C0000001")).await;
+    let before = b.decided("s-before").await;
+    // a stops (its leases released); b takes the projection over.
+    a.running.shutdown().await.unwrap();
+    wait_for_lease(&b, "partition/0", "kycd-b").await;
+    b.deliver(&approved("s-after", "bob", "C0000002")).await;
+    let after = b.decided("s-after").await;
+
+    let (_, list) = b.get("/api/v1/decisions").await;
+    let by: Vec<(&str, &str)> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["session_id"].as_str().unwrap(),
+                d["decided_by"].as_str().unwrap_or("none"),
+            )
+        })
+        .collect();
+    assert_eq!(by, [("s-after", "kycd-b"), ("s-before", "kycd-a")]);
+    for (d, by) in [(&before, "kycd-a"), (&after, "kycd-b")] {
+        let (s, full) = b
+            .get(&format!("/api/v1/decisions/{}", d["id"].as_str().unwrap()))
+            .await;
+        assert_eq!(s, 200);
+        assert_eq!(full["decided_by"], by, "{}", full["session_id"]);
+    }
+    b.running.shutdown().await.unwrap();
+    schemas.drop_all().await;
+}
+
+/// Poll `GET /api/v1/cluster` until `owner` holds `lease`.
+async fn wait_for_lease(app: &App, lease: &str, owner: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, view) = app.get("/api/v1/cluster").await;
+        let held = view["leases"].as_array().is_some_and(|ls| {
+            ls.iter()
+                .any(|l| l["name"] == lease && l["owner"] == owner && l["expired"] == false)
+        });
+        if held {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{owner} never held {lease}: {view}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

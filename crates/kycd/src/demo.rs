@@ -5,7 +5,11 @@
 //!
 //! Nothing here reads `KYCD_*` variables or configuration files: the demo
 //! runs on the embedded defaults in a new temporary data directory on free
-//! loopback ports, so it can run beside a `kycd serve`.
+//! loopback ports, so it can run beside a `kycd serve`. `--cluster` runs it
+//! on PostgreSQL instead, with three instances ([`cluster`]), and reads
+//! `KYCD_DATABASE_URL` only.
+
+mod cluster;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{IsTerminal, Write};
@@ -18,6 +22,7 @@ use didit::signature::Secret;
 use kycd_core::{Clock, SystemClock};
 use kycd_log::store::{DecisionQuery, DecisionRecord, Store};
 use kycd_server::settings::Settings;
+use kycd_server::App;
 use kycd_sim::{Faults, Label, Outcome, SimConfig, Truth, Verdict};
 use rand::Rng;
 
@@ -44,6 +49,12 @@ pub struct DemoArgs {
     /// reconciling with Didit's API).
     #[arg(long, default_value_t = 0.10)]
     pub loss: f64,
+    /// Run on PostgreSQL (KYCD_DATABASE_URL, in a new schema) with three
+    /// instances behind a round-robin front; half-way, the instance that
+    /// projects is stopped and another takes over. The summary adds which
+    /// instance decided what.
+    #[arg(long)]
+    pub cluster: bool,
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
@@ -53,6 +64,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     if !(0.0..=0.9).contains(&args.loss) {
         bail!("--loss must be between 0 and 0.9");
     }
+    let database = args
+        .cluster
+        .then(|| cluster::database_url(std::env::var("KYCD_DATABASE_URL").ok()))
+        .transpose()?;
     // Warnings only: the summary is the output.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
@@ -62,7 +77,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("start the async runtime")?;
-    runtime.block_on(demo(args))
+    runtime.block_on(demo(args, database))
 }
 
 fn random_token(prefix: &str) -> String {
@@ -84,7 +99,8 @@ impl AppliedTimes {
     }
 }
 
-async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
+/// `database`: the PostgreSQL URL of `--cluster`.
+async fn demo(args: DemoArgs, database: Option<String>) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     // Take Ctrl-C (and a service manager's SIGTERM) from the start: an
     // interrupted run still shuts down cleanly and removes its temporary
@@ -147,16 +163,20 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let replay_actions = kycd_server::action_settings(&settings)?;
     let graph_window_ms = i64::from(settings.graph_window_days) * 86_400_000;
     let clock = Arc::new(SystemClock);
-    let running = kycd_server::start_with(settings, clock.clone(), crate::startup())
-        .await
-        .context("start kycd")?;
-    let app = running.app.clone();
+    let engine = match &database {
+        None => Engine::Embedded(
+            kycd_server::start_with(settings, clock.clone(), crate::startup())
+                .await
+                .context("start kycd")?,
+        ),
+        Some(url) => Engine::Cluster(cluster::Cluster::start(&settings, url, started).await?),
+    };
 
     // Record when the projector commits each offset, for the latency figures.
     let applied_times = Arc::new(Mutex::new(AppliedTimes::default()));
     {
         let times = applied_times.clone();
-        let mut applied = app.applied.clone();
+        let mut applied = engine.applied();
         let clock = clock.clone();
         tokio::spawn(async move {
             loop {
@@ -176,7 +196,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
 
     // Register kycd as a webhook destination, as an operator does in
     // Didit's console: through the API, which answers with the secret.
-    let webhook_url = format!("http://{}/webhooks/didit", running.addr);
+    let webhook_url = engine.webhook_url();
     let http = reqwest::Client::new();
     let dest: serde_json::Value = http
         .post(format!("{}/v3/webhook/destinations/", sim.base_url()))
@@ -199,28 +219,40 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     }
 
     eprintln!(
-        "kycd demo: {} simulated customers (seed {}), Didit simulator at {}, kycd at http://{}",
+        "kycd demo{}: {} simulated customers (seed {}), Didit simulator at {}, {}",
+        if args.cluster { " --cluster" } else { "" },
         args.users,
         args.seed,
         sim.base_url(),
-        running.addr
+        engine.describe()
     );
     let handle = sim.run(args.users);
     let deadline = started + Duration::from_secs(args.timeout_secs);
     let progress = Progress::new(args.users);
     let mut settled = false;
     let mut decided = DecidedSessions::default();
+    let mut engine = engine;
     loop {
         let finished = args.users - handle.remaining();
-        progress.show(finished, decided.count(&*app.store).await?);
+        let decided_now = decided.count(&*engine.app().store).await?;
+        progress.show(finished, decided_now);
+        if let Engine::Cluster(c) = &mut engine {
+            c.progress(finished, decided_now, args.users).await?;
+        }
         if handle.remaining() == 0 {
             // Deliveries still in flight (delays, retries), the projector,
             // and reconciliation of what was lost.
             let left = deadline.saturating_duration_since(Instant::now());
             settled = sim.wait_settled(left).await.is_ok();
             if settled {
-                wait_applied(&app, deadline).await;
-                wait_all_decided(&app, &sim, deadline).await?;
+                wait_applied(&engine, deadline).await;
+                if let Engine::Cluster(c) = &mut engine {
+                    // Not yet half decided: the takeover comes before
+                    // what reconciliation recovers.
+                    let decided_now = decided.count(&*c.app().store).await?;
+                    c.take_over_once(args.users, decided_now).await?;
+                }
+                wait_all_decided(&engine, &sim, deadline).await?;
             }
             break;
         }
@@ -230,16 +262,25 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let truth = sim.truth();
+    let app = engine.app().clone();
     progress.finish(args.users, decided.count(&*app.store).await?);
 
     let report = Report::build(&*app.store, &truth, &applied_times).await?;
     let elapsed = started.elapsed();
     report.print(&sim.stats(), elapsed, args.users);
-    print_actions(&app).await?;
-    if settled {
-        print_replay(data.path(), replay_actions, graph_window_ms).await?;
+    print_actions(&engine).await?;
+    if let Engine::Cluster(c) = &mut engine {
+        c.print(&*app.store, args.users).await?;
     }
-    let ok = settled && report.undecided_customers == 0;
+    if settled {
+        print_replay(&engine, data.path(), replay_actions, graph_window_ms).await?;
+    }
+    let ok = settled
+        && report.undecided_customers == 0
+        && match &engine {
+            Engine::Embedded(_) => true,
+            Engine::Cluster(c) => c.took_over(),
+        };
     if !settled {
         println!(
             "\nThe simulation did not settle within {} s.",
@@ -249,7 +290,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
 
     if interrupted.is_finished() {
         println!("\nInterrupted.");
-        running.shutdown().await?;
+        engine.shutdown().await?;
         sim.shutdown().await;
         remove_data(data)?;
         return Ok(ExitCode::from(130));
@@ -257,23 +298,39 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     if args.keep_running {
         let data_dir = data.path().to_path_buf();
         let reviewer_password = random_token("");
-        demo_reviewer(&running, &reviewer_password).await?;
+        demo_reviewer(&app, &reviewer_password).await?;
+        let addr = engine.addr();
         println!("\nStill running (Ctrl-C to stop):");
-        println!("  review console  http://{}/console/", running.addr);
+        println!("  review console  http://{addr}/console/");
         println!("                  username {DEMO_REVIEWER}, password {reviewer_password}");
-        println!("  kycd API        http://{}/api/v1/sessions", running.addr);
+        println!("  kycd API        http://{addr}/api/v1/sessions");
         println!("                  Authorization: Bearer {api_token}");
-        println!("  decisions       http://{}/api/v1/decisions", running.addr);
-        println!("  metrics         http://{}/metrics", running.addr);
+        println!("  decisions       http://{addr}/api/v1/decisions");
+        if let Engine::Cluster(c) = &engine {
+            println!("  cluster         http://{addr}/api/v1/cluster");
+            let others: Vec<String> = c
+                .addresses()
+                .iter()
+                .map(|(id, a)| format!("{id} http://{a}"))
+                .collect();
+            println!(
+                "  instances       {} (each serves the API and the console)",
+                others.join(", ")
+            );
+        }
+        println!("  metrics         http://{addr}/metrics");
         println!("  Didit simulator {}/v3/sessions/", sim.base_url());
         println!("                  x-api-key: {didit_key}");
         println!("  ground truth    {}/sim/v1/truth", sim.base_url());
+        if let Engine::Cluster(c) = &engine {
+            println!("  database        {}", c.describe_database());
+        }
         println!("  data directory  {} (removed on exit)", data_dir.display());
         std::io::stdout().flush()?;
         let _ = (&mut interrupted).await;
     }
     // kycd first: its reconciliation and workers call the simulator.
-    running.shutdown().await?;
+    engine.shutdown().await?;
     sim.shutdown().await;
     remove_data(data)?;
     Ok(if ok {
@@ -281,6 +338,73 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// The kycd under demonstration: one process on the embedded store, or
+/// [`cluster::Cluster`]'s three instances on PostgreSQL.
+enum Engine {
+    Embedded(kycd_server::Running),
+    Cluster(cluster::Cluster),
+}
+
+impl Engine {
+    /// The instance the demo reads the store, log and outbox through.
+    fn app(&self) -> &Arc<App> {
+        match self {
+            Engine::Embedded(running) => &running.app,
+            Engine::Cluster(c) => c.app(),
+        }
+    }
+
+    /// Every instance, stopped ones too (for their counters).
+    fn apps(&self) -> Vec<&Arc<App>> {
+        match self {
+            Engine::Embedded(running) => vec![&running.app],
+            Engine::Cluster(c) => c.apps().collect(),
+        }
+    }
+
+    /// The address of [`Engine::app`]'s listener.
+    fn addr(&self) -> std::net::SocketAddr {
+        match self {
+            Engine::Embedded(running) => running.addr,
+            Engine::Cluster(c) => c.addresses().first().map_or_else(
+                || std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+                |(_, a)| *a,
+            ),
+        }
+    }
+
+    /// The offset up to which the log is applied: in a cluster, the
+    /// furthest any instance's projector has committed.
+    fn applied(&self) -> tokio::sync::watch::Receiver<u64> {
+        match self {
+            Engine::Embedded(running) => running.app.applied.clone(),
+            Engine::Cluster(c) => c.applied(),
+        }
+    }
+
+    /// Where Didit delivers.
+    fn webhook_url(&self) -> String {
+        match self {
+            Engine::Embedded(running) => format!("http://{}/webhooks/didit", running.addr),
+            Engine::Cluster(c) => c.webhook_url(),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Engine::Embedded(running) => format!("kycd at http://{}", running.addr),
+            Engine::Cluster(c) => c.describe(),
+        }
+    }
+
+    async fn shutdown(self) -> anyhow::Result<()> {
+        match self {
+            Engine::Embedded(running) => running.shutdown().await,
+            Engine::Cluster(c) => c.shutdown().await,
+        }
+    }
 }
 
 /// Resolves on Ctrl-C (SIGINT) or, on Unix, SIGTERM.
@@ -312,16 +436,14 @@ const DEMO_REVIEWER: &str = "demo-reviewer";
 
 /// A reviewer for the demo's console, with a fresh random password (the
 /// demo's data directory is its own, so the name is always free).
-async fn demo_reviewer(running: &kycd_server::Running, password: &str) -> anyhow::Result<()> {
+async fn demo_reviewer(app: &App, password: &str) -> anyhow::Result<()> {
     let hash = kycd_server::access_api::hash_password(password).map_err(anyhow::Error::msg)?;
     let user = kycd_log::access::UserInfo {
         username: DEMO_REVIEWER.to_owned(),
         role: "reviewer".to_owned(),
-        created_at_ms: running.app.clock.now_millis(),
+        created_at_ms: app.clock.now_millis(),
     };
-    running
-        .app
-        .access
+    app.access
         .add_user(user, hash)
         .await
         .context("create the demo reviewer")?;
@@ -333,6 +455,7 @@ async fn demo_reviewer(running: &kycd_server::Running, password: &str) -> anyhow
 /// Replay this run's log with the built-in policy (what `kycd replay
 /// --policy builtin` does) and print where every stored decision landed.
 async fn print_replay(
+    engine: &Engine,
     data_dir: &std::path::Path,
     actions: kycd_engine::actions::ActionSettings,
     graph_window_ms: i64,
@@ -344,13 +467,15 @@ async fn print_replay(
         max_examples: 0,
         graph_window_ms,
     };
-    let r = crate::replay::replay(
-        data_dir,
-        Some(kycd_policy::Policy::builtin_default()),
-        w,
-        actions,
-    )
-    .await?;
+    let builtin = Some(kycd_policy::Policy::builtin_default());
+    let r = match engine {
+        Engine::Embedded(_) => crate::replay::replay(data_dir, builtin, w, actions).await?,
+        // The files are not there: the log and the store are PostgreSQL's.
+        Engine::Cluster(c) => {
+            let app = c.app();
+            crate::replay::replay_over(app.log.clone(), &*app.store, builtin, w, actions).await?
+        }
+    };
     println!("\nReplay of this run's log with the built-in policy (kycd replay --policy builtin)");
     println!("  {} decisions: {}", r.total, r.category_counts());
     for (trigger, row) in &r.by_trigger {
@@ -400,11 +525,12 @@ async fn step_up_workflows(
 /// outbox is idle. Lost deliveries come back through reconciliation, run
 /// whenever the simulated Didit has settled and something is missing.
 async fn wait_all_decided(
-    app: &kycd_server::App,
+    engine: &Engine,
     sim: &kycd_sim::Sim,
     deadline: Instant,
 ) -> anyhow::Result<()> {
     use kycd_log::outbox::{ActionQuery, ActionState};
+    let app = engine.app();
     // Every session the simulator made is younger than the demo.
     let since = app.clock.now_millis() - 86_400_000;
     let mut last_quiet_head = None;
@@ -442,7 +568,7 @@ async fn wait_all_decided(
         }
         let settled = sim.wait_settled(Duration::from_millis(1)).await.is_ok();
         if settled && missing == 0 && busy == 0 {
-            wait_applied(app, deadline).await;
+            wait_applied(engine, deadline).await;
             // Quiet twice in a row, with nothing appended in between.
             let head = app.log.head().await?;
             if last_quiet_head == Some(head) {
@@ -456,7 +582,7 @@ async fn wait_all_decided(
             if let Some(reconciler) = &app.reconciler {
                 // Applied first, so that the pass compares Didit's
                 // statuses with everything kycd has received.
-                wait_applied(app, deadline).await;
+                wait_applied(engine, deadline).await;
                 reconciler.pass(since).await;
             }
         }
@@ -467,8 +593,8 @@ async fn wait_all_decided(
 
 /// What kycd did about its decisions: actions by kind, step-ups and
 /// reconciled sessions.
-async fn print_actions(app: &kycd_server::App) -> anyhow::Result<()> {
-    let counts = app.outbox.action_counts().await?;
+async fn print_actions(engine: &Engine) -> anyhow::Result<()> {
+    let counts = engine.app().outbox.action_counts().await?;
     let mut by_kind: BTreeMap<&str, BTreeMap<&str, u64>> = BTreeMap::new();
     for ((kind, state), n) in &counts {
         *by_kind.entry(kind).or_default().entry(state).or_default() += n;
@@ -486,22 +612,44 @@ async fn print_actions(app: &kycd_server::App) -> anyhow::Result<()> {
         .copied()
         .unwrap_or(0);
     out.push_str(&format!("  step-up sessions created: {step_ups}\n"));
+    let apps = engine.apps();
     out.push_str(&format!(
         "  sessions updated by reconciliation: {} ({} decisions fetched from Didit's API; lost deliveries are counted below)\n",
-        app.reconcile_totals.reconciled_sessions(),
-        app.reconcile_totals
-            .fetched
-            .load(std::sync::atomic::Ordering::Relaxed)
+        reconciled_sessions(&apps),
+        apps.iter()
+            .map(|a| {
+                a.reconcile_totals
+                    .fetched
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            })
+            .sum::<u64>()
     ));
     print!("{out}");
     Ok(())
 }
 
+/// Sessions any instance updated through reconciliation.
+fn reconciled_sessions(apps: &[&Arc<App>]) -> usize {
+    if let [one] = apps {
+        return one.reconcile_totals.reconciled_sessions();
+    }
+    let mut all = HashSet::new();
+    for a in apps {
+        let sessions = a
+            .reconcile_totals
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        all.extend(sessions.iter().cloned());
+    }
+    all.len()
+}
+
 /// Wait until the projector has applied everything in the log.
-async fn wait_applied(app: &kycd_server::App, deadline: Instant) {
-    let mut applied = app.applied.clone();
+async fn wait_applied(engine: &Engine, deadline: Instant) {
+    let mut applied = engine.applied();
     loop {
-        let head = app.log.head().await.unwrap_or(0);
+        let head = engine.app().log.head().await.unwrap_or(0);
         if *applied.borrow_and_update() >= head || Instant::now() >= deadline {
             return;
         }

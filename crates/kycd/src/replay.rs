@@ -61,13 +61,25 @@ pub async fn replay(
     );
     let live =
         SqliteStore::open(&data_dir.join("store.db"), false).context("open the live store")?;
+    replay_over(log, &live, candidate, w, actions).await
+}
+
+/// [`replay`] from a log and store already open (PostgreSQL's, for `kycd
+/// demo --cluster`), into a scratch SQLite store.
+pub async fn replay_over(
+    log: Arc<dyn EventLog>,
+    live: &dyn Store,
+    candidate: Option<Policy>,
+    w: Window,
+    actions: kycd_engine::actions::ActionSettings,
+) -> anyhow::Result<Report> {
     let scratch_dir = tempdir()?;
     let scratch: Arc<dyn Store> =
         Arc::new(SqliteStore::open_scratch(&scratch_dir.join("store.db"))?);
     let actions = Arc::new(actions);
     let report = match candidate {
-        Some(c) => kycd_engine::replay::replay_with(log, &live, scratch, c, w, actions).await,
-        None => kycd_engine::replay::replay_recorded(log, &live, scratch, w, actions).await,
+        Some(c) => kycd_engine::replay::replay_with(log, live, scratch, c, w, actions).await,
+        None => kycd_engine::replay::replay_recorded(log, live, scratch, w, actions).await,
     };
     let _ = std::fs::remove_dir_all(&scratch_dir);
     report.context("replay the log")

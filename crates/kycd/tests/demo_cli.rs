@@ -6,7 +6,13 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn demo(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_kycd"))
+    demo_on(args, None)
+}
+
+/// `kycd demo` with `KYCD_DATABASE_URL` set to `database` (else unset).
+fn demo_on(args: &[&str], database: Option<&str>) -> (i32, String, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kycd"));
+    command
         .arg("demo")
         .args(args)
         // The demo ignores configuration: none of these may matter.
@@ -14,8 +20,12 @@ fn demo(args: &[&str]) -> (i32, String, String) {
         .env("KYCD_DATA_DIR", "/nonexistent/kycd-demo-must-not-use-this")
         .env("KYCD_WEBHOOK_SECRETS", "")
         .env("KYCD_POLICY", "/nonexistent/policy.toml")
-        .output()
-        .unwrap();
+        .env("KYCD_INSTANCE_ID", "not-one-of-the-demos");
+    match database {
+        Some(url) => command.env("KYCD_DATABASE_URL", url),
+        None => command.env_remove("KYCD_DATABASE_URL"),
+    };
+    let out = command.output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -253,4 +263,186 @@ fn keep_running_removes_its_data_directory_on_sigterm() {
         "the data directory {} outlived the demo",
         data_dir.display()
     );
+}
+
+#[test]
+fn the_cluster_demo_needs_a_postgres_url_and_never_shows_it() {
+    let (code, _, err) = demo_on(&["--cluster", "--users", "5"], None);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("--cluster runs on PostgreSQL") && err.contains("KYCD_DATABASE_URL"),
+        "{err}"
+    );
+    let (code, _, err) = demo_on(
+        &["--cluster", "--users", "5"],
+        Some("mysql://demo:hunter2@db.internal/kycd"),
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("must be a postgres:// URL"), "{err}");
+    assert!(!err.contains("hunter2"), "the URL's password: {err}");
+}
+
+/// A runtime for the checks in the database, and the server
+/// `KYCD_TEST_POSTGRES_URL` names (`None`, after saying why the test
+/// skips, without it).
+fn postgres(test: &str) -> Option<(tokio::runtime::Runtime, String)> {
+    let url = kycd_log::postgres::testing::url_or_skip(test)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    Some((rt, url))
+}
+
+/// The rows of the cluster summary's instance table: instance, webhooks,
+/// decisions, sessions.
+fn instance_rows(out: &str) -> Vec<(String, i64, i64, i64)> {
+    out.lines()
+        .skip_while(|l| !l.starts_with("Instances ("))
+        .skip(2)
+        .take_while(|l| l.starts_with("  kycd-"))
+        .map(|l| {
+            let cells: Vec<&str> = l.split_whitespace().collect();
+            let n = |i: usize| cells[i].parse::<i64>().unwrap();
+            (cells[0].to_owned(), n(1), n(2), n(3))
+        })
+        .collect()
+}
+
+/// `kycd demo --cluster` on the PostgreSQL that `KYCD_TEST_POSTGRES_URL`
+/// names, in a schema of its own: three instances decide every customer
+/// with the same tables as the embedded demo on the same seed; the
+/// instance that projected is stopped half-way and another takes over;
+/// the summary's count of decisions per instance is what each decision's
+/// `decided_by` says in the database, and both the stopped instance and
+/// its successor decided.
+#[test]
+fn the_cluster_demo_decides_like_the_embedded_one_and_says_which_instance_decided() {
+    let Some((rt, url)) = postgres("the_cluster_demo_decides_like_the_embedded_one") else {
+        return;
+    };
+    let schemas = rt.block_on(kycd_log::postgres::testing::Schemas::new(&url));
+    let schema = rt.block_on(schemas.schema());
+    let database = schemas.url_of(&schema);
+    let args = ["--users", "60", "--seed", "9"];
+    let (code, out, err) = demo_on(&[&args[..], &["--cluster"]].concat(), Some(&database));
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(err.contains("60/60 customers"), "progress: {err}");
+    assert!(err.contains("kycd-1 at http://"), "{err}");
+    for part in [
+        "Every customer reached a decision (60 of 60)",
+        "Webhook to decision",
+        "Actions taken",
+        "Replay of this run's log with the built-in policy",
+        "Instances (3 kycd serve on one PostgreSQL schema",
+        "Leases (",
+        "partition/0",
+        "timers",
+    ] {
+        assert!(out.contains(part), "missing {part:?} in:\n{out}");
+    }
+    let (embedded_code, embedded, _) = demo(&args);
+    assert_eq!(embedded_code, 0, "{embedded}");
+    assert_eq!(
+        tables(&out),
+        tables(&embedded),
+        "cluster:\n{out}\nembedded:\n{embedded}"
+    );
+
+    // "Takeover: kycd-N held partition/0 (epoch E) and was stopped ...; kycd-M held ..."
+    let takeover = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Takeover: "))
+        .unwrap_or_else(|| panic!("no takeover in:\n{out}"));
+    let words: Vec<&str> = takeover.split_whitespace().collect();
+    let stopped = words[0];
+    let successor = takeover
+        .split("; ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap();
+    assert_ne!(stopped, successor, "{takeover}");
+
+    let rows = instance_rows(&out);
+    let ids: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(ids, ["kycd-1", "kycd-2", "kycd-3"], "{out}");
+    let total: i64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("kycd demo: 60 customers, "))
+        .and_then(|l| l.split(", ").nth(1))
+        .and_then(|d| d.strip_suffix(" decisions")?.parse().ok())
+        .unwrap_or_else(|| panic!("no decision count in:\n{out}"));
+    assert_eq!(rows.iter().map(|r| r.2).sum::<i64>(), total, "{out}");
+    for who in [stopped, successor] {
+        let row = rows.iter().find(|r| r.0 == who).unwrap();
+        assert!(row.2 > 0, "{who} decided nothing:\n{out}");
+    }
+    // Every instance took webhooks through the front.
+    assert!(rows.iter().all(|r| r.1 > 0), "{out}");
+
+    // What the database says: the schema was the given one, and is kept.
+    let by: Vec<(Option<String>, i64)> = rt.block_on(async {
+        let pool = kycd_log::postgres::schemas::admin(&database).await.unwrap();
+        sqlx::query_as(
+            "SELECT decided_by, count(*) FROM decisions WHERE NOT shadow
+             GROUP BY decided_by ORDER BY decided_by",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+    });
+    let expected: Vec<(Option<String>, i64)> = rows
+        .iter()
+        .filter(|r| r.2 > 0)
+        .map(|r| (Some(r.0.clone()), r.2))
+        .collect();
+    assert_eq!(by, expected, "{out}");
+    rt.block_on(schemas.drop_all());
+}
+
+#[test]
+fn the_cluster_demo_makes_its_own_schema_and_drops_it() {
+    let Some((rt, url)) = postgres("the_cluster_demo_makes_its_own_schema_and_drops_it") else {
+        return;
+    };
+    let (code, out, err) = demo_on(&["--cluster", "--users", "5"], Some(&url));
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    let schema = err
+        .split("PostgreSQL schema ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .unwrap_or_else(|| panic!("no schema named in: {err}"));
+    assert!(schema.starts_with("kycd_demo_"), "{schema}");
+    assert!(out.contains("Takeover: "), "{out}");
+    let left: i64 = rt.block_on(async {
+        let pool = kycd_log::postgres::schemas::admin(&url).await.unwrap();
+        sqlx::query_scalar("SELECT count(*) FROM pg_namespace WHERE nspname = $1")
+            .bind(schema)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    });
+    assert_eq!(left, 0, "the demo's schema {schema} outlived it");
+}
+
+#[test]
+fn the_cluster_demo_refuses_a_schema_that_holds_a_kycd_database() {
+    let Some((rt, url)) = postgres("the_cluster_demo_refuses_a_schema_that_holds_a_kycd_database")
+    else {
+        return;
+    };
+    let schemas = rt.block_on(kycd_log::postgres::testing::Schemas::new(&url));
+    // A migrated schema, as a deployment's would be.
+    let db = rt.block_on(schemas.database());
+    let database = rt.block_on(async {
+        let schema: String = sqlx::query_scalar("SELECT current_schema()::text")
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+        schemas.url_of(&schema)
+    });
+    let (code, _, err) = demo_on(&["--cluster", "--users", "5"], Some(&database));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("already holds a kycd database"), "{err}");
+    rt.block_on(schemas.drop_all());
 }

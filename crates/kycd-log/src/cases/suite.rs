@@ -313,6 +313,7 @@ fn decision(id: &str, offset: u64, outcome: &str, shadow: bool, at_ms: i64) -> D
         outcome: outcome.to_owned(),
         score: 1.0,
         decided_at_ms: at_ms,
+        decided_by: None,
         doc: json!({}),
     }
 }

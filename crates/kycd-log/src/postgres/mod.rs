@@ -34,6 +34,7 @@ pub mod cluster;
 pub mod cursors;
 pub mod log;
 pub mod outbox;
+pub mod schemas;
 pub mod store;
 #[cfg(any(test, feature = "testsuite"))]
 pub mod testing;
@@ -85,6 +86,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         9,
         "cursors",
         include_str!("../../migrations/postgres/0009_cursors.sql"),
+    ),
+    (
+        10,
+        "decided_by",
+        include_str!("../../migrations/postgres/0010_decided_by.sql"),
     ),
     (
         12,
@@ -160,11 +166,13 @@ impl Database {
         &self.pool
     }
 
-    /// Apply the migrations this database has not seen, each in its own
+    /// Apply every migration this database has not recorded (a version
+    /// missing below the newest recorded one too), each in its own
     /// transaction with its version, under a transaction-scoped advisory
     /// lock: of several instances starting at once, one migrates and the
-    /// others then find nothing to do. A database migrated by a newer
-    /// kycd is refused.
+    /// others then find nothing to do. A database that records a version
+    /// this build does not know (migrated by a newer kycd) is refused
+    /// before anything is applied.
     async fn migrate(&self) -> Result<(), StoreError> {
         for (version, name, sql) in MIGRATIONS {
             let mut tx = self.pool.begin().await.map_err(store_error)?;
@@ -181,20 +189,13 @@ impl Database {
             )
             .await
             .map_err(store_error)?;
-            let newest: Option<i32> =
-                sqlx::query_scalar("SELECT max(version) FROM kycd_migrations")
-                    .fetch_one(&mut *tx)
+            let recorded: Vec<i32> =
+                sqlx::query_scalar("SELECT version FROM kycd_migrations ORDER BY version")
+                    .fetch_all(&mut *tx)
                     .await
                     .map_err(store_error)?;
-            let newest = newest.unwrap_or(0);
-            // The newest version this build knows (numbers may skip).
-            let known = MIGRATIONS.last().map_or(0, |m| m.0);
-            if newest > known {
-                return Err(StoreError::Corrupt(format!(
-                    "the database schema is at version {newest}, newer than this build knows (1..={known})"
-                )));
-            }
-            if *version <= newest {
+            let known: Vec<i32> = MIGRATIONS.iter().map(|m| m.0).collect();
+            if !missing(&known, &recorded)?.contains(version) {
                 continue;
             }
             tx.execute(*sql).await.map_err(|e| {
@@ -224,6 +225,31 @@ impl Database {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// The versions of `known` (this build's migrations) that `recorded` (a
+/// database's) lacks, in order; refused when the database records one this
+/// build does not know, since a newer kycd's schema may not work with this
+/// build's queries.
+fn missing(known: &[i32], recorded: &[i32]) -> Result<Vec<i32>, StoreError> {
+    let unknown: Vec<String> = recorded
+        .iter()
+        .filter(|v| !known.contains(v))
+        .map(i32::to_string)
+        .collect();
+    if !unknown.is_empty() {
+        let list: Vec<String> = known.iter().map(i32::to_string).collect();
+        return Err(StoreError::Corrupt(format!(
+            "the database schema records version {} that this build does not know (it knows {}): a newer kycd migrated it",
+            unknown.join(", "),
+            list.join(", ")
+        )));
+    }
+    Ok(known
+        .iter()
+        .copied()
+        .filter(|v| !recorded.contains(v))
+        .collect())
 }
 
 /// SQLSTATE classes that mean the data, not the connection, is wrong.
@@ -278,4 +304,33 @@ pub(crate) fn unsigned(v: i64, what: &str) -> Result<u64, StoreError> {
 /// near `i64::MAX`; a filter bound past it means "no bound").
 pub(crate) fn signed(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_unrecorded_version_is_applied_not_only_those_past_the_newest() {
+        assert_eq!(missing(&[1, 2, 3, 4], &[]).unwrap(), vec![1, 2, 3, 4]);
+        assert_eq!(missing(&[1, 2, 3, 4], &[1, 2]).unwrap(), vec![3, 4]);
+        // A version that arrived on another branch before an older one.
+        assert_eq!(missing(&[1, 2, 3, 4], &[1, 2, 4]).unwrap(), vec![3]);
+        assert!(missing(&[1, 2, 3, 4], &[1, 2, 3, 4]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_recorded_version_this_build_does_not_know_is_refused() {
+        // Past the newest known, and in a gap below it: both are a newer
+        // kycd's schema.
+        for recorded in [&[1, 2, 3, 4, 5][..], &[1, 2, 3, 4][..]] {
+            match missing(&[1, 2, 3, 5], recorded) {
+                Err(StoreError::Corrupt(m)) => {
+                    assert!(m.contains("does not know"), "{m}");
+                    assert!(m.contains("version 4 "), "{m}");
+                }
+                other => panic!("{recorded:?}: {other:?}"),
+            }
+        }
+    }
 }

@@ -76,7 +76,7 @@ const SESSION_COLUMNS: &str =
     "seq, session_id, vendor_data, status, workflow_id, created_at_ms, updated_at_ms, doc";
 
 const DECISION_COLUMNS: &str =
-    "id, event_offset, session_id, subject, policy_version, shadow, outcome, score, decided_at_ms, doc";
+    "id, event_offset, session_id, subject, policy_version, shadow, outcome, score, decided_at_ms, doc, decided_by";
 
 fn session_of(row: &PgRow) -> Result<SessionRecord, StoreError> {
     let doc: String = row.try_get(7).map_err(store_error)?;
@@ -104,6 +104,7 @@ fn decision_of(row: &PgRow) -> Result<DecisionRecord, StoreError> {
         outcome: row.try_get(6).map_err(store_error)?,
         score: row.try_get(7).map_err(store_error)?,
         decided_at_ms: row.try_get(8).map_err(store_error)?,
+        decided_by: row.try_get(10).map_err(store_error)?,
         doc: parse_doc(&doc, "decision doc")?,
     })
 }
@@ -146,11 +147,13 @@ fn merged_links(links: &[IdentityLink]) -> Vec<(&str, &str, &str, i64, i64)> {
         .collect()
 }
 
-/// Sessions, case rows and decisions of a commit, inside its transaction.
+/// Sessions, case rows and decisions of a commit, inside its transaction;
+/// the decisions recorded as made by `decided_by` (the fence's owner).
 async fn write_sessions_and_decisions(
     tx: &mut PgConnection,
     sessions: &[SessionRecord],
     decisions: &[DecisionRecord],
+    decided_by: Option<&str>,
 ) -> Result<(), StoreError> {
     let sessions = merged_sessions(sessions);
     if !sessions.is_empty() {
@@ -237,9 +240,9 @@ async fn write_sessions_and_decisions(
         // does in SQLite: "the latest" decision is the one inserted last.
         sqlx::query(
             "INSERT INTO decisions (id, event_offset, session_id, subject, policy_version, shadow,
-               outcome, score, decided_at_ms, doc)
+               outcome, score, decided_at_ms, doc, decided_by)
              SELECT id, event_offset, session_id, subject, policy_version, shadow, outcome, score,
-               decided_at_ms, doc
+               decided_at_ms, doc, $11
              FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[],
                $6::boolean[], $7::text[], $8::double precision[], $9::bigint[], $10::text[])
                WITH ORDINALITY AS d(id, event_offset, session_id, subject, policy_version, shadow,
@@ -256,6 +259,7 @@ async fn write_sessions_and_decisions(
         .bind(score)
         .bind(at)
         .bind(doc)
+        .bind(decided_by)
         .execute(&mut *tx)
         .await
         .map_err(store_error)?;
@@ -457,7 +461,9 @@ impl Store for PgStore {
         for fence in &batch.fences {
             super::cluster::fence(&mut tx, fence).await?;
         }
-        write_sessions_and_decisions(&mut tx, &batch.sessions, &batch.decisions).await?;
+        let decided_by = batch.fence.as_ref().map(|f| f.owner.as_str());
+        write_sessions_and_decisions(&mut tx, &batch.sessions, &batch.decisions, decided_by)
+            .await?;
         write_graph(&mut tx, &batch).await?;
         super::outbox::insert_actions(&mut tx, &batch.actions).await?;
         super::outbox::upsert_step_ups(&mut tx, &batch.step_ups).await?;

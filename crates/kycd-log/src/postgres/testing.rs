@@ -9,10 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use sqlx::postgres::{PgConnectOptions, PgPool};
-use sqlx::ConnectOptions;
+use sqlx::postgres::PgPool;
 
-use super::{Database, PoolSettings};
+use super::{schemas, Database, PoolSettings};
 
 /// The variable naming the test server.
 pub const URL_VAR: &str = "KYCD_TEST_POSTGRES_URL";
@@ -48,10 +47,7 @@ pub struct Schemas {
 impl Schemas {
     /// Connect to `url`, dropping stale schemas of earlier runs.
     pub async fn new(url: &str) -> Self {
-        let options: PgConnectOptions = url.parse().expect("KYCD_TEST_POSTGRES_URL parses");
-        let admin = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(2)
-            .connect_with(options.disable_statement_logging())
+        let admin = schemas::admin(url)
             .await
             .unwrap_or_else(|e| panic!("cannot connect to {URL_VAR}: {e}"));
         let stamp = SystemTime::now()
@@ -71,9 +67,7 @@ impl Schemas {
                 .and_then(|s| s.parse::<u64>().ok())
                 .unwrap_or(0);
             if made_at + STALE_AFTER_SECS < stamp {
-                let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"))
-                    .execute(&admin)
-                    .await;
+                let _ = schemas::drop_schema(&admin, &name).await;
             }
         }
         Self {
@@ -90,8 +84,7 @@ impl Schemas {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let name = format!("kycd_t_{}_{}_{n}", self.stamp, std::process::id());
-        sqlx::query(&format!("CREATE SCHEMA \"{name}\""))
-            .execute(&self.admin)
+        schemas::create(&self.admin, &name)
             .await
             .expect("create a test schema");
         self.made.lock().unwrap().push(name.clone());
@@ -101,8 +94,7 @@ impl Schemas {
     /// The URL of the server with `search_path` set to `schema`, as an
     /// operator would write it in `KYCD_DATABASE_URL`.
     pub fn url_of(&self, schema: &str) -> String {
-        let sep = if self.url.contains('?') { '&' } else { '?' };
-        format!("{}{sep}options=-csearch_path%3D{schema}", self.url)
+        schemas::url_with_search_path(&self.url, schema)
     }
 
     /// A migrated database in a new schema.
@@ -123,9 +115,7 @@ impl Schemas {
     pub async fn drop_all(&self) {
         let made = std::mem::take(&mut *self.made.lock().unwrap());
         for name in made {
-            let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"))
-                .execute(&self.admin)
-                .await;
+            let _ = schemas::drop_schema(&self.admin, &name).await;
         }
     }
 }
