@@ -254,9 +254,9 @@ async fn each_decision_records_the_instance_that_committed_it() {
         decided_by: None,
         doc: serde_json::json!({"outcome": "approve"}),
     };
-    let batch = |offset: u64, fence| ProjectionBatch {
+    let batch = |offset: u64, fence: Option<_>| ProjectionBatch {
         decisions: vec![decision(offset)],
-        fence,
+        fences: fence.into_iter().collect(),
         ..ProjectionBatch::default()
     };
     let first = a.acquire("partition/0", TTL).await.unwrap().unwrap();

@@ -461,7 +461,8 @@ impl Store for PgStore {
         for fence in &batch.fences {
             super::cluster::fence(&mut tx, fence).await?;
         }
-        let decided_by = batch.fence.as_ref().map(|f| f.owner.as_str());
+        // Every fence of a batch names this instance.
+        let decided_by = batch.fences.first().map(|f| f.owner.as_str());
         write_sessions_and_decisions(&mut tx, &batch.sessions, &batch.decisions, decided_by)
             .await?;
         write_graph(&mut tx, &batch).await?;
