@@ -1,9 +1,13 @@
 //! `kycd bench`: a load generator for the webhook intake.
 //!
 //! It fires distinct, freshly signed Didit deliveries at a running intake over
-//! loopback and reports throughput and acknowledgement latency. Without
-//! `--url` it starts `kycd serve` itself on a free port and a fresh data
-//! directory, and stops it (SIGTERM) at the end.
+//! loopback and reports throughput and acknowledgement latency, then how
+//! fast the deliveries were decided and what the servers' CPU cost per
+//! delivery was. Without `--url` it starts `kycd serve` itself on a free
+//! port and a fresh data directory (or, with `--database-url`, a fresh
+//! schema of that PostgreSQL database, shared by `--instances` servers),
+//! and stops it (SIGTERM) at the end. With several servers the deliveries
+//! are dealt to them in turn.
 //!
 //! Everything that costs CPU on the bench's side is done before the clock
 //! starts: every delivery is signed and turned into a complete HTTP request up
@@ -20,12 +24,18 @@
 //!   got round to sending it, so a slow server cannot hide its queueing delay
 //!   by slowing the bench down (coordinated omission). The time from the
 //!   actual send is reported too, as the service time.
+//!
+//! Decisions: after the warm-up the bench waits until the projector has
+//! applied every event (`/readyz`'s `projector_lag` is 0), so that the
+//! measured deliveries are the only work waiting; after the last
+//! acknowledgement it polls again until the projector has caught up. The
+//! time from the first measured delivery to then is the decision
+//! throughput; the events still waiting when the intake finished, and the
+//! time they took, are the drain (decisions with no intake beside them).
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -42,6 +52,10 @@ use rand::Rng;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
+mod fleet;
+
+use fleet::{Backend, Cpu, Fleet};
+
 /// The v3 delivery every bench request is made from: a full `Approved`
 /// decision (the `approved_full_decision` vector of docs/didit-protocol.md section 6),
 /// about 1.9 KB on the wire. Ids, `vendor_data` and `timestamp` are replaced
@@ -50,27 +64,32 @@ const TEMPLATE: &str = r#"{"application_id":"0b6f3c2e-7d41-4a55-9a0e-3f1c2d4e5a6
 
 const WEBHOOK_PATH: &str = "/webhooks/didit";
 
-/// How long a self-started server may take to print its `listening on` line.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long a self-started server may take to shut down after SIGTERM
-/// before it is killed. Its data is thrown away, so there is no point in
-/// waiting for, say, the projection to catch up.
-const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the projector may take to apply every delivered event, after
+/// the warm-up and after the measured phase, before the bench gives up on
+/// the decision figures.
+const DECIDE_TIMEOUT: Duration = Duration::from_secs(600);
+/// How often the bench asks `/readyz` whether the projector has caught up.
+const DECIDE_POLL: Duration = Duration::from_millis(20);
+/// Fewer events than this waiting when the intake finished are too few to
+/// time a drain by.
+const MIN_BACKLOG: u64 = 1000;
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// A running intake, `http://HOST:PORT` or the full webhook URL. Without
-    /// it the bench starts `kycd serve` on a free port and a fresh data
-    /// directory and stops it at the end.
+    /// A running intake, `http://HOST:PORT` or the full webhook URL. Repeat
+    /// it for several instances of one cluster: deliveries go to them in
+    /// turn. Without it the bench starts `kycd serve` itself and stops it at
+    /// the end: on a free port and a fresh data directory, or a fresh schema
+    /// of --database-url.
     #[arg(long)]
-    url: Option<String>,
+    url: Vec<String>,
     /// The webhook secret the intake accepts (required with --url).
     #[arg(long, env = "KYCD_BENCH_SECRET", hide_env_values = true)]
     secret: Option<String>,
     /// Measured deliveries.
     #[arg(long, default_value_t = 20_000)]
     requests: usize,
-    /// Concurrent keep-alive connections.
+    /// Concurrent keep-alive connections (shared out over the servers).
     #[arg(long, default_value_t = 64)]
     connections: usize,
     /// Fixed arrival rate per second (open loop); without it, closed loop at
@@ -86,9 +105,31 @@ pub struct BenchArgs {
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+    /// A PostgreSQL database (`postgres://...`) for the servers the bench
+    /// starts: they share a fresh schema in it, dropped at the end. Not
+    /// used with --url.
+    #[arg(long, env = "KYCD_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// How many `kycd serve` to start on --database-url; deliveries go to
+    /// them in turn.
+    #[arg(long, default_value_t = 1)]
+    instances: usize,
 }
 
-pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+/// What the arguments ask for.
+#[derive(Debug)]
+enum Plan {
+    /// Servers started separately (`--url`).
+    Running { urls: Vec<String>, secret: String },
+    /// Servers the bench starts and stops.
+    Start {
+        backend: Backend,
+        instances: usize,
+        secret: String,
+    },
+}
+
+fn plan(args: &BenchArgs) -> anyhow::Result<Plan> {
     if args.connections == 0 {
         bail!("--connections must be at least 1");
     }
@@ -100,39 +141,104 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             bail!("--rate must be a positive number");
         }
     }
-    let (target, secret, server) = match &args.url {
-        Some(url) => {
-            let secret = args
-                .secret
-                .clone()
-                .context("--secret (or KYCD_BENCH_SECRET) is required with --url")?;
-            (Target::parse(url)?, secret, None)
+    let (plan, servers) = if args.url.is_empty() {
+        if args.instances == 0 {
+            bail!("--instances must be at least 1");
         }
-        None => {
-            let secret = args.secret.clone().unwrap_or_else(|| random_hex(32));
-            let server = Server::start(&secret)?;
-            (Target::parse(&server.url)?, secret, Some(server))
+        let backend = match &args.database_url {
+            // Never quoted: the URL may hold a password.
+            Some(url) if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) => {
+                bail!("--database-url (or KYCD_DATABASE_URL) must be a postgres:// URL")
+            }
+            Some(url) => Backend::Postgres(url.clone()),
+            None if args.instances > 1 => bail!(
+                "--instances {} needs --database-url (or KYCD_DATABASE_URL): \
+                 several instances share one PostgreSQL database",
+                args.instances
+            ),
+            None => Backend::Embedded,
+        };
+        let secret = args.secret.clone().unwrap_or_else(|| random_hex(32));
+        let instances = args.instances;
+        (
+            Plan::Start {
+                backend,
+                instances,
+                secret,
+            },
+            instances,
+        )
+    } else {
+        if args.instances != 1 {
+            bail!("--instances starts servers; for servers already running, give one --url each");
         }
+        for url in &args.url {
+            Target::parse(url)?;
+        }
+        let secret = args
+            .secret
+            .clone()
+            .context("--secret (or KYCD_BENCH_SECRET) is required with --url")?;
+        let urls = args.url.clone();
+        let n = urls.len();
+        (Plan::Running { urls, secret }, n)
     };
+    if args.connections < servers {
+        bail!(
+            "--connections ({}) must be at least the number of servers ({servers})",
+            args.connections
+        );
+    }
+    Ok(plan)
+}
 
-    let result = tokio::runtime::Builder::new_multi_thread()
+pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let plan = plan(&args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads.max(1))
         .enable_all()
         .build()
-        .context("building the bench runtime")?
-        .block_on(bench(
-            &args,
-            &target,
-            &Secret::new(secret),
-            server.as_ref().and_then(Server::pid),
-        ));
-
-    // Stop the server whatever happened, but report the bench's error first.
-    // Its data is thrown away, so a slow shutdown only earns a note.
-    if let Some(server) = server {
-        if let Err(e) = server.stop() {
-            eprintln!("note: {e:#}");
+        .context("building the bench runtime")?;
+    let (result, notes) = runtime.block_on(async {
+        match plan {
+            Plan::Running { urls, secret } => {
+                let targets = urls
+                    .iter()
+                    .map(|u| Target::parse(u))
+                    .collect::<anyhow::Result<Vec<_>>>();
+                let result = match targets {
+                    Ok(targets) => bench(&args, &targets, &Secret::new(secret), None).await,
+                    Err(e) => Err(e),
+                };
+                (result, Vec::new())
+            }
+            Plan::Start {
+                backend,
+                instances,
+                secret,
+            } => {
+                let fleet = match Fleet::start(&secret, &backend, instances).await {
+                    Ok(fleet) => fleet,
+                    Err(e) => return (Err(e), Vec::new()),
+                };
+                let result = match fleet
+                    .urls()
+                    .iter()
+                    .map(|u| Target::parse(u))
+                    .collect::<anyhow::Result<Vec<_>>>()
+                {
+                    Ok(targets) => bench(&args, &targets, &Secret::new(secret), Some(&fleet)).await,
+                    Err(e) => Err(e),
+                };
+                // Stop the servers whatever happened, but report the
+                // bench's error first. Their data is thrown away, so a slow
+                // shutdown only earns a note.
+                (result, fleet.stop().await)
+            }
         }
+    });
+    for note in notes {
+        eprintln!("note: {note}");
     }
     let report = result?;
 
@@ -150,50 +256,246 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 
 async fn bench(
     args: &BenchArgs,
-    target: &Target,
+    targets: &[Target],
     secret: &Secret,
-    server_pid: Option<u32>,
+    fleet: Option<&Fleet>,
 ) -> anyhow::Result<Report> {
-    let requests = prepare(target, secret, args.warmup + args.requests)?;
+    let requests = prepare(targets, secret, args.warmup + args.requests)?;
     let mut measured = requests;
     let warmup: Vec<_> = measured.drain(..args.warmup).collect();
 
     let mut senders = Vec::with_capacity(args.connections);
-    for _ in 0..args.connections {
-        senders.push(connect(target).await?);
+    for c in 0..args.connections {
+        let t = c % targets.len();
+        senders.push((t, connect(&targets[t]).await?));
     }
     if !warmup.is_empty() {
-        let (s, _) = phase(target, senders, warmup, args.rate).await;
+        let (s, _) = phase(targets, senders, warmup, 0, args.rate).await;
         senders = s;
     }
-    let before = (
-        cpu_time("self"),
-        server_pid.and_then(|p| cpu_time(&p.to_string())),
-    );
-    let (_, mut outcome) = phase(target, senders, measured, args.rate).await;
-    let after = (
-        cpu_time("self"),
-        server_pid.and_then(|p| cpu_time(&p.to_string())),
-    );
-    outcome.bench_cpu = before.0.zip(after.0).map(|(b, a)| a - b);
-    outcome.server_cpu = before.1.zip(after.1).map(|(b, a)| a - b);
-    Ok(Report::new(args, outcome))
+    let probe = Probe::new(targets)?;
+    // Start from a projector that has caught up, so that the measured
+    // deliveries are all the work there is to decide.
+    let lag_known = probe.wait_caught_up().await.is_some();
+    let decided_before = probe.settled_decisions().await;
+    let before = Snapshot::take(fleet).await;
+    let (_, mut outcome) = phase(targets, senders, measured, args.warmup, args.rate).await;
+    let after = Snapshot::take(fleet).await;
+    let decisions = if lag_known {
+        let backlog = probe.lag().await;
+        let caught_up = probe.wait_caught_up().await;
+        let settled = Snapshot::take(fleet).await;
+        let decided_after = probe.settled_decisions().await;
+        let behind = match caught_up {
+            Some(_) => None,
+            None => probe.lag().await,
+        };
+        Some(Decisions {
+            caught_up: caught_up
+                .map(|at| at.saturating_duration_since(outcome.started.unwrap_or(before.at))),
+            backlog: backlog.unwrap_or(0),
+            drain: caught_up.map(|at| at.saturating_duration_since(after.at)),
+            decided: decided_before
+                .zip(decided_after)
+                .map(|(b, a)| a.saturating_sub(b)),
+            behind,
+            whole: settled.since(&before),
+            drain_cpu: settled.since(&after),
+        })
+    } else {
+        None
+    };
+    let intake = after.since(&before);
+    outcome.bench_cpu = intake.bench;
+    outcome.server_cpu = intake.servers.map(|c| c.total);
+    let database = match fleet.and_then(Fleet::schema) {
+        Some(schema) => Some(format!(
+            "{}; schema {}",
+            schema.describe().await,
+            schema.name()
+        )),
+        None => None,
+    };
+    Ok(Report::new(
+        args,
+        outcome,
+        Extra {
+            servers: targets.len(),
+            backend: fleet.map(|f| {
+                if f.schema().is_some() {
+                    "postgres"
+                } else {
+                    "sqlite"
+                }
+            }),
+            database,
+            decisions,
+        },
+    ))
 }
 
-/// CPU seconds (user + system) a process has used so far, from
-/// `/proc/<pid>/stat`; `None` where there is no such file.
-fn cpu_time(pid: &str) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which is in parentheses and may hold
-    // spaces: state is the first, utime the 12th, stime the 13th.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    // USER_HZ is 100 on every Linux platform kycd targets.
-    Some((utime + stime) / 100.0)
+/// Asks the servers how far their projector is behind and how many
+/// decisions they have stored.
+struct Probe {
+    http: reqwest::Client,
+    /// `http://host:port` of every server.
+    bases: Vec<String>,
 }
 
+impl Probe {
+    fn new(targets: &[Target]) -> anyhow::Result<Self> {
+        Ok(Self {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .context("building the HTTP client")?,
+            bases: targets
+                .iter()
+                .map(|t| format!("http://{}", t.authority))
+                .collect(),
+        })
+    }
+
+    /// Events in the log the projector has not applied, from the first
+    /// server's `/readyz` (the servers share one log and one projection).
+    async fn lag(&self) -> Option<u64> {
+        let resp = self
+            .http
+            .get(format!("{}/readyz", self.bases.first()?))
+            .send()
+            .await
+            .ok()?;
+        let body: serde_json::Value = resp.json().await.ok()?;
+        body["checks"]["projector_lag"].as_u64()
+    }
+
+    /// Poll until the projector has applied every event; when that was
+    /// seen, or `None` when it was not within [`DECIDE_TIMEOUT`] or the lag
+    /// cannot be read.
+    async fn wait_caught_up(&self) -> Option<Instant> {
+        let deadline = Instant::now() + DECIDE_TIMEOUT;
+        loop {
+            let lag = self.lag().await?;
+            if lag == 0 {
+                return Some(Instant::now());
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(DECIDE_POLL).await;
+        }
+    }
+
+    /// [`Probe::decisions`] once it holds still: the projector counts a
+    /// batch's decisions just after its commit, and at its low priority
+    /// that may come a while after `/readyz` has shown the commit.
+    async fn settled_decisions(&self) -> Option<u64> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut last = self.decisions().await?;
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let now = self.decisions().await?;
+            if now == last || Instant::now() >= deadline {
+                return Some(now);
+            }
+            last = now;
+        }
+    }
+
+    /// Decisions stored so far, summed over every server's
+    /// `kycd_decisions_total`; `None` where a server serves no `/metrics`
+    /// on this listener.
+    async fn decisions(&self) -> Option<u64> {
+        let mut total = 0.0;
+        for base in &self.bases {
+            let resp = self.http.get(format!("{base}/metrics")).send().await.ok()?;
+            if !resp.status().is_success() {
+                return None;
+            }
+            total += counter_sum(&resp.text().await.ok()?, "kycd_decisions_total");
+        }
+        Some(total as u64)
+    }
+}
+
+/// The sum of a counter's samples over all its labels, in Prometheus's
+/// text format.
+fn counter_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// CPU used so far by the bench, the servers it started and their
+/// database backends.
+struct Snapshot {
+    at: Instant,
+    bench: Option<f64>,
+    /// Every server's CPU added up; `None` unless the bench started them
+    /// and could read each one.
+    servers: Option<Cpu>,
+    /// Each database backend serving the servers, by process id; `None`
+    /// without a schema, or when the database is not on this machine.
+    database: Option<BTreeMap<u32, f64>>,
+}
+
+/// CPU seconds between two snapshots.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct CpuSpent {
+    bench: Option<f64>,
+    servers: Option<Cpu>,
+    database: Option<f64>,
+}
+
+impl Snapshot {
+    async fn take(fleet: Option<&Fleet>) -> Self {
+        let at = Instant::now();
+        let bench = fleet::own_cpu();
+        let servers = fleet.and_then(|f| {
+            f.pids()
+                .into_iter()
+                .map(fleet::process_cpu)
+                .try_fold(Cpu::default(), |sum, c| Some(sum + c?))
+        });
+        let database = match fleet.and_then(|f| f.schema().map(|s| (f, s))) {
+            Some((f, schema)) => Some(schema.backends(&f.application_names()).await)
+                .filter(|backends| !backends.is_empty()),
+            None => None,
+        };
+        Self {
+            at,
+            bench,
+            servers,
+            database,
+        }
+    }
+
+    fn since(&self, earlier: &Snapshot) -> CpuSpent {
+        CpuSpent {
+            bench: self.bench.zip(earlier.bench).map(|(a, b)| a - b),
+            servers: self.servers.zip(earlier.servers).map(|(a, b)| a - b),
+            database: self
+                .database
+                .as_ref()
+                .zip(earlier.database.as_ref())
+                .map(|(a, b)| backends_spent(b, a)),
+        }
+    }
+}
+
+/// CPU seconds the database backends spent between two readings. A backend
+/// that started in between counts from zero; one that ended in between is
+/// lost (the servers keep their connections open, so there are few).
+fn backends_spent(before: &BTreeMap<u32, f64>, after: &BTreeMap<u32, f64>) -> f64 {
+    after
+        .iter()
+        .map(|(pid, cpu)| cpu - before.get(pid).copied().unwrap_or(0.0))
+        .sum()
+}
 /// Where to send deliveries.
 struct Target {
     /// `host:port`, to connect to and for the `Host` header.
@@ -225,10 +527,11 @@ impl Target {
     }
 }
 
-/// Sign `n` distinct deliveries and build their requests. Each has its own
-/// session, event id and vendor data; all carry the current time.
+/// Sign `n` distinct deliveries and build their requests, delivery `i` for
+/// `targets[i % targets.len()]` (see [`spread`]). Each has its own session,
+/// event id and vendor data; all carry the current time.
 fn prepare(
-    target: &Target,
+    targets: &[Target],
     secret: &Secret,
     n: usize,
 ) -> anyhow::Result<Vec<Request<Full<Bytes>>>> {
@@ -238,7 +541,10 @@ fn prepare(
         .duration_since(UNIX_EPOCH)
         .context("system clock is before 1970")?
         .as_secs();
-    let host = HeaderValue::from_str(&target.authority).context("invalid host")?;
+    let hosts = targets
+        .iter()
+        .map(|t| HeaderValue::from_str(&t.authority).context("invalid host"))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let run_id = random_hex(4);
     let mut rng = rand::thread_rng();
     let mut out = Vec::with_capacity(n);
@@ -269,9 +575,10 @@ fn prepare(
 
         let mut req = Request::new(Full::new(Bytes::from(signed.body)));
         *req.method_mut() = Method::POST;
-        *req.uri_mut() = target.path.clone();
+        let to = i % targets.len();
+        *req.uri_mut() = targets[to].path.clone();
         let headers = req.headers_mut();
-        headers.insert(HOST, host.clone());
+        headers.insert(HOST, hosts[to].clone());
         for (name, value) in signed.headers {
             headers.insert(
                 HeaderName::from_static(name_lower(name)),
@@ -369,7 +676,9 @@ struct Outcome {
     /// Requests never sent because every connection was lost.
     unsent: usize,
     elapsed: Duration,
-    /// CPU seconds the bench and (if it started it) the server used.
+    /// When the phase began.
+    started: Option<Instant>,
+    /// CPU seconds the bench and (if it started them) the servers used.
     bench_cpu: Option<f64>,
     server_cpu: Option<f64>,
 }
@@ -387,44 +696,73 @@ impl Outcome {
     }
 }
 
-/// The requests of a phase, handed out in order to whichever connection is
-/// free; the index gives a request's due time in open loop.
-type Queue = Mutex<std::iter::Enumerate<std::vec::IntoIter<Request<Full<Bytes>>>>>;
+/// The requests of a phase for one server, handed out in order to whichever
+/// of its connections is free, each with its index in the phase, which
+/// gives its due time in open loop.
+type Queue = Mutex<std::vec::IntoIter<(usize, Request<Full<Bytes>>)>>;
 
-/// Send `requests` over `senders` and wait for every acknowledgement.
-/// Returns the connections still usable, for the next phase.
+/// Deal a phase's requests round-robin over `ways` servers: request `j` of
+/// a phase whose first request is the run's `first`-th goes to server
+/// `(first + j) % ways`, each with `j`. The run's `i`-th request was
+/// prepared for server `i % ways`, so every request stays with its server.
+fn spread<T>(items: Vec<T>, first: usize, ways: usize) -> Vec<Vec<(usize, T)>> {
+    let ways = ways.max(1);
+    let mut out: Vec<Vec<(usize, T)>> = (0..ways)
+        .map(|_| Vec::with_capacity(items.len() / ways + 1))
+        .collect();
+    for (j, item) in items.into_iter().enumerate() {
+        out[(first + j) % ways].push((j, item));
+    }
+    out
+}
+
+/// A connection, with the index of the server it goes to.
+type Sender = (usize, SendRequest<Full<Bytes>>);
+
+/// Send `requests` (the run's from the `first`-th on) over `senders` and
+/// wait for every acknowledgement. Returns the connections still usable,
+/// for the next phase.
 async fn phase(
-    target: &Target,
-    senders: Vec<SendRequest<Full<Bytes>>>,
+    targets: &[Target],
+    senders: Vec<Sender>,
     requests: Vec<Request<Full<Bytes>>>,
+    first: usize,
     rate: Option<f64>,
-) -> (Vec<SendRequest<Full<Bytes>>>, Outcome) {
+) -> (Vec<Sender>, Outcome) {
     let total = requests.len();
     let workers = senders.len();
-    let queue: Arc<Queue> = Arc::new(Mutex::new(requests.into_iter().enumerate()));
+    let queues: Vec<Arc<Queue>> = spread(requests, first, targets.len())
+        .into_iter()
+        .map(|q| Arc::new(Mutex::new(q.into_iter())))
+        .collect();
     let per_task = total / senders.len().max(1) + 16;
     let start = Instant::now();
 
-    // In open loop a pacer thread releases one permit per due delivery. A
-    // plain thread sleeps with far finer resolution than the runtime's 1 ms
-    // timer wheel, which would otherwise add up to 1 ms of bench-made delay.
+    // In open loop a pacer thread releases one permit per due delivery, to
+    // the server it goes to. A plain thread sleeps with far finer
+    // resolution than the runtime's 1 ms timer wheel, which would otherwise
+    // add up to 1 ms of bench-made delay.
     let gate = rate.map(|r| {
         (
-            Arc::new(Semaphore::new(0)),
+            (0..queues.len())
+                .map(|_| Arc::new(Semaphore::new(0)))
+                .collect::<Vec<_>>(),
             Duration::from_secs_f64(1.0 / r),
         )
     });
-    let pacer = gate.as_ref().map(|(sem, interval)| {
-        let sem = sem.clone();
+    let pacer = gate.as_ref().map(|(sems, interval)| {
+        let sems = sems.clone();
         let interval = *interval;
-        std::thread::spawn(move || pace(&sem, start, interval, total, workers))
+        std::thread::spawn(move || pace(&sems, first, start, interval, total, workers))
     });
 
     let mut tasks = Vec::with_capacity(senders.len());
-    for sender in senders {
-        let queue = queue.clone();
-        let gate = gate.clone();
-        let authority = target.authority.clone();
+    for (to, sender) in senders {
+        let queue = queues[to].clone();
+        let gate = gate
+            .as_ref()
+            .map(|(sems, interval)| (sems[to].clone(), *interval));
+        let authority = targets[to].authority.clone();
         tasks.push(tokio::spawn(async move {
             let mut out = Outcome {
                 latencies: Vec::with_capacity(per_task),
@@ -432,7 +770,7 @@ async fn phase(
                 ..Outcome::default()
             };
             let sender = worker(sender, &queue, gate, start, &authority, &mut out).await;
-            (sender, out)
+            (sender.map(|s| (to, s)), out)
         }));
     }
 
@@ -448,12 +786,17 @@ async fn phase(
         }
     }
     outcome.elapsed = start.elapsed();
+    outcome.started = Some(start);
     // Whatever no connection could take was never sent.
-    if let Ok(mut rest) = queue.lock() {
-        outcome.unsent += rest.by_ref().count();
+    for queue in &queues {
+        if let Ok(mut rest) = queue.lock() {
+            outcome.unsent += rest.by_ref().count();
+        }
     }
-    if let Some((sem, _)) = &gate {
-        sem.close();
+    if let Some((sems, _)) = &gate {
+        for sem in sems {
+            sem.close();
+        }
     }
     if let Some(pacer) = pacer {
         let _ = pacer.join();
@@ -461,15 +804,24 @@ async fn phase(
     (alive, outcome)
 }
 
-fn pace(sem: &Semaphore, start: Instant, interval: Duration, total: usize, workers: usize) {
+/// Release a permit to the server of each delivery as it falls due (see
+/// [`spread`] for which server that is).
+fn pace(
+    sems: &[Arc<Semaphore>],
+    first: usize,
+    start: Instant,
+    interval: Duration,
+    total: usize,
+    workers: usize,
+) {
     let mut released = 0usize;
-    while released < total && !sem.is_closed() {
+    while released < total && !sems.iter().any(|s| s.is_closed()) {
         let due =
             ((start.elapsed().as_secs_f64() / interval.as_secs_f64()) as usize + 1).min(total);
-        if due > released {
-            sem.add_permits(due - released);
-            released = due;
+        for j in released..due {
+            sems[(first + j) % sems.len()].add_permits(1);
         }
+        released = released.max(due);
         let next = start + interval.mul_f64(released as f64);
         let now = Instant::now();
         if next > now {
@@ -478,7 +830,9 @@ fn pace(sem: &Semaphore, start: Instant, interval: Duration, total: usize, worke
     }
     // One permit more per worker: a worker waiting for a permit after the
     // last delivery was taken wakes, finds the queue empty and stops.
-    sem.add_permits(workers);
+    for sem in sems {
+        sem.add_permits(workers);
+    }
 }
 
 async fn worker(
@@ -576,6 +930,148 @@ struct Report {
     outcome: Outcome,
     latency: Percentiles,
     service: Percentiles,
+    extra: Extra,
+}
+
+/// What the report says besides the intake's figures.
+struct Extra {
+    /// Servers the deliveries were dealt to.
+    servers: usize,
+    /// `sqlite` or `postgres` for servers the bench started.
+    backend: Option<&'static str>,
+    /// The database's version and settings, and the bench's schema.
+    database: Option<String>,
+    /// `None` where `/readyz` gave no projector lag.
+    decisions: Option<Decisions>,
+}
+
+/// How the measured deliveries were decided.
+struct Decisions {
+    /// From the first measured delivery until the projector had applied
+    /// every event; `None` when that did not happen within the deadline.
+    caught_up: Option<Duration>,
+    /// Events not yet applied when the last delivery was acknowledged.
+    backlog: u64,
+    /// From then until the projector had caught up.
+    drain: Option<Duration>,
+    /// Decisions stored meanwhile (`kycd_decisions_total` of every server).
+    decided: Option<u64>,
+    /// Events still waiting at the deadline.
+    behind: Option<u64>,
+    /// CPU from the first measured delivery until caught up, and in the
+    /// drain alone.
+    whole: CpuSpent,
+    drain_cpu: CpuSpent,
+}
+
+impl Decisions {
+    fn rate(&self, accepted: usize) -> Option<f64> {
+        self.caught_up
+            .map(|d| accepted as f64 / d.as_secs_f64().max(1e-9))
+    }
+
+    /// The drain's events per second, when there was a backlog worth
+    /// timing.
+    fn drain_rate(&self) -> Option<f64> {
+        self.drain
+            .filter(|_| self.backlog >= MIN_BACKLOG)
+            .map(|d| self.backlog as f64 / d.as_secs_f64().max(1e-9))
+    }
+
+    /// Microseconds of CPU per event: (servers, their decision threads,
+    /// database backends).
+    fn per_event(spent: &CpuSpent, events: u64) -> (Option<f64>, Option<f64>, Option<f64>) {
+        let per = |s: f64| s * 1e6 / events.max(1) as f64;
+        (
+            spent.servers.map(|c| per(c.total)),
+            spent.servers.map(|c| per(c.projector)),
+            spent.database.map(per),
+        )
+    }
+
+    fn whole_per_delivery(&self, accepted: usize) -> (Option<f64>, Option<f64>, Option<f64>) {
+        match self.caught_up {
+            Some(_) => Self::per_event(&self.whole, accepted as u64),
+            None => (None, None, None),
+        }
+    }
+
+    fn drain_per_event(&self) -> (Option<f64>, Option<f64>, Option<f64>) {
+        match self.drain_rate() {
+            Some(_) => Self::per_event(&self.drain_cpu, self.backlog),
+            None => (None, None, None),
+        }
+    }
+
+    fn human(&self, accepted: usize) -> String {
+        let mut s = match (self.caught_up, self.rate(accepted)) {
+            (Some(d), Some(rate)) => {
+                let decided = match self.decided {
+                    Some(n) => format!("{n} decisions for {accepted} deliveries"),
+                    None => format!("{accepted} deliveries"),
+                };
+                format!(
+                    "\ndecisions: {decided}, every event applied {:.2} s after the first delivery: {rate:.0} /s",
+                    d.as_secs_f64()
+                )
+            }
+            _ => format!(
+                "\ndecisions: the projector had not caught up {} s after the last delivery ({} events waiting)",
+                DECIDE_TIMEOUT.as_secs(),
+                self.behind.map_or("?".to_owned(), |n| n.to_string())
+            ),
+        };
+        match self.drain_rate() {
+            Some(rate) => s.push_str(&format!(
+                "; {} events waiting when the intake finished, drained in {:.2} s: {rate:.0} /s",
+                self.backlog,
+                self.drain.unwrap_or_default().as_secs_f64()
+            )),
+            None => s.push_str(&format!(
+                "; {} events waiting when the intake finished",
+                self.backlog
+            )),
+        }
+        let part = |(servers, projector, database): (Option<f64>, Option<f64>, Option<f64>)| {
+            let mut p = match (servers, projector) {
+                (Some(all), Some(proj)) => format!(
+                    "servers {all:.0} µs (decision threads {proj:.0}, the rest {:.0})",
+                    all - proj
+                ),
+                _ => String::new(),
+            };
+            if let Some(db) = database {
+                p.push_str(&format!(", PostgreSQL backends {db:.0} µs"));
+            }
+            p
+        };
+        let whole = part(self.whole_per_delivery(accepted));
+        if !whole.is_empty() {
+            s.push_str(&format!(
+                "\nCPU per delivery, first delivery to every event applied: {whole}"
+            ));
+            let drain = part(self.drain_per_event());
+            if !drain.is_empty() {
+                s.push_str(&format!("; per event drained with no intake: {drain}"));
+            }
+        }
+        s
+    }
+
+    fn to_json(&self, accepted: usize) -> serde_json::Value {
+        let us = |(servers, projector, database): (Option<f64>, Option<f64>, Option<f64>)| serde_json::json!({"servers": servers, "decision_threads": projector, "database": database});
+        serde_json::json!({
+            "decided": self.decided,
+            "caught_up_s": self.caught_up.map(|d| d.as_secs_f64()),
+            "throughput_per_s": self.rate(accepted),
+            "backlog_events": self.backlog,
+            "drain_s": self.drain.map(|d| d.as_secs_f64()),
+            "drain_per_s": self.drain_rate(),
+            "behind_events": self.behind,
+            "cpu_us_per_delivery": us(self.whole_per_delivery(accepted)),
+            "drain_cpu_us_per_event": us(self.drain_per_event()),
+        })
+    }
 }
 
 struct Percentiles {
@@ -615,7 +1111,7 @@ impl Percentiles {
 }
 
 impl Report {
-    fn new(args: &BenchArgs, mut outcome: Outcome) -> Self {
+    fn new(args: &BenchArgs, mut outcome: Outcome, extra: Extra) -> Self {
         let latency = Percentiles::of(&mut outcome.latencies);
         let service = Percentiles::of(&mut outcome.service);
         Self {
@@ -625,6 +1121,7 @@ impl Report {
             outcome,
             latency,
             service,
+            extra,
         }
     }
 
@@ -682,6 +1179,18 @@ impl Report {
                 ));
             }
         }
+        if let Some(d) = &self.extra.decisions {
+            s.push_str(&d.human(self.accepted()));
+        }
+        if self.extra.servers > 1 {
+            s.push_str(&format!(
+                "\n{} servers, deliveries dealt to them in turn",
+                self.extra.servers
+            ));
+        }
+        if let Some(db) = &self.extra.database {
+            s.push_str(&format!("\ndatabase: {db}"));
+        }
         if self.errors() > 0 {
             let o = &self.outcome;
             let statuses: Vec<String> = o
@@ -725,140 +1234,12 @@ impl Report {
             "unsent": o.unsent,
             "bench_cpu_cores": self.cores(o.bench_cpu),
             "server_cpu_cores": self.cores(o.server_cpu),
+            "servers": self.extra.servers,
+            "backend": self.extra.backend,
+            "database": self.extra.database,
+            "decisions": self.extra.decisions.as_ref().map(|d| d.to_json(self.accepted())),
         })
     }
-}
-
-/// A `kycd serve` the bench started itself.
-struct Server {
-    child: Option<Child>,
-    url: String,
-    /// Holds the data directory and the server's log; removed at the end.
-    root: PathBuf,
-}
-
-impl Server {
-    fn start(secret: &str) -> anyhow::Result<Self> {
-        let root = std::env::temp_dir().join(format!(
-            "kycd-bench-{}-{}",
-            std::process::id(),
-            random_hex(4)
-        ));
-        let data = root.join("data");
-        std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
-        let log_path = root.join("server.log");
-        let log = std::fs::File::create(&log_path)
-            .with_context(|| format!("creating {}", log_path.display()))?;
-        let exe = std::env::current_exe().context("locating the kycd binary")?;
-        let child = Command::new(exe)
-            .arg("serve")
-            .env("KYCD_LISTEN", "127.0.0.1:0")
-            .env("KYCD_DATA_DIR", &data)
-            .env("KYCD_WEBHOOK_SECRETS", secret)
-            .env("KYCD_API_TOKEN", random_hex(16))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .context("starting kycd serve");
-        let mut server = Self {
-            child: None,
-            url: String::new(),
-            root,
-        };
-        let mut child = child?;
-        let stdout = child.stdout.take();
-        server.child = Some(child);
-        let stdout = stdout.context("no stdout from kycd serve")?;
-        match wait_listening(stdout) {
-            Ok(url) => {
-                server.url = url;
-                Ok(server)
-            }
-            Err(e) => {
-                let tail = log_tail(&log_path);
-                Err(e.context(format!(
-                    "kycd serve did not start; its log ends with:\n{tail}"
-                )))
-            }
-        }
-    }
-
-    fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
-    /// SIGTERM, wait for the graceful shutdown, then remove the data.
-    fn stop(mut self) -> anyhow::Result<()> {
-        let Some(mut child) = self.child.take() else {
-            return Ok(());
-        };
-        let term = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status();
-        let deadline = Instant::now() + SHUTDOWN_TIMEOUT;
-        let status = loop {
-            match child.try_wait().context("waiting for kycd serve")? {
-                Some(status) => break Some(status),
-                None if term.is_err() || Instant::now() >= deadline => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break None;
-                }
-                None => std::thread::sleep(Duration::from_millis(20)),
-            }
-        };
-        match status {
-            Some(s) if s.success() => Ok(()),
-            Some(s) => bail!(
-                "kycd serve exited with {s}; log:\n{}",
-                log_tail(&self.root.join("server.log"))
-            ),
-            None => bail!(
-                "kycd serve did not stop within {SHUTDOWN_TIMEOUT:?} of SIGTERM and was killed"
-            ),
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.root);
-    }
-}
-
-/// Read the server's stdout until its `listening on` line, with a deadline;
-/// keep draining it afterwards so the server never blocks on a full pipe.
-fn wait_listening(stdout: std::process::ChildStdout) -> anyhow::Result<String> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        let mut tx = Some(tx);
-        for line in lines.by_ref() {
-            let Ok(line) = line else { break };
-            if let Some(url) = line.trim().strip_prefix("listening on ") {
-                if let Some(tx) = tx.take() {
-                    let _ = tx.send(url.to_owned());
-                }
-            }
-        }
-    });
-    rx.recv_timeout(STARTUP_TIMEOUT)
-        .map_err(|_| anyhow!("no `listening on` line within {STARTUP_TIMEOUT:?}"))
-}
-
-fn log_tail(path: &Path) -> String {
-    let mut text = String::new();
-    if let Ok(mut f) = std::fs::File::open(path) {
-        let _ = f.read_to_string(&mut text);
-    }
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
 #[cfg(test)]
@@ -879,7 +1260,7 @@ mod tests {
     fn prepared_deliveries_are_distinct_and_verify() {
         let target = Target::parse("http://127.0.0.1:9").unwrap();
         let secret = Secret::new("s3cret");
-        let reqs = prepare(&target, &secret, 3).unwrap();
+        let reqs = prepare(&[target], &secret, 3).unwrap();
         let verifier = didit::signature::Verifier::new(vec![secret]);
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -926,5 +1307,161 @@ mod tests {
         assert_eq!(t.path.path(), WEBHOOK_PATH);
         let t = Target::parse("http://localhost:1/hooks").unwrap();
         assert_eq!(t.path.path(), "/hooks");
+    }
+
+    /// `kycd bench` with these arguments, as clap reads them (without the
+    /// environment's KYCD_DATABASE_URL, which would change the defaults).
+    fn args(argv: &[&str]) -> BenchArgs {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            bench: BenchArgs,
+        }
+        let mut args = Cli::try_parse_from(std::iter::once("bench").chain(argv.iter().copied()))
+            .unwrap()
+            .bench;
+        if !argv.contains(&"--database-url") {
+            args.database_url = None;
+        }
+        args
+    }
+
+    fn refused(argv: &[&str]) -> String {
+        format!("{:#}", plan(&args(argv)).unwrap_err())
+    }
+
+    #[test]
+    fn arguments_are_checked_before_anything_starts() {
+        let pg = "postgres://u:hunter2@127.0.0.1/db";
+        assert!(matches!(
+            plan(&args(&[])).unwrap(),
+            Plan::Start {
+                backend: Backend::Embedded,
+                instances: 1,
+                ..
+            }
+        ));
+        match plan(&args(&["--database-url", pg, "--instances", "3"])).unwrap() {
+            Plan::Start {
+                backend: Backend::Postgres(url),
+                instances: 3,
+                ..
+            } => assert_eq!(url, pg),
+            other => panic!("{other:?}"),
+        }
+        match plan(&args(&[
+            "--url",
+            "http://127.0.0.1:1",
+            "--url",
+            "http://127.0.0.1:2/webhooks/didit",
+            "--secret",
+            "s",
+        ]))
+        .unwrap()
+        {
+            Plan::Running { urls, secret } => {
+                assert_eq!(urls.len(), 2);
+                assert_eq!(secret, "s");
+            }
+            other => panic!("{other:?}"),
+        }
+
+        let e = refused(&["--instances", "3"]);
+        assert!(e.contains("--database-url"), "{e}");
+        assert!(refused(&["--instances", "0"]).contains("at least 1"));
+        let e = refused(&["--database-url", "mysql://u:hunter2@h/db"]);
+        assert!(e.contains("postgres://"), "{e}");
+        assert!(
+            !e.contains("hunter2"),
+            "the URL's password is never shown: {e}"
+        );
+        let e = refused(&[
+            "--url",
+            "http://127.0.0.1:1",
+            "--secret",
+            "s",
+            "--instances",
+            "2",
+        ]);
+        assert!(e.contains("--url"), "{e}");
+        assert!(refused(&["--url", "http://127.0.0.1:1"]).contains("--secret"));
+        assert!(refused(&["--url", "https://127.0.0.1:1", "--secret", "s"]).contains("http://"));
+        let e = refused(&[
+            "--database-url",
+            pg,
+            "--instances",
+            "3",
+            "--connections",
+            "2",
+        ]);
+        assert!(e.contains("number of servers (3)"), "{e}");
+        assert!(refused(&["--rate", "0"]).contains("--rate"));
+        assert!(refused(&["--requests", "0"]).contains("--requests"));
+    }
+
+    #[test]
+    fn deliveries_are_dealt_round_robin_and_keep_their_server() {
+        // The warm-up is the run's first 4 deliveries, the measured phase
+        // the next 7, over 3 servers.
+        let warmup = spread(vec!["w0", "w1", "w2", "w3"], 0, 3);
+        assert_eq!(
+            warmup,
+            vec![vec![(0, "w0"), (3, "w3")], vec![(1, "w1")], vec![(2, "w2")]]
+        );
+        let measured: Vec<usize> = (4..11).collect();
+        let dealt = spread(measured, 4, 3);
+        for (server, items) in dealt.iter().enumerate() {
+            for (j, run_index) in items {
+                // Each keeps its index in the phase, for its due time...
+                assert_eq!(*run_index, 4 + j);
+                // ...and goes where `prepare` addressed it.
+                assert_eq!(run_index % 3, server);
+            }
+        }
+        assert_eq!(dealt.iter().map(Vec::len).collect::<Vec<_>>(), [2, 3, 2]);
+        assert_eq!(spread(vec![1, 2], 0, 1), vec![vec![(0, 1), (1, 2)]]);
+    }
+
+    #[test]
+    fn prepared_deliveries_are_addressed_to_their_server_in_turn() {
+        let targets = [
+            Target::parse("http://127.0.0.1:7").unwrap(),
+            Target::parse("http://127.0.0.1:8/hooks").unwrap(),
+        ];
+        let reqs = prepare(&targets, &Secret::new("s"), 5).unwrap();
+        let hosts: Vec<_> = reqs.iter().map(|r| r.headers()[HOST].clone()).collect();
+        assert_eq!(
+            hosts,
+            [
+                "127.0.0.1:7",
+                "127.0.0.1:8",
+                "127.0.0.1:7",
+                "127.0.0.1:8",
+                "127.0.0.1:7"
+            ]
+        );
+        assert_eq!(reqs[1].uri().path(), "/hooks");
+        assert_eq!(reqs[2].uri().path(), WEBHOOK_PATH);
+    }
+
+    #[test]
+    fn decisions_are_counted_over_every_outcome() {
+        let text = "# HELP kycd_decisions_total Decisions stored\n\
+                    # TYPE kycd_decisions_total counter\n\
+                    kycd_decisions_total{outcome=\"approve\"} 1200\n\
+                    kycd_decisions_total{outcome=\"review\"} 34\n\
+                    kycd_decisions_total_other 99\n\
+                    kycd_decisions_totals 7\n";
+        assert_eq!(counter_sum(text, "kycd_decisions_total"), 1234.0);
+        assert_eq!(counter_sum("", "kycd_decisions_total"), 0.0);
+    }
+
+    #[test]
+    fn backends_that_start_during_a_run_count_from_zero() {
+        let before = BTreeMap::from([(10, 1.0), (11, 2.0), (12, 5.0)]);
+        // 12 ended; 13 started.
+        let after = BTreeMap::from([(10, 1.5), (11, 2.25), (13, 0.5)]);
+        assert_eq!(backends_spent(&before, &after), 1.25);
     }
 }
