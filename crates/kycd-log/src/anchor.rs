@@ -22,6 +22,18 @@
 //! fsync its commits (it is a projection the log can rebuild), and an
 //! anchor for records a power loss then took away would read as a
 //! truncation.
+//!
+//! On PostgreSQL ([`Heads::Shared`]) several instances append to one chain,
+//! so the head is read from the database, not from this process's commits:
+//! the instance holding the `audit-anchor` lease reads it at most every
+//! [`ANCHOR_EVERY`] and, when it moved, anchors it once the records since
+//! the newest anchor verify (an anchor never vouches for a chain cut short
+//! or rewritten behind kycd's back). No store sync comes first: the
+//! anchor's own commit is durable, and so is every commit before it.
+//!
+//! The checks read through [`AnchoredChain`]: the embedded files
+//! ([`Files`]) or the database ([`crate::postgres::anchor::PgChain`]);
+//! [`check_at_start`] is the same on both.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,7 +43,9 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use serde_json::json;
 use tokio::sync::watch;
 
-use crate::audit::{self, Audit, AuditKey, Head, KeyError, NewAudit, Verification};
+use crate::audit::{
+    self, Audit, AuditKey, ChainState, Head, KeyError, NewAudit, Problem, Verification,
+};
 use crate::log::{EventLog, EventSource, NewEvent};
 use crate::store::{SqliteStore, StoreError};
 
@@ -82,6 +96,9 @@ impl LogAnchor {
 pub enum AnchorError {
     #[error("cannot read anchors from the event log {path}: {why}")]
     Log { path: PathBuf, why: String },
+    /// The event log in the database could not be read.
+    #[error("cannot read anchors from the event log in the database: {0}")]
+    Database(String),
     #[error("anchor file {path}: {why}")]
     File { path: PathBuf, why: String },
     #[error(transparent)]
@@ -113,13 +130,10 @@ fn open_read_only(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-fn parse_anchor(path: &Path, offset: i64, body: &[u8]) -> Result<LogAnchor, AnchorError> {
-    let head: Head = serde_json::from_slice(body).map_err(|e| {
-        log_error(
-            path,
-            format!("the anchor at offset {offset} does not parse: {e}"),
-        )
-    })?;
+/// An anchor event's body, from any backend's log.
+pub(crate) fn parse_anchor(offset: i64, body: &[u8]) -> Result<LogAnchor, String> {
+    let head: Head = serde_json::from_slice(body)
+        .map_err(|e| format!("the anchor at offset {offset} does not parse: {e}"))?;
     Ok(LogAnchor {
         offset: offset as u64,
         head,
@@ -145,7 +159,7 @@ pub fn log_anchors(events_db: &Path) -> Result<Vec<LogAnchor>, AnchorError> {
     while let Some(row) = rows.next().map_err(|e| log_error(events_db, e))? {
         let offset: i64 = row.get(0).map_err(|e| log_error(events_db, e))?;
         let body: Vec<u8> = row.get(1).map_err(|e| log_error(events_db, e))?;
-        out.push(parse_anchor(events_db, offset, &body)?);
+        out.push(parse_anchor(offset, &body).map_err(|e| log_error(events_db, e))?);
     }
     Ok(out)
 }
@@ -163,7 +177,7 @@ pub fn newest_log_anchor(events_db: &Path) -> Result<Option<LogAnchor>, AnchorEr
         .optional()
         .map_err(|e| log_error(events_db, e))?;
     found
-        .map(|(offset, body)| parse_anchor(events_db, offset, &body))
+        .map(|(offset, body)| parse_anchor(offset, &body).map_err(|e| log_error(events_db, e)))
         .transpose()
 }
 
@@ -202,28 +216,145 @@ pub fn write_anchor_file(path: &Path, head: &Head) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-/// What the server checks at start: the chain from the newest log anchor
-/// on, and the anchor file's head, if there is one.
-pub fn check_at_start(
-    store_db: &Path,
-    events_db: &Path,
+/// The reads every check of the chain against its anchors makes, on each
+/// backend: the chain in the store, the anchors in the event log. Nothing
+/// here writes.
+#[async_trait::async_trait]
+pub trait AnchoredChain: Send + Sync + 'static {
+    /// The newest anchor in the event log (the last appended).
+    async fn newest_anchor(&self) -> Result<Option<LogAnchor>, AnchorError>;
+
+    /// Every anchor in the event log, oldest first.
+    async fn anchors(&self) -> Result<Vec<LogAnchor>, AnchorError>;
+
+    /// The chain's newest record; `None` while it is empty.
+    async fn head(&self) -> Result<Option<Head>, AnchorError>;
+
+    /// The whole chain ([`audit::verify`]).
+    async fn verify(&self, key: Option<&AuditKey>) -> Result<Verification, AnchorError>;
+
+    /// The chain from `anchor` on, the anchor itself first
+    /// ([`audit::verify_tail`]); without one, the whole chain.
+    async fn verify_tail(
+        &self,
+        key: Option<&AuditKey>,
+        anchor: Option<(&Head, &str)>,
+    ) -> Result<Verification, AnchorError>;
+
+    /// The first of `anchors` (a head and where it was found, in order)
+    /// whose record is missing or carries another MAC
+    /// ([`audit::check_anchor`]).
+    async fn check_anchors(
+        &self,
+        anchors: &[(Head, String)],
+    ) -> Result<Option<Problem>, AnchorError>;
+}
+
+/// The embedded backend's chain and anchors: `store.db` and `events.db`,
+/// read directly (read-only), so the checks work beside a running server
+/// or without one.
+#[derive(Debug, Clone)]
+pub struct Files {
+    pub store_db: PathBuf,
+    pub events_db: PathBuf,
+}
+
+impl Files {
+    /// Run `f` on a read-only connection to the store, off the async threads.
+    async fn with_store<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, AnchorError> + Send + 'static,
+    ) -> Result<T, AnchorError> {
+        let store_db = self.store_db.clone();
+        blocking(move || {
+            let conn = open_read_only(&store_db).map_err(StoreError::from)?;
+            f(&conn)
+        })
+        .await
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, AnchorError> + Send + 'static,
+) -> Result<T, AnchorError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        AnchorError::Store(StoreError::Unavailable(format!("check task failed: {e}")))
+    })?
+}
+
+#[async_trait::async_trait]
+impl AnchoredChain for Files {
+    async fn newest_anchor(&self) -> Result<Option<LogAnchor>, AnchorError> {
+        let events_db = self.events_db.clone();
+        blocking(move || newest_log_anchor(&events_db)).await
+    }
+
+    async fn anchors(&self) -> Result<Vec<LogAnchor>, AnchorError> {
+        let events_db = self.events_db.clone();
+        blocking(move || log_anchors(&events_db)).await
+    }
+
+    async fn head(&self) -> Result<Option<Head>, AnchorError> {
+        self.with_store(|conn| Ok(audit::last_head(conn)?)).await
+    }
+
+    async fn verify(&self, key: Option<&AuditKey>) -> Result<Verification, AnchorError> {
+        let key = key.cloned();
+        self.with_store(move |conn| Ok(audit::verify(conn, key.as_ref())?))
+            .await
+    }
+
+    async fn verify_tail(
+        &self,
+        key: Option<&AuditKey>,
+        anchor: Option<(&Head, &str)>,
+    ) -> Result<Verification, AnchorError> {
+        let key = key.cloned();
+        let anchor = anchor.map(|(h, s)| (h.clone(), s.to_owned()));
+        self.with_store(move |conn| {
+            let anchor = anchor.as_ref().map(|(h, s)| (h, s.as_str()));
+            Ok(audit::verify_tail(conn, key.as_ref(), anchor)?)
+        })
+        .await
+    }
+
+    async fn check_anchors(
+        &self,
+        anchors: &[(Head, String)],
+    ) -> Result<Option<Problem>, AnchorError> {
+        let anchors = anchors.to_vec();
+        self.with_store(move |conn| {
+            for (head, source) in &anchors {
+                if let Some(problem) = audit::check_anchor(conn, head, source)? {
+                    return Ok(Some(problem));
+                }
+            }
+            Ok(None)
+        })
+        .await
+    }
+}
+
+/// What the server checks at start (and readiness while it serves): the
+/// chain from the newest log anchor on, and the anchor file's head, if
+/// there is one.
+pub async fn check_at_start(
+    chain: &dyn AnchoredChain,
     key: Option<&AuditKey>,
     anchor_file: Option<&Path>,
 ) -> Result<(Verification, Option<LogAnchor>), AnchorError> {
-    let newest = newest_log_anchor(events_db)?;
-    let conn = open_read_only(store_db).map_err(StoreError::from)?;
+    let newest = chain.newest_anchor().await?;
     let source = newest.as_ref().map(LogAnchor::source);
-    let mut v = audit::verify_tail(
-        &conn,
-        key,
-        newest.as_ref().map(|a| &a.head).zip(source.as_deref()),
-    )?;
+    let mut v = chain
+        .verify_tail(key, newest.as_ref().map(|a| &a.head).zip(source.as_deref()))
+        .await?;
     if v.problem.is_none() {
         if let Some(path) = anchor_file {
             if let Some(head) = read_anchor_file(path)? {
                 let source = format!("the anchor file {}", path.display());
-                if let Some(problem) = audit::check_anchor(&conn, &head, &source)? {
-                    v.first_broken = Some((head.seq, problem.to_string()));
+                let seq = head.seq;
+                if let Some(problem) = chain.check_anchors(&[(head, source)]).await? {
+                    v.first_broken = Some((seq, problem.to_string()));
                     v.problem = Some(problem);
                 }
             }
@@ -232,12 +363,35 @@ pub fn check_at_start(
     Ok((v, newest))
 }
 
-/// The anchoring task of a server, made by [`attach`].
+/// Where the anchoring task takes the heads it anchors from.
+pub enum Heads {
+    /// One process writes the chain (the embedded store): the head its own
+    /// commits publish, anchored after fsyncing `store_db` and its WAL.
+    Local {
+        heads: watch::Receiver<Option<Head>>,
+        store_db: PathBuf,
+    },
+    /// Any number of processes write the chain (PostgreSQL): the head read
+    /// from the chain, only while `held` (this instance holds the
+    /// `audit-anchor` lease; nothing is anchored until
+    /// [`Anchoring::while_holding`] sets it).
+    Shared { held: Option<watch::Receiver<bool>> },
+}
+
+/// The anchoring task of a server, made by [`attach`] or
+/// [`crate::postgres::anchor::attach`].
 pub struct Anchoring {
-    store: SqliteStore,
-    store_db: PathBuf,
+    chain: Arc<dyn AnchoredChain>,
+    heads: Heads,
+    key: AuditKey,
     anchor_file: Option<PathBuf>,
     last: Option<Head>,
+    /// The head after this start's record of serving over a broken chain,
+    /// which the operator accepted: anchored first, whatever the chain
+    /// before it holds.
+    accepted: Option<Head>,
+    /// The last problem reported, so a broken chain is logged once.
+    reported: Option<Problem>,
 }
 
 /// Key `store` with the audit key (created at first start), check the
@@ -255,18 +409,36 @@ pub async fn attach(
     options: &AuditOptions,
     now_ms: i64,
 ) -> Result<Anchoring, AnchorError> {
+    let heads = Heads::Local {
+        heads: store.chain.subscribe(),
+        store_db: store_db.to_owned(),
+    };
+    let chain = Arc::new(Files {
+        store_db: store_db.to_owned(),
+        events_db: events_db.to_owned(),
+    });
+    attach_to(store, &store.chain, chain, heads, data_dir, options, now_ms).await
+}
+
+/// [`attach`] for any backend: `store` appends through `state`, and
+/// `chain` reads what it wrote.
+pub(crate) async fn attach_to(
+    store: &dyn Audit,
+    state: &ChainState,
+    chain: Arc<dyn AnchoredChain>,
+    heads: Heads,
+    data_dir: &Path,
+    options: &AuditOptions,
+    now_ms: i64,
+) -> Result<Anchoring, AnchorError> {
     let key_path = options.key_path(data_dir);
     let (key, created) = AuditKey::load_or_create(&key_path)?;
     if created {
         tracing::info!(path = %key_path.display(), "audit key created");
     }
-    let (v, newest) = check_at_start(
-        store_db,
-        events_db,
-        Some(&key),
-        options.anchor_file.as_deref(),
-    )?;
-    store.set_audit_key(key);
+    let (v, newest) = check_at_start(&*chain, Some(&key), options.anchor_file.as_deref()).await?;
+    state.set_key(key.clone());
+    let mut accepted = None;
     if let Some(problem) = &v.problem {
         if !options.allow_broken {
             return Err(AnchorError::Broken(problem.to_string()));
@@ -281,11 +453,12 @@ pub async fn attach(
                 details: json!({"found": problem.to_string(), "allowed_by": "--allow-broken-audit"}),
             }])
             .await?;
-        store.mark_audit_broken();
+        state.mark_broken();
+        accepted = state.subscribe().borrow().clone();
     }
-    let head = store.subscribe_audit_head().borrow().clone();
+    let head = state.subscribe().borrow().clone();
     if let Some(head) = head {
-        if store.audit_key_is_plain_at(&head).await? {
+        if is_plain_at(store, &head).await? {
             store
                 .audit(vec![NewAudit {
                     at_ms: now_ms,
@@ -302,21 +475,22 @@ pub async fn attach(
         }
     }
     Ok(Anchoring {
-        store: store.clone(),
-        store_db: store_db.to_owned(),
+        chain,
+        heads,
+        key,
         anchor_file: options.anchor_file.clone(),
         last: newest.map(|a| a.head),
+        accepted,
+        reported: None,
     })
 }
 
-impl SqliteStore {
-    /// Whether the record at `head` is a plain (pre-key) one.
-    async fn audit_key_is_plain_at(&self, head: &Head) -> Result<bool, StoreError> {
-        let page = self
-            .list_audit(i64::MIN, head.seq.saturating_sub(1), 1)
-            .await?;
-        Ok(page.first().is_some_and(|r| r.alg == audit::ALG_SHA256))
-    }
+/// Whether the record at `head` is a plain (pre-key) one.
+async fn is_plain_at(store: &dyn Audit, head: &Head) -> Result<bool, StoreError> {
+    let page = store
+        .list_audit(i64::MIN, head.seq.saturating_sub(1), 1)
+        .await?;
+    Ok(page.first().is_some_and(|r| r.alg == audit::ALG_SHA256))
 }
 
 /// Make the store's committed pages durable: its WAL, and the database file
@@ -335,6 +509,15 @@ fn sync_store(store_db: &Path) -> std::io::Result<()> {
 }
 
 impl Anchoring {
+    /// Anchor only while `held` is true ([`Heads::Shared`]; the embedded
+    /// store's one process always anchors).
+    pub fn while_holding(mut self, held: watch::Receiver<bool>) -> Self {
+        if let Heads::Shared { held: h } = &mut self.heads {
+            *h = Some(held);
+        }
+        self
+    }
+
     /// Anchor the head whenever it has moved, at most once per
     /// [`ANCHOR_EVERY`], until `stop`; then anchor once more and return.
     /// Run it before the log shuts down, so the last anchor gets in.
@@ -342,14 +525,32 @@ impl Anchoring {
         mut self,
         log: Arc<dyn EventLog>,
         now_ms: impl Fn() -> i64 + Send + 'static,
+        stop: watch::Receiver<bool>,
+    ) {
+        match &self.heads {
+            Heads::Local { heads, .. } => {
+                let heads = heads.clone();
+                self.run_local(heads, &*log, now_ms, stop).await
+            }
+            Heads::Shared { held } => {
+                let held = held.clone();
+                self.run_shared(held, &*log, now_ms, stop).await
+            }
+        }
+    }
+
+    async fn run_local(
+        &mut self,
+        mut heads: watch::Receiver<Option<Head>>,
+        log: &dyn EventLog,
+        now_ms: impl Fn() -> i64,
         mut stop: watch::Receiver<bool>,
     ) {
-        let mut heads = self.store.subscribe_audit_head();
         loop {
             let stopping = *stop.borrow();
             let head = heads.borrow_and_update().clone();
             if let Some(head) = head.filter(|h| Some(h) != self.last.as_ref()) {
-                match self.anchor(&*log, &head, now_ms()).await {
+                match self.anchor(log, &head, now_ms()).await {
                     Ok(()) => self.last = Some(head),
                     // The next change tries again; until then the records
                     // are the unanchored tail.
@@ -381,12 +582,90 @@ impl Anchoring {
         }
     }
 
-    async fn anchor(&self, log: &dyn EventLog, head: &Head, now_ms: i64) -> Result<(), String> {
-        let store_db = self.store_db.clone();
-        tokio::task::spawn_blocking(move || sync_store(&store_db))
+    async fn run_shared(
+        &mut self,
+        held: Option<watch::Receiver<bool>>,
+        log: &dyn EventLog,
+        now_ms: impl Fn() -> i64,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        // The start the operator accepted over a broken chain is anchored
+        // at once, lease or not, so every instance checks from there on.
+        if let Some(accepted) = self.accepted.take() {
+            match self.anchor(log, &accepted, now_ms()).await {
+                Ok(()) => self.last = Some(accepted),
+                Err(e) => {
+                    tracing::warn!(error = %e, seq = accepted.seq, "could not anchor the audit head");
+                    self.accepted = Some(accepted);
+                }
+            }
+        }
+        let Some(mut held) = held else { return };
+        loop {
+            let stopping = *stop.borrow();
+            if *held.borrow_and_update() {
+                if let Err(e) = self.pass(log, now_ms()).await {
+                    tracing::warn!(error = %e, "could not anchor the audit head");
+                }
+            }
+            if stopping {
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(ANCHOR_EVERY), if *held.borrow() => {}
+                changed = held.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                _ = stop.wait_for(|s| *s) => {}
+            }
+        }
+    }
+
+    /// One look at a shared chain: when its head moved, check the records
+    /// after the newest anchor (another instance may have appended it) and
+    /// anchor the new head if they hold. Returns the head anchored.
+    pub async fn pass(&mut self, log: &dyn EventLog, now_ms: i64) -> Result<Option<Head>, String> {
+        let head = self.chain.head().await.map_err(|e| e.to_string())?;
+        if head.is_none() || head == self.last {
+            return Ok(None);
+        }
+        let (v, newest) = check_at_start(&*self.chain, Some(&self.key), None)
             .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("cannot sync the store: {e}"))?;
+            .map_err(|e| e.to_string())?;
+        if let Some(problem) = v.problem {
+            // Anchoring now would vouch for what was found: the newest
+            // anchor keeps showing it, at start and in readiness.
+            if self.reported.as_ref() != Some(&problem) {
+                tracing::error!(found = %problem, "the audit chain does not verify from its newest anchor on; not anchoring it");
+                self.reported = Some(problem);
+            }
+            return Ok(None);
+        }
+        self.reported = None;
+        let newest = newest.map(|a| a.head);
+        match v.head {
+            Some(head) if newest.as_ref().is_none_or(|n| n.seq < head.seq) => {
+                self.anchor(log, &head, now_ms).await?;
+                self.last = Some(head.clone());
+                Ok(Some(head))
+            }
+            other => {
+                self.last = other;
+                Ok(None)
+            }
+        }
+    }
+
+    async fn anchor(&self, log: &dyn EventLog, head: &Head, now_ms: i64) -> Result<(), String> {
+        if let Heads::Local { store_db, .. } = &self.heads {
+            let store_db = store_db.clone();
+            tokio::task::spawn_blocking(move || sync_store(&store_db))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("cannot sync the store: {e}"))?;
+        }
         log.append(NewEvent {
             received_at_ms: now_ms,
             source: EventSource::Internal,

@@ -374,9 +374,7 @@ pub(crate) struct ChainState {
 
 impl ChainState {
     pub(crate) fn open(conn: &Connection) -> Result<Arc<Self>, StoreError> {
-        Ok(Self::new(
-            last(conn)?.map(|(seq, mac, _)| Head { seq, mac }),
-        ))
+        Ok(Self::new(last_head(conn)?))
     }
 
     /// The state of a chain whose newest record is `head`.
@@ -436,6 +434,11 @@ fn last(conn: &Connection) -> Result<Option<(u64, String, String)>, StoreError> 
             |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?)),
         )
         .optional()?)
+}
+
+/// The newest record's place in the chain; `None` while it is empty.
+pub(crate) fn last_head(conn: &Connection) -> Result<Option<Head>, StoreError> {
+    Ok(last(conn)?.map(|(seq, mac, _)| Head { seq, mac }))
 }
 
 /// A record as it goes into the chain: its fields as stored and its

@@ -78,7 +78,7 @@ async fn get_cluster(State(app): State<Arc<App>>) -> ApiResult {
             "instances": [{
                 "id": "embedded",
                 "alive": true,
-                "leases": [crate::cluster::PROJECTION, crate::cluster::TIMERS, crate::cluster::OPERATOR_LANE],
+                "leases": crate::cluster::EMBEDDED_LEASES,
             }],
             "leases": [],
         }),

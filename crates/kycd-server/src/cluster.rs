@@ -7,6 +7,7 @@
 //! | `partition/<k>` | the projection (decisions) of partition k | one instance; its commits are fenced |
 //! | `timers` | reconciliation, step-up expiry | one instance |
 //! | `lane:operator.webhook` | operator webhooks, in order | one instance |
+//! | `audit-anchor` | anchoring the audit chain's head in the log | one instance |
 //!
 //! Intake, the API, the console and the Didit outbox lane run on every
 //! instance. Leases last [`LEASE_TTL`] and are renewed every [`TICK`]: a
@@ -45,9 +46,15 @@ pub const PROJECTION: &str = "partition/0";
 pub const TIMERS: &str = "timers";
 /// Operator webhooks, one at a time in order.
 pub const OPERATOR_LANE: &str = "lane:operator.webhook";
+/// Anchoring the audit chain's head in the event log (`kycd_log::anchor`).
+pub const AUDIT_ANCHOR: &str = "audit-anchor";
 
 /// The leases of cluster-wide tasks, taken by whoever comes first.
-const TASKS: [&str; 2] = [TIMERS, OPERATOR_LANE];
+const TASKS: [&str; 3] = [TIMERS, OPERATOR_LANE, AUDIT_ANCHOR];
+
+/// What one process holds on the embedded store, as `GET /api/v1/cluster`
+/// lists it.
+pub const EMBEDDED_LEASES: [&str; 4] = [PROJECTION, TIMERS, OPERATOR_LANE, AUDIT_ANCHOR];
 
 /// Partition leases are named this and the partition's number.
 const PARTITION_PREFIX: &str = "partition/";
@@ -95,6 +102,7 @@ pub struct Roles {
     pub partitions: watch::Receiver<Vec<(u32, Fence)>>,
     pub timers: watch::Receiver<bool>,
     pub operator_lane: watch::Receiver<bool>,
+    pub audit_anchor: watch::Receiver<bool>,
 }
 
 impl Roles {
@@ -105,6 +113,7 @@ impl Roles {
             partitions: watch::channel(Vec::new()).1,
             timers: watch::channel(true).1,
             operator_lane: watch::channel(true).1,
+            audit_anchor: watch::channel(true).1,
         }
     }
 
@@ -127,6 +136,7 @@ pub struct Membership {
     partitions_held: watch::Sender<Vec<(u32, Fence)>>,
     timers: watch::Sender<bool>,
     operator_lane: watch::Sender<bool>,
+    audit_anchor: watch::Sender<bool>,
     held: std::sync::Mutex<Vec<Lease>>,
 }
 
@@ -162,6 +172,7 @@ impl Membership {
         let (partitions_held, partitions_rx) = watch::channel(Vec::new());
         let (timers, timers_rx) = watch::channel(false);
         let (operator_lane, operator_rx) = watch::channel(false);
+        let (audit_anchor, audit_anchor_rx) = watch::channel(false);
         (
             Arc::new(Self {
                 cluster,
@@ -170,6 +181,7 @@ impl Membership {
                 partitions_held,
                 timers,
                 operator_lane,
+                audit_anchor,
                 held: std::sync::Mutex::new(Vec::new()),
             }),
             Roles {
@@ -177,6 +189,7 @@ impl Membership {
                 partitions: partitions_rx,
                 timers: timers_rx,
                 operator_lane: operator_rx,
+                audit_anchor: audit_anchor_rx,
             },
         )
     }
@@ -348,10 +361,13 @@ impl Membership {
             changed
         });
         let has = |name: &str| held.iter().any(|l| l.name == name);
-        self.timers
-            .send_if_modified(|t| std::mem::replace(t, has(TIMERS)) != has(TIMERS));
-        self.operator_lane
-            .send_if_modified(|t| std::mem::replace(t, has(OPERATOR_LANE)) != has(OPERATOR_LANE));
+        for (sender, name) in [
+            (&self.timers, TIMERS),
+            (&self.operator_lane, OPERATOR_LANE),
+            (&self.audit_anchor, AUDIT_ANCHOR),
+        ] {
+            sender.send_if_modified(|t| std::mem::replace(t, has(name)) != has(name));
+        }
     }
 
     /// The registry as `GET /api/v1/cluster` shows it.

@@ -297,43 +297,6 @@ pub fn router(app: Arc<App>) -> Router {
 
 /// Lower the calling thread's scheduling priority to `nice` 19, the lowest (on Linux
 /// priorities are per thread). Elsewhere a no-op.
-/// Key a PostgreSQL store's audit trail and verify the chain (to its head
-/// row, which shows a truncation) before serving; a broken chain stops the
-/// start unless the operator allowed it, as on the embedded store. Every
-/// instance must use the same key (`KYCD_AUDIT_KEY_FILE`): a record keyed
-/// otherwise reads as forged.
-async fn key_shared_audit(
-    store: &kycd_log::postgres::store::PgStore,
-    settings: &Settings,
-    now_ms: i64,
-) -> anyhow::Result<()> {
-    let options = settings.audit();
-    let key_path = options.key_path(&settings.data_dir);
-    let (key, created) = kycd_log::audit::AuditKey::load_or_create(&key_path)?;
-    if created {
-        tracing::info!(path = %key_path.display(), "audit key created");
-    }
-    store.set_audit_key(key);
-    let verified = store.verify_audit().await?;
-    if let Some(problem) = &verified.problem {
-        if !options.allow_broken {
-            return Err(kycd_log::anchor::AnchorError::Broken(problem.to_string()).into());
-        }
-        tracing::error!(found = %problem, "serving over a broken audit chain, as --allow-broken-audit says");
-        store
-            .audit(vec![kycd_log::audit::NewAudit {
-                at_ms: now_ms,
-                actor: "kycd".into(),
-                action: kycd_log::audit::STARTED_OVER_BROKEN.into(),
-                target: None,
-                details: serde_json::json!({"found": problem.to_string(), "allowed_by": "--allow-broken-audit"}),
-            }])
-            .await?;
-        store.mark_audit_broken();
-    }
-    Ok(())
-}
-
 fn lower_priority() {
     // `None` is `who = 0`: on Linux, the calling thread.
     #[cfg(target_os = "linux")]
@@ -405,7 +368,7 @@ pub async fn start_with(
             store,
             log_path,
             store_path,
-        } => Some(
+        } => {
             kycd_log::anchor::attach(
                 store,
                 store_path,
@@ -414,11 +377,18 @@ pub async fn start_with(
                 &settings.audit(),
                 clock.now_millis(),
             )
-            .await?,
-        ),
+            .await?
+        }
+        // Every instance must use the same key (`KYCD_AUDIT_KEY_FILE`): a
+        // record keyed otherwise reads as forged.
         storage::Backend::Postgres { store, .. } => {
-            key_shared_audit(store, &settings, clock.now_millis()).await?;
-            None
+            kycd_log::postgres::anchor::attach(
+                store,
+                &settings.data_dir,
+                &settings.audit(),
+                clock.now_millis(),
+            )
+            .await?
         }
     };
     // Several instances on one database share the work through leases;
@@ -628,25 +598,32 @@ pub async fn start_with(
         tokio::spawn(background::outbox_backlog(app.clone(), stop_rx.clone())),
         tokio::spawn(readiness::monitor(
             app.clone(),
-            match &app.backend {
-                storage::Backend::Embedded {
-                    log_path,
-                    store_path,
-                    ..
-                } => Some(readiness::AuditFiles {
-                    store_db: store_path.clone(),
-                    events_db: log_path.clone(),
-                    key_file: app.settings.audit().key_path(&app.settings.data_dir),
-                    anchor_file: app.settings.audit_anchor_file.clone(),
-                }),
-                storage::Backend::Postgres { .. } => None,
+            readiness::AuditTail {
+                chain: match &app.backend {
+                    storage::Backend::Embedded {
+                        log_path,
+                        store_path,
+                        ..
+                    } => Arc::new(kycd_log::anchor::Files {
+                        store_db: store_path.clone(),
+                        events_db: log_path.clone(),
+                    }),
+                    storage::Backend::Postgres { db, .. } => {
+                        Arc::new(kycd_log::postgres::anchor::PgChain::new(db.clone()))
+                    }
+                },
+                key_file: app.settings.audit().key_path(&app.settings.data_dir),
+                anchor_file: app.settings.audit_anchor_file.clone(),
             },
             stop_rx.clone(),
         )),
     ];
     let mut background = background;
-    if let Some(anchoring) = anchoring {
+    {
         let clock = app.clock.clone();
+        // On PostgreSQL the holder of the `audit-anchor` lease anchors; the
+        // embedded store's one process always does.
+        let anchoring = anchoring.while_holding(roles.audit_anchor.clone());
         background.push(tokio::spawn(anchoring.run(
             log.clone(),
             move || clock.now_millis(),

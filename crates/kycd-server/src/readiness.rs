@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kycd_log::anchor::AnchoredChain;
 use kycd_log::audit::AuditKey;
 use kycd_log::LogError;
 use tokio::sync::watch;
@@ -97,44 +98,43 @@ const HEALTHY_PROBE_EVERY: Duration = Duration::from_secs(30);
 /// How often [`monitor`] verifies the audit chain's tail.
 const AUDIT_CHECK_EVERY: Duration = Duration::from_secs(5);
 
-/// Where the audit chain and its anchors are, for [`audit_tail_holds`].
-#[derive(Debug, Clone)]
-pub struct AuditFiles {
-    pub store_db: PathBuf,
-    pub events_db: PathBuf,
+/// Where the audit chain and its anchors are, for [`audit_tail_holds`]:
+/// the embedded files or the database, and the key and anchor files.
+#[derive(Clone)]
+pub struct AuditTail {
+    pub chain: Arc<dyn AnchoredChain>,
     pub key_file: PathBuf,
     pub anchor_file: Option<PathBuf>,
 }
 
 /// Whether the audit chain holds from its newest anchor on: what the server
 /// checks at start ([`kycd_log::anchor::check_at_start`]), checked again
-/// while serving. `None` when the chain could not be read at all (the store
-/// check reports an unreadable store). Readiness verifies the chain here
-/// and nowhere else, so another verification can take this one's place.
-pub async fn audit_tail_holds(files: &AuditFiles) -> Option<bool> {
-    let files = files.clone();
-    let checked = tokio::task::spawn_blocking(move || {
-        let key = AuditKey::load(&files.key_file)?;
-        kycd_log::anchor::check_at_start(
-            &files.store_db,
-            &files.events_db,
-            Some(&key),
-            files.anchor_file.as_deref(),
-        )
-    })
-    .await;
+/// while serving, on either backend. `None` when the chain could not be
+/// read at all (the store check reports an unreadable store). Readiness
+/// verifies the chain here and nowhere else, so another verification can
+/// take this one's place.
+pub async fn audit_tail_holds(tail: &AuditTail) -> Option<bool> {
+    let key = match AuditKey::load(&tail.key_file) {
+        Ok(key) => key,
+        Err(e) => {
+            tracing::debug!(error = %e, "could not verify the audit chain");
+            return None;
+        }
+    };
+    let checked =
+        kycd_log::anchor::check_at_start(&*tail.chain, Some(&key), tail.anchor_file.as_deref())
+            .await;
     match checked {
-        Ok(Ok((verification, _))) => {
+        Ok((verification, _)) => {
             if let Some(problem) = &verification.problem {
                 tracing::debug!(found = %problem, "the audit chain does not verify");
             }
             Some(verification.problem.is_none())
         }
-        Ok(Err(e)) => {
+        Err(e) => {
             tracing::debug!(error = %e, "could not verify the audit chain");
             None
         }
-        Err(_) => None,
     }
 }
 
@@ -178,14 +178,7 @@ impl StallWatch {
 }
 
 /// Keep every [`Check`] up to date until `stop`.
-///
-/// `audit` names the embedded store's files; `None` (PostgreSQL) verifies
-/// through the store, to its head row.
-pub(crate) async fn monitor(
-    app: Arc<App>,
-    audit: Option<AuditFiles>,
-    mut stop: watch::Receiver<bool>,
-) {
+pub(crate) async fn monitor(app: Arc<App>, audit: AuditTail, mut stop: watch::Receiver<bool>) {
     let head = app.log.subscribe();
     let mut stall = StallWatch::new(Duration::from_secs(app.settings.projector_stall_secs));
     let mut last_probe = Instant::now();
@@ -208,16 +201,7 @@ pub(crate) async fn monitor(
         app.readiness.report(Check::Projector, !stuck);
         if last_audit_check.is_none_or(|at| at.elapsed() >= AUDIT_CHECK_EVERY) {
             last_audit_check = Some(Instant::now());
-            let holds = match &audit {
-                Some(files) => audit_tail_holds(files).await,
-                None => app
-                    .audit
-                    .verify_audit()
-                    .await
-                    .ok()
-                    .map(|v| v.problem.is_none()),
-            };
-            if let Some(holds) = holds {
+            if let Some(holds) = audit_tail_holds(&audit).await {
                 if !holds && app.readiness.passes(Check::AuditChain) {
                     tracing::error!(
                         "the audit chain no longer verifies from its newest anchor on; `kycd audit verify` shows what was found"

@@ -133,44 +133,97 @@ async fn run(
     }
 }
 
-impl super::store::PgStore {
-    /// The whole chain, verified in one snapshot.
-    async fn verify_all(&self) -> Result<audit::Verification, StoreError> {
-        let mut tx = self.db.pool().begin().await.map_err(store_error)?;
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .execute(&mut *tx)
-            .await
-            .map_err(store_error)?;
-        let mut v = run(&mut tx, audit::Walk::from_genesis(self.chain.key()), 0).await?;
-        if v.problem.is_none() {
-            // The head row moves with every append, in its transaction: a
-            // chain that ends before it lost its newest records (deleted
-            // behind kycd's back), which the walk alone cannot see.
-            if let Some(head) = head(&mut tx).await? {
-                let found: Option<String> =
-                    sqlx::query_scalar("SELECT hash FROM audit WHERE seq = $1")
-                        .bind(super::signed(head.seq))
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .map_err(store_error)?;
-                let last: Option<i64> = sqlx::query_scalar("SELECT max(seq) FROM audit")
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(store_error)?;
-                let last = last.map(|l| unsigned(l, "audit seq")).transpose()?;
-                if let Some(problem) =
-                    audit::judge_anchor(&head, "the audit head", found.as_deref(), || {
-                        Ok::<_, StoreError>(last)
-                    })?
-                {
-                    v.first_broken = Some((head.seq, problem.to_string()));
-                    v.problem = Some(problem);
-                }
+/// The stored chain value of record `seq`, if there is such a record.
+async fn hash_at(conn: &mut PgConnection, seq: u64) -> Result<Option<String>, StoreError> {
+    sqlx::query_scalar("SELECT hash FROM audit WHERE seq = $1")
+        .bind(super::signed(seq))
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(store_error)
+}
+
+/// The newest stored record's `seq`; `None` without records.
+async fn last_seq(conn: &mut PgConnection) -> Result<Option<u64>, StoreError> {
+    let last: Option<i64> = sqlx::query_scalar("SELECT max(seq) FROM audit")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(store_error)?;
+    last.map(|l| unsigned(l, "audit seq")).transpose()
+}
+
+/// [`audit::check_anchor`] on PostgreSQL.
+pub(crate) async fn check_anchor(
+    conn: &mut PgConnection,
+    anchor: &Head,
+    source: &str,
+) -> Result<Option<audit::Problem>, StoreError> {
+    if anchor.seq == 0 {
+        return Ok(None);
+    }
+    let found = hash_at(conn, anchor.seq).await?;
+    let last = if found.is_none() {
+        last_seq(conn).await?
+    } else {
+        None
+    };
+    audit::judge_anchor(anchor, source, found.as_deref(), || {
+        Ok::<_, StoreError>(last)
+    })
+}
+
+/// A transaction that reads one snapshot and writes nothing.
+pub(crate) async fn snapshot(
+    db: &super::Database,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
+    let mut tx = db.pool().begin().await.map_err(store_error)?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
+    Ok(tx)
+}
+
+/// The chain from `anchor` on (the anchor checked first), or the whole
+/// chain without one, in one snapshot: [`audit::verify_tail`] and
+/// [`audit::verify`] on PostgreSQL. Then the `audit_head` row: it moves
+/// with every append, in its transaction, so a chain that ends before it
+/// lost its newest records (deleted behind kycd's back), which the walk
+/// alone cannot see.
+pub(crate) async fn verify(
+    db: &super::Database,
+    key: Option<&audit::AuditKey>,
+    anchor: Option<(&Head, &str)>,
+) -> Result<audit::Verification, StoreError> {
+    let mut tx = snapshot(db).await?;
+    let mut v = match anchor.filter(|(a, _)| a.seq > 0) {
+        None => run(&mut tx, audit::Walk::from_genesis(key), 0).await?,
+        Some((anchor, source)) => {
+            if let Some(problem) = check_anchor(&mut tx, anchor, source).await? {
+                return Ok(audit::Verification::anchor_failed(problem));
+            }
+            let alg: String = sqlx::query_scalar("SELECT alg FROM audit WHERE seq = $1")
+                .bind(super::signed(anchor.seq))
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(store_error)?;
+            run(
+                &mut tx,
+                audit::Walk::after_anchor(key, anchor, &alg),
+                super::signed(anchor.seq),
+            )
+            .await?
+        }
+    };
+    if v.problem.is_none() {
+        if let Some(head) = head(&mut tx).await? {
+            if let Some(problem) = check_anchor(&mut tx, &head, "the audit head").await? {
+                v.first_broken = Some((head.seq, problem.to_string()));
+                v.problem = Some(problem);
             }
         }
-        tx.commit().await.map_err(store_error)?;
-        Ok(v)
     }
+    tx.commit().await.map_err(store_error)?;
+    Ok(v)
 }
 
 #[async_trait::async_trait]
@@ -203,7 +256,7 @@ impl audit::Audit for super::store::PgStore {
     }
 
     async fn verify_audit(&self) -> Result<audit::Verification, StoreError> {
-        self.verify_all().await
+        verify(&self.db, self.chain.key(), None).await
     }
 
     fn audit_chain_broken(&self) -> bool {

@@ -28,6 +28,7 @@ use crate::store::StoreError;
 use crate::LogError;
 
 pub mod access;
+pub mod anchor;
 pub mod audit;
 pub mod cases;
 pub mod cluster;
@@ -93,6 +94,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../../migrations/postgres/0010_decided_by.sql"),
     ),
     (
+        11,
+        "audit_anchors",
+        include_str!("../../migrations/postgres/0011_audit_anchors.sql"),
+    ),
+    (
         12,
         "partitions",
         include_str!("../../migrations/postgres/0012_partitions.sql"),
@@ -148,18 +154,43 @@ impl Database {
         options: PgConnectOptions,
         settings: &PoolSettings,
     ) -> Result<Self, StoreError> {
+        let db = Self::pool_of(options, settings, &[]).await?;
+        db.migrate().await?;
+        Ok(db)
+    }
+
+    /// A pool that only reads: nothing is migrated, and every transaction
+    /// is read-only (`default_transaction_read_only`), so the server
+    /// refuses any write. For checks that must change nothing
+    /// (`kycd audit verify`); the schema may be older than this build's.
+    pub async fn connect_read_only(url: &str, settings: &PoolSettings) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Unavailable(format!("database URL: {}", redact(&e))))?;
+        Self::pool_of(
+            options,
+            settings,
+            &[("default_transaction_read_only", "on")],
+        )
+        .await
+    }
+
+    /// Connect a pool with kycd's session settings and `extra` ones.
+    async fn pool_of(
+        options: PgConnectOptions,
+        settings: &PoolSettings,
+        extra: &[(&str, &str)],
+    ) -> Result<Self, StoreError> {
         let options = options
             .application_name(&settings.application_name)
-            .options([("statement_timeout", STATEMENT_TIMEOUT)]);
+            .options([("statement_timeout", STATEMENT_TIMEOUT)])
+            .options(extra.iter().copied());
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options)
             .await
             .map_err(store_error)?;
-        let db = Self { pool };
-        db.migrate().await?;
-        Ok(db)
+        Ok(Self { pool })
     }
 
     pub fn pool(&self) -> &PgPool {
