@@ -1,14 +1,19 @@
-//! `kycd audit verify`: check the audit trail in a data directory: every
-//! record's MAC and link to the one before, then every anchor the event
-//! log holds (and the anchor file, if one is configured) against the chain.
-//! It reads the files and writes nothing, so it may run beside a server.
+//! `kycd audit verify`: check the audit trail: every record's MAC and link
+//! to the one before, then every anchor the event log holds (and the
+//! anchor file, if one is configured) against the chain. On the embedded
+//! backend it reads the data directory's files; on PostgreSQL
+//! (`KYCD_DATABASE_URL`) the database, through read-only transactions
+//! without migrating anything. It writes nothing, so it may run beside a
+//! server (or a cluster of them).
 
 use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use kycd_log::anchor;
+use kycd_log::anchor::{self, AnchoredChain};
 use kycd_log::audit::{self, AuditKey, KeyError};
+use kycd_log::postgres::anchor::PgChain;
+use kycd_log::postgres::{Database, PoolSettings};
 use kycd_log::store::SqliteStore;
 use kycd_server::Settings;
 use rusqlite::{Connection, OpenFlags};
@@ -20,20 +25,9 @@ pub enum AuditCmd {
     /// Check every record's MAC and its link to the one before, and the
     /// chain against the anchors in the event log (and the anchor file).
     /// Exits 0 when intact, 1 naming what was tampered with, 2 when the
-    /// directory holds no kycd data or the chain cannot be checked.
+    /// directory (or database) holds no kycd data or the chain cannot be
+    /// checked.
     Verify(ServeArgs),
-}
-
-/// Key `store` like the server does, so that records a command appends
-/// chain on. A missing key file is fine while the chain has no keyed
-/// record (the store then refuses to append after one).
-pub fn key_store(store: &SqliteStore, settings: &Settings) -> anyhow::Result<()> {
-    match AuditKey::load(&settings.audit().key_path(&settings.data_dir)) {
-        Ok(key) => store.set_audit_key(key),
-        Err(KeyError::Missing(_)) => {}
-        Err(e) => return Err(e.into()),
-    }
-    Ok(())
 }
 
 /// Exit 2: nothing to verify here, or no way to verify it.
@@ -67,7 +61,10 @@ pub fn run(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
     let AuditCmd::Verify(args) = cmd;
     let loaded = config::load(&args, &config::process_env())?;
     let settings = &loaded.settings;
-    config::embedded_only(settings, "audit verify")?;
+    if let Some(url) = &settings.database_url {
+        let url = url.expose().to_owned();
+        return block_on(verify_database(settings, &url));
+    }
     let dir = &settings.data_dir;
     let store_db = dir.join("store.db");
     let events_db = dir.join("events.db");
@@ -103,14 +100,60 @@ pub fn run(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("open store {}", store_db.display()))?;
         return run(AuditCmd::Verify(args));
     }
-    let key_path = settings.audit().key_path(dir);
+    drop(conn);
+    block_on(verify_chain(
+        &anchor::Files {
+            store_db,
+            events_db,
+        },
+        settings,
+    ))
+}
+
+fn block_on<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(f)
+}
+
+/// The chain in the database `url` names, read-only: no migration, and
+/// every transaction refuses writes.
+async fn verify_database(settings: &Settings, url: &str) -> anyhow::Result<ExitCode> {
+    let pool = PoolSettings {
+        max_connections: 2,
+        application_name: "kycd audit verify".into(),
+    };
+    // The error never holds the URL (it may hold a password).
+    let db = match Database::connect_read_only(url, &pool).await {
+        Ok(db) => db,
+        Err(e) => return cannot(format!("cannot reach the database (KYCD_DATABASE_URL): {e}")),
+    };
+    let chain = PgChain::new(db.clone());
+    let tables = chain.exists().await.context("read the database's schema")?;
+    if !tables {
+        return cannot(
+            "the database (KYCD_DATABASE_URL) holds no kycd event log and audit trail in \
+             its schema (no server has started on it, or the URL's search_path names \
+             another schema)"
+                .into(),
+        );
+    }
+    let verified = verify_chain(&chain, settings).await;
+    db.close().await;
+    verified
+}
+
+/// Verify `chain` and every anchor of it, and say what was found.
+async fn verify_chain(chain: &dyn AnchoredChain, settings: &Settings) -> anyhow::Result<ExitCode> {
+    let key_path = settings.audit().key_path(&settings.data_dir);
     let key = match AuditKey::load(&key_path) {
         Ok(key) => Some(key),
         Err(KeyError::Missing(_)) => None,
         Err(e) => return cannot(e.to_string()),
     };
 
-    let v = audit::verify(&conn, key.as_ref())?;
+    let v = chain.verify(key.as_ref()).await?;
     for (seq, found) in &v.acknowledged {
         println!(
             "note: record {seq}: the server was started over a broken chain \
@@ -127,26 +170,25 @@ pub fn run(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
         return tampered(problem);
     }
 
-    let anchors = match anchor::log_anchors(&events_db) {
+    let anchors = match chain.anchors().await {
         Ok(a) => a,
         Err(e) => return cannot(e.to_string()),
     };
-    let mut checked: Option<&audit::Head> = None;
+    let mut heads: Vec<(audit::Head, String)> = Vec::with_capacity(anchors.len());
     for a in &anchors {
         // Consecutive anchors of the same head need one look.
-        if checked == Some(&a.head) {
-            continue;
+        if heads.last().map(|(h, _)| h) != Some(&a.head) {
+            heads.push((a.head.clone(), a.source()));
         }
-        if let Some(problem) = audit::check_anchor(&conn, &a.head, &a.source())? {
-            return tampered(&problem);
-        }
-        checked = Some(&a.head);
+    }
+    if let Some(problem) = chain.check_anchors(&heads).await? {
+        return tampered(&problem);
     }
     if let Some(path) = &settings.audit_anchor_file {
         match anchor::read_anchor_file(path) {
             Ok(Some(head)) => {
                 let source = format!("the anchor file {}", path.display());
-                if let Some(problem) = audit::check_anchor(&conn, &head, &source)? {
+                if let Some(problem) = chain.check_anchors(&[(head, source)]).await? {
                     return tampered(&problem);
                 }
             }
