@@ -1,16 +1,21 @@
-//! `kycd token create|list|revoke` and `kycd user add`: access control on
-//! the data directory (created and migrated if needed). A running server
-//! sees a new or revoked token at its next request.
+//! `kycd token create|list|revoke` and `kycd user add`: access control in
+//! the store the settings name: the data directory (created and migrated
+//! if needed) or the PostgreSQL database of `KYCD_DATABASE_URL` (migrated
+//! if needed), as `kycd serve` opens it. A running server (every instance
+//! of a cluster) sees a new or revoked token at its next request. Each
+//! change is audited in the chain the servers append to.
 
+use std::future::Future;
 use std::io::Read;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use kycd_core::Clock;
-use kycd_log::access::{Access, Scope, UserInfo};
-use kycd_log::audit::{Audit, NewAudit};
-use kycd_log::store::SqliteStore;
+use kycd_log::access::{Scope, UserInfo};
+use kycd_log::audit::{AuditKey, KeyError, NewAudit};
 use kycd_server::access_api;
+use kycd_server::storage::{self, Backend, Storage};
+use kycd_server::Settings;
 use serde_json::json;
 
 use crate::config::{self, ServeArgs};
@@ -60,35 +65,47 @@ pub enum UserCmd {
     },
 }
 
-fn open(serve: &ServeArgs) -> anyhow::Result<SqliteStore> {
-    let loaded = config::load(serve, &config::process_env())?;
-    config::embedded_only(&loaded.settings, "token / user")?;
-    let dir = &loaded.settings.data_dir;
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("create data directory {}", dir.display()))?;
-    // A data directory is its store and its event log together: create the
-    // log too, so that `kycd audit verify` finds a whole data directory
-    // (and anchors have a place) before the server first starts.
-    let log_path = dir.join("events.db");
-    drop(
-        kycd_log::sqlite_log::SqliteLog::open(&log_path, Default::default())
-            .with_context(|| format!("open event log {}", log_path.display()))?,
-    );
-    let path = dir.join("store.db");
-    let store = SqliteStore::open(&path, false)
-        .with_context(|| format!("open store {}", path.display()))?;
-    crate::audit_cmd::key_store(&store, &loaded.settings)?;
-    Ok(store)
+/// Key the store like the server does, so that records a command appends
+/// chain on. A missing key file is fine while the chain has no keyed
+/// record (the store then refuses to append after one, and the command
+/// warns that it could not audit).
+fn key_store(backend: &Backend, settings: &Settings) -> anyhow::Result<()> {
+    let key = match AuditKey::load(&settings.audit().key_path(&settings.data_dir)) {
+        Ok(key) => key,
+        Err(KeyError::Missing(_)) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    match backend {
+        Backend::Embedded { store, .. } => store.set_audit_key(key),
+        Backend::Postgres { store, .. } => store.set_audit_key(key),
+    }
+    Ok(())
 }
 
-fn block_on<T>(f: impl std::future::Future<Output = T>) -> anyhow::Result<T> {
-    Ok(tokio::runtime::Builder::new_current_thread()
+/// Open the store the settings name and run `work` on it. On the embedded
+/// backend this creates the event log too, so that `kycd audit verify`
+/// finds a whole data directory (and anchors have a place) before the
+/// server first starts.
+fn with_storage<T, F, Fut>(serve: &ServeArgs, work: F) -> anyhow::Result<T>
+where
+    F: FnOnce(Storage) -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let loaded = config::load(serve, &config::process_env())?;
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
-        .block_on(f))
+        .block_on(async {
+            let storage = storage::open(&loaded.settings, || {}).await?;
+            key_store(&storage.backend, &loaded.settings)?;
+            let log = storage.log.clone();
+            let done = work(storage).await;
+            log.shutdown().await;
+            done
+        })
 }
 
-async fn record(store: &SqliteStore, action: &str, target: &str, details: serde_json::Value) {
+async fn record(storage: &Storage, action: &str, target: &str, details: serde_json::Value) {
     let entry = NewAudit {
         at_ms: kycd_core::SystemClock.now_millis(),
         actor: "cli".into(),
@@ -96,7 +113,7 @@ async fn record(store: &SqliteStore, action: &str, target: &str, details: serde_
         target: Some(target.into()),
         details,
     };
-    if let Err(e) = store.audit(vec![entry]).await {
+    if let Err(e) = storage.audit.audit(vec![entry]).await {
         eprintln!("warning: could not append to the audit trail: {e}");
     }
 }
@@ -110,24 +127,23 @@ pub fn token(cmd: TokenCmd) -> anyhow::Result<ExitCode> {
             if name.trim().is_empty() {
                 bail!("--name must not be empty");
             }
-            let store = open(&serve)?;
-            let (info, secret) = block_on(async {
+            let (info, secret) = with_storage(&serve, |storage| async move {
                 let made = access_api::create_token(
-                    &store,
+                    &*storage.access,
                     name.trim(),
                     scope,
                     kycd_core::SystemClock.now_millis(),
                 )
                 .await?;
                 record(
-                    &store,
+                    &storage,
                     "token.created",
                     &made.0.id,
                     json!({"scope": scope, "name": name.trim()}),
                 )
                 .await;
                 anyhow::Ok(made)
-            })??;
+            })?;
             eprintln!(
                 "created {} ({}, scope {}); the token is shown only now:",
                 info.id,
@@ -138,8 +154,9 @@ pub fn token(cmd: TokenCmd) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         TokenCmd::List { serve } => {
-            let store = open(&serve)?;
-            let tokens = block_on(store.list_tokens())??;
+            let tokens = with_storage(&serve, |storage| async move {
+                Ok(storage.access.list_tokens().await?)
+            })?;
             if tokens.is_empty() {
                 println!("no tokens");
             }
@@ -158,16 +175,17 @@ pub fn token(cmd: TokenCmd) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         TokenCmd::Revoke { serve, id } => {
-            let store = open(&serve)?;
-            let revoked = block_on(async {
-                let t = store
-                    .revoke_token(&id, kycd_core::SystemClock.now_millis())
+            let id = id.as_str();
+            let revoked = with_storage(&serve, |storage| async move {
+                let t = storage
+                    .access
+                    .revoke_token(id, kycd_core::SystemClock.now_millis())
                     .await?;
                 if let Some(t) = &t {
-                    record(&store, "token.revoked", &t.id, json!({"scope": t.scope})).await;
+                    record(&storage, "token.revoked", &t.id, json!({"scope": t.scope})).await;
                 }
                 anyhow::Ok(t)
-            })??;
+            })?;
             match revoked {
                 Some(t) => {
                     println!("revoked {}", t.id);
@@ -205,23 +223,24 @@ pub fn user(cmd: UserCmd) -> anyhow::Result<ExitCode> {
         bail!("the password must have at least 8 characters");
     }
     let hash = access_api::hash_password(&password).map_err(anyhow::Error::msg)?;
-    let store = open(&serve)?;
-    let added = block_on(async {
-        let added = store
+    let (username, role) = (username.as_str(), role.as_str());
+    let added = with_storage(&serve, |storage| async move {
+        let added = storage
+            .access
             .add_user(
                 UserInfo {
-                    username: username.clone(),
-                    role: role.clone(),
+                    username: username.to_owned(),
+                    role: role.to_owned(),
                     created_at_ms: kycd_core::SystemClock.now_millis(),
                 },
                 hash,
             )
             .await?;
         if added {
-            record(&store, "user.added", &username, json!({"role": role})).await;
+            record(&storage, "user.added", username, json!({"role": role})).await;
         }
         anyhow::Ok(added)
-    })??;
+    })?;
     if !added {
         bail!("a user named {username:?} already exists");
     }

@@ -314,13 +314,14 @@ fn apply_env(loaded: &mut Loaded, env: &[(String, String)]) -> anyhow::Result<()
 
 /// Refuse, saying why, a command that works on the embedded SQLite files
 /// when the settings put the log and store in PostgreSQL: it would read or
-/// write files that no server uses.
+/// write files that no server uses. Only `backup` and `replay` are such
+/// commands; `token`, `user` and `audit verify` work on either backend.
 pub fn embedded_only(s: &Settings, command: &str) -> anyhow::Result<()> {
     if s.database_url.is_some() {
         bail!(
             "`kycd {command}` works on the embedded data directory only, and {} is set; \
-             on PostgreSQL use the running server's API instead (tokens: POST \
-             /api/v1/tokens; audit: GET /api/v1/audit and /readyz; backups: pg_dump)",
+             `kycd backup` and `kycd replay` do not read PostgreSQL (back the database up \
+             with pg_dump)",
             named("database_url")
         );
     }

@@ -1,15 +1,23 @@
-//! `kycd token` and `kycd user` on a data directory.
+//! `kycd token` and `kycd user` on a data directory, and on PostgreSQL.
+
+mod support;
 
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 fn kycd(data_dir: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    kycd_with(data_dir, args, stdin, &[])
+}
+
+fn kycd_with(data_dir: &Path, args: &[&str], stdin: Option<&str>, envs: &[(&str, &str)]) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_kycd"))
         .args(args)
         .arg("--data-dir")
         .arg(data_dir)
         .env_remove("KYCD_CONFIG")
+        .env_remove("KYCD_AUDIT_KEY_FILE")
+        .envs(envs.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -161,14 +169,117 @@ fn users_are_added_with_a_hashed_password_from_stdin() {
     );
 }
 
-#[test]
-fn file_commands_refuse_a_postgres_deployment_instead_of_writing_files_no_server_reads() {
+/// The secret a `token create` printed, and the token's id.
+fn created(made: &Output) -> (String, String) {
+    assert!(made.status.success(), "{}", text(made));
+    let secret = String::from_utf8_lossy(&made.stdout).trim().to_owned();
+    let id = String::from_utf8_lossy(&made.stderr)
+        .split_whitespace()
+        .find(|w| w.starts_with("tok_"))
+        .expect("the token's id")
+        .to_owned();
+    (secret, id)
+}
+
+/// On PostgreSQL the commands work in the database the servers share: a
+/// token made there is accepted by a running instance and stops working
+/// once revoked, a user lands in the database, each change is audited in
+/// the one chain, and no SQLite file is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_tokens_and_users_live_in_the_database_the_servers_share() {
+    let Some(url) = kycd_log::postgres::testing::url_or_skip("token and user on PostgreSQL") else {
+        return;
+    };
+    let schemas = kycd_log::postgres::testing::Schemas::new(&url).await;
+    let schema = schemas.schema().await;
+    let db_url = schemas.url_of(&schema);
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("data");
+    let env = [("KYCD_DATABASE_URL", db_url.as_str())];
+    // A server first: it makes the schema and the audit key the commands
+    // key their records with.
+    let server = support::Server::start(
+        &dir,
+        &root.path().join("serve.log"),
+        &[
+            ("KYCD_DATABASE_URL", db_url.clone()),
+            ("KYCD_INSTANCE_ID", "kycd-a".to_owned()),
+        ],
+    );
+    let client = reqwest::Client::new();
+    let sessions = |secret: String| {
+        let request = client
+            .get(format!("{}/api/v1/sessions", server.base))
+            .bearer_auth(secret);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+
+    let made = kycd_with(
+        &dir,
+        &["token", "create", "--name", "ci reader", "--scope", "read"],
+        None,
+        &env,
+    );
+    let (secret, id) = created(&made);
+    assert_eq!(sessions(secret.clone()).await, 200, "the server accepts the new token");
+    let listed = kycd_with(&dir, &["token", "list"], None, &env);
+    let out = text(&listed);
+    assert!(
+        listed.status.success() && out.contains(&id) && out.contains("read") && !out.contains(&secret),
+        "{out}"
+    );
+    let revoked = kycd_with(&dir, &["token", "revoke", &id], None, &env);
+    assert!(revoked.status.success(), "{}", text(&revoked));
+    assert_eq!(sessions(secret).await, 401, "a revoked token stops working at once");
+    assert!(text(&kycd_with(&dir, &["token", "list"], None, &env)).contains("revoked"));
+
+    let added = kycd_with(
+        &dir,
+        &["user", "add", "--username", "ada", "--role", "admin", "--password-stdin"],
+        Some("correct horse battery\n"),
+        &env,
+    );
+    assert!(added.status.success(), "{}", text(&added));
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let (role, hash): (String, String) = sqlx::query_as(&format!(
+        "SELECT role, password_hash FROM \"{schema}\".users WHERE username = 'ada'"
+    ))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(role, "admin");
+    assert!(kycd_server::access_api::verify_password("correct horse battery", &hash));
+
+    // Each change is in the one chain, keyed like the server's, and it
+    // verifies.
+    let actions: Vec<String> = sqlx::query_scalar(&format!(
+        "SELECT action FROM \"{schema}\".audit WHERE actor = 'cli' AND alg = 'hmac-sha256' ORDER BY seq"
+    ))
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(actions, ["token.created", "token.revoked", "user.added"]);
+    let verified = kycd_with(&dir, &["audit", "verify"], None, &env);
+    assert!(
+        verified.status.success() && text(&verified).contains("audit chain intact"),
+        "{}",
+        text(&verified)
+    );
+    assert!(!dir.join("store.db").exists() && !dir.join("events.db").exists());
+    drop(server);
+    pool.close().await;
+    schemas.drop_all().await;
+}
+
+#[test]
+fn backup_and_replay_refuse_a_postgres_deployment_instead_of_reading_files_no_server_writes() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("data");
+    let to = root.path().join("copy");
+    let to = to.to_str().unwrap();
     for args in [
-        &["token", "create", "--name", "x", "--scope", "read"][..],
-        &["token", "list"][..],
-        &["audit", "verify"][..],
+        &["backup", "--to", to][..],
+        &["replay", "--policy", "builtin"][..],
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_kycd"))
             .args(args)
@@ -185,7 +296,7 @@ fn file_commands_refuse_a_postgres_deployment_instead_of_writing_files_no_server
         let said = text(&out);
         assert!(!out.status.success(), "{args:?}: {said}");
         assert!(
-            said.contains("embedded data directory only"),
+            said.contains("embedded data directory only") && said.contains("pg_dump"),
             "{args:?}: {said}"
         );
         assert!(
@@ -196,5 +307,23 @@ fn file_commands_refuse_a_postgres_deployment_instead_of_writing_files_no_server
             !dir.join("store.db").exists(),
             "{args:?} made a store no server reads"
         );
+    }
+    // The access commands go to the database instead: unreachable here,
+    // they fail saying so, without the password and without a file.
+    for args in [
+        &["token", "create", "--name", "x", "--scope", "read"][..],
+        &["token", "list"][..],
+    ] {
+        let out = kycd_with(
+            &dir,
+            args,
+            None,
+            &[("KYCD_DATABASE_URL", "postgres://kycd:hunter2@127.0.0.1:1/kycd")],
+        );
+        let said = text(&out);
+        assert!(!out.status.success(), "{args:?}: {said}");
+        assert!(said.contains("connect to the database"), "{args:?}: {said}");
+        assert!(!said.contains("hunter2"), "{said}");
+        assert!(!dir.join("store.db").exists(), "{args:?} made a SQLite store");
     }
 }
