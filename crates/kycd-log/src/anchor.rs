@@ -601,9 +601,15 @@ impl Anchoring {
             }
         }
         let Some(mut held) = held else { return };
+        let mut holding = *held.borrow_and_update();
         loop {
             let stopping = *stop.borrow();
-            if *held.borrow_and_update() {
+            // A stop releases the lease as it begins: the head is anchored
+            // once more if the lease was held until then.
+            if !stopping {
+                holding = *held.borrow_and_update();
+            }
+            if holding {
                 if let Err(e) = self.pass(log, now_ms()).await {
                     tracing::warn!(error = %e, "could not anchor the audit head");
                 }

@@ -141,7 +141,7 @@ async fn the_head_read_from_the_database_is_anchored_once_each_time_it_moves() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_while_the_lease_is_held_does_the_task_anchor() {
+async fn only_while_the_lease_is_held_does_the_task_anchor_and_a_stop_anchors_once_more() {
     let Some(url) = url_or_skip("anchoring on PostgreSQL") else {
         return;
     };
@@ -149,30 +149,42 @@ async fn only_while_the_lease_is_held_does_the_task_anchor() {
     let url = schemas.url_of(&schemas.schema().await);
     let dir = tempfile::tempdir().unwrap();
     let a = Instance::open(&url).await;
-    let anchoring = a.attach(dir.path(), false).await;
-    a.append(0, 2).await;
+    let log: Arc<dyn EventLog> = a.log.clone();
 
+    // Never held: nothing is anchored, not even as it stops.
+    let (_hold, held) = watch::channel(false);
+    let (stop, stopped) = watch::channel(false);
+    let task = tokio::spawn(
+        a.attach(dir.path(), false)
+            .await
+            .while_holding(held)
+            .run(log.clone(), || 5, stopped),
+    );
+    a.append(0, 2).await;
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    assert_eq!(a.anchored().await, None, "an instance without the lease anchors nothing");
+
+    // Held: the head is anchored, and once more as the task stops.
     let (hold, held) = watch::channel(false);
     let (stop, stopped) = watch::channel(false);
-    let log: Arc<dyn EventLog> = a.log.clone();
-    let task = tokio::spawn(anchoring.while_holding(held).run(log, || 5, stopped));
+    let task = tokio::spawn(
+        a.attach(dir.path(), false)
+            .await
+            .while_holding(held)
+            .run(log, || 6, stopped),
+    );
     hold.send(true).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while a.anchored().await.map(|h| h.seq) != Some(2) {
         assert!(Instant::now() < deadline, "the holder never anchored");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // The lease moves away: the records after it stay for its next holder.
-    hold.send(false).unwrap();
     a.append(2, 3).await;
     stop.send(true).unwrap();
     task.await.unwrap();
-    assert_eq!(
-        a.anchored().await.map(|h| h.seq),
-        Some(2),
-        "an instance without the lease anchors nothing, not even as it stops"
-    );
-    assert_eq!(a.chain().anchors().await.unwrap().len(), 1);
+    assert_eq!(a.anchored().await.map(|h| h.seq), Some(5));
+    assert_eq!(a.chain().anchors().await.unwrap().len(), 2);
     schemas.drop_all().await;
 }
 
