@@ -154,26 +154,28 @@ async fn only_while_the_lease_is_held_does_the_task_anchor_and_a_stop_anchors_on
     // Never held: nothing is anchored, not even as it stops.
     let (_hold, held) = watch::channel(false);
     let (stop, stopped) = watch::channel(false);
-    let task = tokio::spawn(
-        a.attach(dir.path(), false)
-            .await
-            .while_holding(held)
-            .run(log.clone(), || 5, stopped),
-    );
+    let task = tokio::spawn(a.attach(dir.path(), false).await.while_holding(held).run(
+        log.clone(),
+        || 5,
+        stopped,
+    ));
     a.append(0, 2).await;
     stop.send(true).unwrap();
     task.await.unwrap();
-    assert_eq!(a.anchored().await, None, "an instance without the lease anchors nothing");
+    assert_eq!(
+        a.anchored().await,
+        None,
+        "an instance without the lease anchors nothing"
+    );
 
     // Held: the head is anchored, and once more as the task stops.
     let (hold, held) = watch::channel(false);
     let (stop, stopped) = watch::channel(false);
-    let task = tokio::spawn(
-        a.attach(dir.path(), false)
-            .await
-            .while_holding(held)
-            .run(log, || 6, stopped),
-    );
+    let task = tokio::spawn(a.attach(dir.path(), false).await.while_holding(held).run(
+        log,
+        || 6,
+        stopped,
+    ));
     hold.send(true).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while a.anchored().await.map(|h| h.seq) != Some(2) {

@@ -127,7 +127,11 @@ async fn verify_database(settings: &Settings, url: &str) -> anyhow::Result<ExitC
     // The error never holds the URL (it may hold a password).
     let db = match Database::connect_read_only(url, &pool).await {
         Ok(db) => db,
-        Err(e) => return cannot(format!("cannot reach the database (KYCD_DATABASE_URL): {e}")),
+        Err(e) => {
+            return cannot(format!(
+                "cannot reach the database (KYCD_DATABASE_URL): {e}"
+            ))
+        }
     };
     let chain = PgChain::new(db.clone());
     let tables = chain.exists().await.context("read the database's schema")?;

@@ -221,21 +221,40 @@ async fn on_postgres_tokens_and_users_live_in_the_database_the_servers_share() {
         &env,
     );
     let (secret, id) = created(&made);
-    assert_eq!(sessions(secret.clone()).await, 200, "the server accepts the new token");
+    assert_eq!(
+        sessions(secret.clone()).await,
+        200,
+        "the server accepts the new token"
+    );
     let listed = kycd_with(&dir, &["token", "list"], None, &env);
     let out = text(&listed);
     assert!(
-        listed.status.success() && out.contains(&id) && out.contains("read") && !out.contains(&secret),
+        listed.status.success()
+            && out.contains(&id)
+            && out.contains("read")
+            && !out.contains(&secret),
         "{out}"
     );
     let revoked = kycd_with(&dir, &["token", "revoke", &id], None, &env);
     assert!(revoked.status.success(), "{}", text(&revoked));
-    assert_eq!(sessions(secret).await, 401, "a revoked token stops working at once");
+    assert_eq!(
+        sessions(secret).await,
+        401,
+        "a revoked token stops working at once"
+    );
     assert!(text(&kycd_with(&dir, &["token", "list"], None, &env)).contains("revoked"));
 
     let added = kycd_with(
         &dir,
-        &["user", "add", "--username", "ada", "--role", "admin", "--password-stdin"],
+        &[
+            "user",
+            "add",
+            "--username",
+            "ada",
+            "--role",
+            "admin",
+            "--password-stdin",
+        ],
         Some("correct horse battery\n"),
         &env,
     );
@@ -248,7 +267,10 @@ async fn on_postgres_tokens_and_users_live_in_the_database_the_servers_share() {
     .await
     .unwrap();
     assert_eq!(role, "admin");
-    assert!(kycd_server::access_api::verify_password("correct horse battery", &hash));
+    assert!(kycd_server::access_api::verify_password(
+        "correct horse battery",
+        &hash
+    ));
 
     // Each change is in the one chain, keyed like the server's, and it
     // verifies.
@@ -318,12 +340,18 @@ fn backup_and_replay_refuse_a_postgres_deployment_instead_of_reading_files_no_se
             &dir,
             args,
             None,
-            &[("KYCD_DATABASE_URL", "postgres://kycd:hunter2@127.0.0.1:1/kycd")],
+            &[(
+                "KYCD_DATABASE_URL",
+                "postgres://kycd:hunter2@127.0.0.1:1/kycd",
+            )],
         );
         let said = text(&out);
         assert!(!out.status.success(), "{args:?}: {said}");
         assert!(said.contains("connect to the database"), "{args:?}: {said}");
         assert!(!said.contains("hunter2"), "{said}");
-        assert!(!dir.join("store.db").exists(), "{args:?} made a SQLite store");
+        assert!(
+            !dir.join("store.db").exists(),
+            "{args:?} made a SQLite store"
+        );
     }
 }

@@ -144,7 +144,10 @@ impl Pg {
                     return (offset, a);
                 }
             }
-            assert!(Instant::now() < deadline, "{what}: the head was never anchored");
+            assert!(
+                Instant::now() < deadline,
+                "{what}: the head was never anchored"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -284,7 +287,10 @@ async fn a_schema_without_kycd_cannot_be_verified_and_is_left_alone() {
     let url = pg.schemas.url_of(&empty);
     let (code, out) = verify_at(&url, &pg.dir());
     assert_eq!(code, 2, "{out}");
-    assert!(out.contains("holds no kycd event log and audit trail"), "{out}");
+    assert!(
+        out.contains("holds no kycd event log and audit trail"),
+        "{out}"
+    );
     let tables: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM information_schema.tables WHERE table_schema = $1",
     )
@@ -297,7 +303,10 @@ async fn a_schema_without_kycd_cannot_be_verified_and_is_left_alone() {
     let (code, out) = verify_at("postgres://kycd:hunter2@127.0.0.1:1/kycd", &pg.dir());
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("cannot reach the database"), "{out}");
-    assert!(!out.contains("hunter2"), "the URL's password never shows: {out}");
+    assert!(
+        !out.contains("hunter2"),
+        "the URL's password never shows: {out}"
+    );
     pg.finish().await;
 }
 
@@ -342,7 +351,10 @@ async fn wait_ready(base: &str, want: impl Fn(u16, &serde_json::Value) -> bool, 
             if want(status, &body) {
                 return;
             }
-            assert!(Instant::now() < deadline, "{what}: last /readyz {status} {body}");
+            assert!(
+                Instant::now() < deadline,
+                "{what}: last /readyz {status} {body}"
+            );
         }
         assert!(Instant::now() < deadline, "{what}: /readyz never answered");
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -403,7 +415,8 @@ async fn the_server_anchors_and_a_truncation_fails_readiness_and_stops_the_next_
         "{:?}",
         records[0].details
     );
-    pg.wait_anchored("the server started over a broken chain").await;
+    pg.wait_anchored("the server started over a broken chain")
+        .await;
     wait_ready(
         &server.base,
         |s, b| s == 200 && b["checks"]["audit_chain"] == "ok",
@@ -421,6 +434,10 @@ async fn the_server_anchors_and_a_truncation_fails_readiness_and_stops_the_next_
         "{out}"
     );
     // One acknowledged start is enough.
-    drop(support::Server::start(&pg.dir(), &log, &pg.serve_envs("kycd-a")));
+    drop(support::Server::start(
+        &pg.dir(),
+        &log,
+        &pg.serve_envs("kycd-a"),
+    ));
     pg.finish().await;
 }

@@ -559,6 +559,21 @@ async fn three_instances_survive_two_sigkills_and_a_postgres_restart_with_every_
     let verified = kycd_log::audit::Audit::verify_audit(&store).await.unwrap();
     assert!(verified.problem.is_none(), "{:?}", verified.problem);
     assert!(verified.records > 0);
+    // And so does every anchor the instances appended while the
+    // `audit-anchor` lease moved between them.
+    let audited = std::process::Command::new(env!("CARGO_BIN_EXE_kycd"))
+        .args(["audit", "verify"])
+        .env_remove("KYCD_CONFIG")
+        .env("KYCD_DATABASE_URL", &db_url)
+        .env("KYCD_AUDIT_KEY_FILE", &key_file)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&audited.stdout);
+    assert!(
+        audited.status.success() && said.contains("anchored in the event log up to record"),
+        "{said}{}",
+        String::from_utf8_lossy(&audited.stderr)
+    );
     eprintln!(
         "{} deliveries acknowledged, {decided} sessions decided, {written_back} write-backs \
          ({} changes at Didit), {} operator webhooks ({} receipts), {} audit records",
