@@ -21,6 +21,15 @@ use kycd_log::EventLog;
 use serde_json::json;
 use tokio::sync::watch;
 
+/// A test's schema (its URL) and the directory of the audit key every
+/// instance shares; `None` without a server to test on.
+async fn setup() -> Option<(Schemas, String, tempfile::TempDir)> {
+    let url = url_or_skip("anchoring on PostgreSQL")?;
+    let schemas = Schemas::new(&url).await;
+    let url = schemas.url_of(&schemas.schema().await);
+    Some((schemas, url, tempfile::tempdir().unwrap()))
+}
+
 /// One instance: its pool, store, log and the anchoring task `attach`
 /// made for it (the key in `dir`, shared by every instance).
 struct Instance {
@@ -62,6 +71,15 @@ impl Instance {
         }
     }
 
+    /// Ten records, anchored by this instance's task (returned).
+    async fn anchored_ten(&self, dir: &std::path::Path) -> (Anchoring, Head) {
+        let mut anchoring = self.attach(dir, false).await;
+        self.append(0, 10).await;
+        let anchored = anchoring.pass(&*self.log, 1).await.unwrap().unwrap();
+        assert_eq!(anchored.seq, 10);
+        (anchoring, anchored)
+    }
+
     fn chain(&self) -> PgChain {
         PgChain::new(self.db.clone())
     }
@@ -101,12 +119,9 @@ impl Instance {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_head_read_from_the_database_is_anchored_once_each_time_it_moves() {
-    let Some(url) = url_or_skip("anchoring on PostgreSQL") else {
+    let Some((schemas, url, dir)) = setup().await else {
         return;
     };
-    let schemas = Schemas::new(&url).await;
-    let url = schemas.url_of(&schemas.schema().await);
-    let dir = tempfile::tempdir().unwrap();
     let (a, b) = (Instance::open(&url).await, Instance::open(&url).await);
     let mut anchoring = a.attach(dir.path(), false).await;
     let _ = b.attach(dir.path(), false).await;
@@ -142,12 +157,9 @@ async fn the_head_read_from_the_database_is_anchored_once_each_time_it_moves() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_while_the_lease_is_held_does_the_task_anchor_and_a_stop_anchors_once_more() {
-    let Some(url) = url_or_skip("anchoring on PostgreSQL") else {
+    let Some((schemas, url, dir)) = setup().await else {
         return;
     };
-    let schemas = Schemas::new(&url).await;
-    let url = schemas.url_of(&schemas.schema().await);
-    let dir = tempfile::tempdir().unwrap();
     let a = Instance::open(&url).await;
     let log: Arc<dyn EventLog> = a.log.clone();
 
@@ -192,17 +204,11 @@ async fn only_while_the_lease_is_held_does_the_task_anchor_and_a_stop_anchors_on
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chain_cut_short_or_rewritten_behind_the_anchor_is_never_anchored_and_stops_the_start() {
-    let Some(url) = url_or_skip("anchoring on PostgreSQL") else {
+    let Some((schemas, url, dir)) = setup().await else {
         return;
     };
-    let schemas = Schemas::new(&url).await;
-    let url = schemas.url_of(&schemas.schema().await);
-    let dir = tempfile::tempdir().unwrap();
     let a = Instance::open(&url).await;
-    let mut anchoring = a.attach(dir.path(), false).await;
-    a.append(0, 10).await;
-    let anchored = anchoring.pass(&*a.log, 1).await.unwrap().unwrap();
-    assert_eq!(anchored.seq, 10);
+    let (mut anchoring, anchored) = a.anchored_ten(dir.path()).await;
     let offset = a.chain().newest_anchor().await.unwrap().unwrap().offset;
     let key = a.key(dir.path()).await;
 
@@ -255,16 +261,11 @@ async fn a_chain_cut_short_or_rewritten_behind_the_anchor_is_never_anchored_and_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_the_operator_allowed_over_a_broken_chain_is_anchored_at_once() {
-    let Some(url) = url_or_skip("anchoring on PostgreSQL") else {
+    let Some((schemas, url, dir)) = setup().await else {
         return;
     };
-    let schemas = Schemas::new(&url).await;
-    let url = schemas.url_of(&schemas.schema().await);
-    let dir = tempfile::tempdir().unwrap();
     let a = Instance::open(&url).await;
-    let mut anchoring = a.attach(dir.path(), false).await;
-    a.append(0, 10).await;
-    anchoring.pass(&*a.log, 1).await.unwrap().unwrap();
+    a.anchored_ten(dir.path()).await;
     a.truncate_to(7).await;
 
     // Allowed, the start records what it found and anchors that record
@@ -290,12 +291,9 @@ async fn a_start_the_operator_allowed_over_a_broken_chain_is_anchored_at_once() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_holder_writes_the_anchor_file_and_the_start_checks_it() {
-    let Some(url) = url_or_skip("anchoring on PostgreSQL") else {
+    let Some((schemas, url, dir)) = setup().await else {
         return;
     };
-    let schemas = Schemas::new(&url).await;
-    let url = schemas.url_of(&schemas.schema().await);
-    let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("head.json");
     let a = Instance::open(&url).await;
     let options = AuditOptions {

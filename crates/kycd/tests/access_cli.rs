@@ -31,6 +31,17 @@ fn kycd_with(data_dir: &Path, args: &[&str], stdin: Option<&str>, envs: &[(&str,
     child.wait_with_output().unwrap()
 }
 
+/// `kycd user add` of an admin named ada, her password on stdin.
+const ADD_ADA: &[&str] = &[
+    "user",
+    "add",
+    "--username",
+    "ada",
+    "--role",
+    "admin",
+    "--password-stdin",
+];
+
 fn text(o: &Output) -> String {
     format!(
         "{}{}",
@@ -82,19 +93,7 @@ fn tokens_are_created_listed_and_revoked() {
 fn users_are_added_with_a_hashed_password_from_stdin() {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("data");
-    let added = kycd(
-        &dir,
-        &[
-            "user",
-            "add",
-            "--username",
-            "ada",
-            "--role",
-            "admin",
-            "--password-stdin",
-        ],
-        Some("correct horse battery\n"),
-    );
+    let added = kycd(&dir, ADD_ADA, Some("correct horse battery\n"));
     assert!(added.status.success(), "{}", text(&added));
 
     // Stored as argon2, without the trailing newline.
@@ -244,20 +243,7 @@ async fn on_postgres_tokens_and_users_live_in_the_database_the_servers_share() {
     );
     assert!(text(&kycd_with(&dir, &["token", "list"], None, &env)).contains("revoked"));
 
-    let added = kycd_with(
-        &dir,
-        &[
-            "user",
-            "add",
-            "--username",
-            "ada",
-            "--role",
-            "admin",
-            "--password-stdin",
-        ],
-        Some("correct horse battery\n"),
-        &env,
-    );
+    let added = kycd_with(&dir, ADD_ADA, Some("correct horse battery\n"), &env);
     assert!(added.status.success(), "{}", text(&added));
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
     let (role, hash): (String, String) = sqlx::query_as(&format!(

@@ -27,23 +27,7 @@ fn verify(data_dir: &Path) -> (i32, String) {
 }
 
 fn verify_with(data_dir: &Path, envs: &[(&str, &Path)]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_kycd"))
-        .args(["audit", "verify", "--data-dir"])
-        .arg(data_dir)
-        .env_remove("KYCD_CONFIG")
-        .env_remove("KYCD_AUDIT_KEY_FILE")
-        .env_remove("KYCD_AUDIT_ANCHOR_FILE")
-        .envs(envs.iter().copied())
-        .output()
-        .expect("run kycd audit verify");
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    support::audit_verify(data_dir, envs)
 }
 
 fn record(i: usize) -> NewAudit {
@@ -457,42 +441,13 @@ async fn a_store_from_before_the_key_is_sealed_by_the_first_keyed_record() {
     assert_tampered(&dir, &["chain broken at record 6"]);
 }
 
-/// Run `kycd serve` on `dir` expecting it to refuse to start.
-fn serve_refused(dir: &Path, log: &Path) -> String {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kycd"))
-        .arg("serve")
-        .env("KYCD_LISTEN", "127.0.0.1:0")
-        .env("KYCD_DATA_DIR", dir)
-        .env_remove("KYCD_ALLOW_BROKEN_AUDIT")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + support::STARTUP_DEADLINE;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!(
-                "kycd serve did not refuse a broken chain; its log:\n{}",
-                support::tail(log)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(!status.success());
-    support::tail(log)
-}
-
 #[tokio::test]
 async fn the_server_refuses_a_broken_chain_unless_told_and_then_audits_it() {
     let root = tempfile::tempdir().unwrap();
     let dir = data_dir(root.path()).await;
     exec(&dir, "DELETE FROM audit WHERE seq > 140");
     let log = root.path().join("serve.log");
-    let refused = serve_refused(&dir, &log);
+    let refused = support::serve_refused(&dir, &log, &[]);
     assert!(
         refused.contains("the audit chain is broken: truncated:")
             && refused.contains("head record 150 but the chain ends at record 140")

@@ -10,7 +10,6 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -166,23 +165,7 @@ impl Pg {
 }
 
 fn verify_at(url: &str, dir: &Path) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_kycd"))
-        .args(["audit", "verify", "--data-dir"])
-        .arg(dir)
-        .env_remove("KYCD_CONFIG")
-        .env_remove("KYCD_AUDIT_KEY_FILE")
-        .env_remove("KYCD_AUDIT_ANCHOR_FILE")
-        .env("KYCD_DATABASE_URL", url)
-        .output()
-        .expect("run kycd audit verify");
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    support::audit_verify(dir, &[("KYCD_DATABASE_URL", url)])
 }
 
 fn assert_tampered(pg: &Pg, names: &[&str]) {
@@ -310,36 +293,6 @@ async fn a_schema_without_kycd_cannot_be_verified_and_is_left_alone() {
     pg.finish().await;
 }
 
-/// Run `kycd serve` expecting it to refuse to start; its log.
-fn serve_refused(dir: &Path, log: &Path, envs: &[(&str, String)]) -> String {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kycd"))
-        .arg("serve")
-        .env("KYCD_LISTEN", "127.0.0.1:0")
-        .env("KYCD_DATA_DIR", dir)
-        .env_remove("KYCD_ALLOW_BROKEN_AUDIT")
-        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + support::STARTUP_DEADLINE;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!(
-                "kycd serve did not refuse a broken chain; its log:\n{}",
-                support::tail(log)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(!status.success());
-    support::tail(log)
-}
-
 /// `/readyz` until `ready` says what is wanted of its answer.
 async fn wait_ready(base: &str, want: impl Fn(u16, &serde_json::Value) -> bool, what: &str) {
     let client = reqwest::Client::new();
@@ -386,7 +339,7 @@ async fn the_server_anchors_and_a_truncation_fails_readiness_and_stops_the_next_
     );
     server.kill();
 
-    let refused = serve_refused(&pg.dir(), &log, &pg.serve_envs("kycd-a"));
+    let refused = support::serve_refused(&pg.dir(), &log, &pg.serve_envs("kycd-a"));
     assert!(
         refused.contains(&format!(
             "the audit chain is broken: truncated: the event log (offset {offset}) anchors head \

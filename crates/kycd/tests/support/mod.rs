@@ -114,6 +114,62 @@ impl Drop for Server {
     }
 }
 
+/// `kycd audit verify --data-dir DIR` with `envs` (and no key or anchor
+/// file but what they name): its exit code and what it printed.
+pub fn audit_verify<V: AsRef<std::ffi::OsStr>>(
+    data_dir: &Path,
+    envs: &[(&str, V)],
+) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_kycd"))
+        .args(["audit", "verify", "--data-dir"])
+        .arg(data_dir)
+        .env_remove("KYCD_CONFIG")
+        .env_remove("KYCD_AUDIT_KEY_FILE")
+        .env_remove("KYCD_AUDIT_ANCHOR_FILE")
+        .envs(envs.iter().map(|(k, v)| (*k, v.as_ref())))
+        .output()
+        .expect("run kycd audit verify");
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Run `kycd serve` on `dir` with `envs`, expecting it to refuse to start
+/// (a broken audit chain, say); the end of its log.
+pub fn serve_refused(dir: &Path, log: &Path, envs: &[(&str, String)]) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kycd"))
+        .arg("serve")
+        .env("KYCD_LISTEN", "127.0.0.1:0")
+        .env("KYCD_DATA_DIR", dir)
+        .env_remove("KYCD_ALLOW_BROKEN_AUDIT")
+        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + STARTUP_DEADLINE;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!(
+                "kycd serve did not refuse a broken chain; its log:\n{}",
+                tail(log)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    tail(log)
+}
+
 pub fn tail(path: &Path) -> String {
     let mut text = String::new();
     if let Ok(mut f) = std::fs::File::open(path) {
