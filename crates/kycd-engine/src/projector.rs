@@ -1440,6 +1440,26 @@ impl Projector {
                     continue;
                 }
                 Ok((_, false)) => backoff = std::time::Duration::from_millis(50),
+                Err(ProjectorError::Store(e @ StoreError::LeaseLost { .. })) => {
+                    // The partition moved (a rebalance, a stop): the fence
+                    // refused the batch, which its new owner makes again.
+                    tracing::info!(error = %e, "partition moved; batch not committed");
+                    // Until the membership says so (its next tick at most).
+                    let moved = async {
+                        match &mut fence {
+                            Some(f) => {
+                                let _ = f.changed().await;
+                            }
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        _ = moved => {}
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                        r = stop.changed() => if r.is_err() { return },
+                    }
+                    continue;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "projector failed; retrying");
                     tokio::select! {

@@ -40,6 +40,10 @@ pub const LEASE_TTL: Duration = Duration::from_secs(10);
 /// How often leases are renewed, free ones sought and the heartbeat sent.
 pub const TICK: Duration = Duration::from_secs(1);
 
+/// On a stop, how long the leases are kept for the projector's last batch
+/// (well within what is left of a lease renewed a tick ago).
+pub const RELEASE_WAIT: Duration = Duration::from_secs(5);
+
 /// The projection's lease while the log has one partition.
 pub const PROJECTION: &str = "partition/0";
 /// Reconciliation and step-up expiry.
@@ -138,6 +142,8 @@ pub struct Membership {
     operator_lane: watch::Sender<bool>,
     audit_anchor: watch::Sender<bool>,
     held: std::sync::Mutex<Vec<Lease>>,
+    /// Partitions handed back for balance in the current tick.
+    handed_over: std::sync::Mutex<Vec<String>>,
 }
 
 /// `GET /api/v1/cluster`.
@@ -183,6 +189,7 @@ impl Membership {
                 operator_lane,
                 audit_anchor,
                 held: std::sync::Mutex::new(Vec::new()),
+                handed_over: std::sync::Mutex::new(Vec::new()),
             }),
             Roles {
                 projection: projection_rx,
@@ -206,7 +213,20 @@ impl Membership {
     /// Heartbeat and keep leases until `stop`, then release them. Returns
     /// an error when another process started under this instance's id:
     /// the caller must stop serving.
-    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) -> Result<(), ClusterError> {
+    pub async fn run(self: Arc<Self>, stop: watch::Receiver<bool>) -> Result<(), ClusterError> {
+        let (_, idle) = watch::channel(true);
+        self.run_until_idle(stop, idle).await
+    }
+
+    /// [`Membership::run`], releasing the leases on `stop` only once
+    /// `idle` is true (the projector finished its last batch, which then
+    /// commits under its lease instead of being refused), or after
+    /// [`RELEASE_WAIT`].
+    pub async fn run_until_idle(
+        self: Arc<Self>,
+        mut stop: watch::Receiver<bool>,
+        mut idle: watch::Receiver<bool>,
+    ) -> Result<(), ClusterError> {
         loop {
             if let Err(e) = self.tick().await {
                 if let ClusterError::Replaced { .. } = e {
@@ -222,12 +242,16 @@ impl Membership {
                 _ = stop.wait_for(|s| *s) => break,
             }
         }
+        let _ = tokio::time::timeout(RELEASE_WAIT, idle.wait_for(|i| *i)).await;
         let held = std::mem::take(&mut *self.held.lock().unwrap_or_else(|p| p.into_inner()));
         self.publish(&[]);
         for lease in &held {
             if let Err(e) = self.cluster.release(lease).await {
                 tracing::warn!(error = %e, lease = %lease.name, "could not release a lease; it expires by itself");
             }
+        }
+        if let Err(e) = self.cluster.leave().await {
+            tracing::warn!(error = %e, "could not leave the cluster; its heartbeat ages out");
         }
         Ok(())
     }
@@ -239,9 +263,14 @@ impl Membership {
                 for l in now.iter().filter(|l| !before.contains(l)) {
                     tracing::info!(lease = %l.name, epoch = l.epoch, "lease acquired");
                 }
+                let handed = self
+                    .handed_over
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .split_off(0);
                 for l in before
                     .iter()
-                    .filter(|l| !now.iter().any(|n| n.name == l.name))
+                    .filter(|l| !now.iter().any(|n| n.name == l.name) && !handed.contains(&l.name))
                 {
                     tracing::warn!(lease = %l.name, "lease lost to another instance");
                 }
@@ -306,6 +335,10 @@ impl Membership {
                 self.cluster.release(&lease).await?;
                 released += 1;
                 tracing::info!(lease = %lease.name, "partition handed over for balance");
+                self.handed_over
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(lease.name.clone());
             } else {
                 kept.push(lease);
             }

@@ -567,7 +567,7 @@ pub async fn start_with(
     let projector_stop = stop_rx.clone();
     // Completion is signalled, not joined: a blocking join would hold up the
     // shutdown of whatever runtime is waiting on it.
-    let (projector_done, projector_finished) = tokio::sync::oneshot::channel::<()>();
+    let (projector_done, projector_finished) = watch::channel(false);
     //
     // It also runs at a lower scheduling priority (and so do its store
     // threads): when deliveries arrive faster than both can go, the
@@ -588,7 +588,7 @@ pub async fn start_with(
                 Ok(rt) => rt.block_on(projector.run(projector_stop)),
                 Err(e) => tracing::error!(error = %e, "projector runtime failed to start"),
             }
-            let _ = projector_done.send(());
+            let _ = projector_done.send(true);
         })
         .context("start the projector thread")?;
     let background = vec![
@@ -632,8 +632,10 @@ pub async fn start_with(
     }
     if let Some(membership) = membership.clone() {
         let stop = stop_rx.clone();
+        // The leases go back once the projector's last batch is in.
+        let finished = projector_finished.clone();
         background.push(tokio::spawn(async move {
-            if let Err(e) = membership.run(stop).await {
+            if let Err(e) = membership.run_until_idle(stop, finished).await {
                 // Another process serves under this id now and holds its
                 // leases: this one must not go on (its fenced commits are
                 // refused anyway), so it stops at once.
@@ -676,7 +678,7 @@ pub async fn start_with(
             let _ = task.await;
         }
         log.shutdown().await;
-        let _ = projector_finished.await;
+        let _ = projector_finished.clone().wait_for(|done| *done).await;
         served.context("http server failed")
     });
     tracing::info!(%addr, admin = ?admin_addr, "kycd serving");

@@ -102,6 +102,10 @@ async fn partitions_follow_the_instances_that_join_and_leave() {
     // stay where they were (same epoch: never moved).
     c.stop.send(true).unwrap();
     c.task.await.unwrap();
+    // A clean stop leaves the registry at once: no one waits for its
+    // heartbeat to age before placing its partitions.
+    let view = a.membership.view("postgres").await.unwrap();
+    assert!(view.instances.iter().all(|i| i.instance.id != "kycd-c"));
     let two = settled(&a, &["kycd-a", "kycd-b"]).await;
     for k in 0..PARTITIONS {
         if three[&k].0 == "kycd-c" {
