@@ -1655,7 +1655,7 @@ pub const STEP_UP_EXPIRED: &str = "kycd.step_up.expired";
 pub const REVIEW_DECIDED: &str = "kycd.review";
 /// The metadata key kycd sets on a step-up session it creates: the
 /// original session's id. Didit echoes metadata in every delivery.
-pub const STEP_UP_META: &str = "kycd_step_up_of";
+pub const STEP_UP_META: &str = kycd_log::route::STEP_UP_OF_META;
 /// The metadata key naming the check a step-up session is for.
 pub const STEP_UP_CHECK_META: &str = "kycd_step_up_check";
 

@@ -24,6 +24,11 @@ use crate::log::{EventSource, NewEvent};
 /// The domain tag hashed before every key.
 const DOMAIN: &[u8] = b"kycd/route/v1";
 
+/// The metadata key naming a step-up session's original (set by kycd when
+/// it creates the step-up, echoed by Didit in every delivery): a step-up
+/// session is homed with its original, which completes it.
+pub const STEP_UP_OF_META: &str = "kycd_step_up_of";
+
 /// The most partitions a cluster may have.
 pub const MAX_PARTITIONS: u32 = 1024;
 
@@ -50,8 +55,13 @@ pub fn partition_of(h: u128, n: u32) -> u32 {
 pub enum Route {
     /// Every partition reads it.
     All,
-    /// A session's event: its home if it has one, else `first`.
-    Session { session_id: String, first: u32 },
+    /// A session's event: its home if it has one, else its original's
+    /// (`follows`, a step-up's) if that has one, else `first`.
+    Session {
+        session_id: String,
+        first: u32,
+        follows: Option<String>,
+    },
     /// A subject's write: the partition of its `vendor_data`.
     Partition(u32),
 }
@@ -66,6 +76,15 @@ impl Route {
             Route::Partition(k) => Some(*k),
         }
     }
+
+    /// The session whose home this event may follow when its own session
+    /// has none yet.
+    pub fn follows(&self) -> Option<&str> {
+        match self {
+            Route::Session { follows, .. } => follows.as_deref(),
+            _ => None,
+        }
+    }
 }
 
 /// The fields of a body that route it; everything else is skipped unread.
@@ -73,14 +92,23 @@ impl Route {
 struct Routing {
     #[serde(default)]
     vendor_data: Option<serde_json::Value>,
+    #[serde(default)]
+    metadata: Option<serde_json::Value>,
 }
 
-fn vendor_data(body: &[u8]) -> Option<String> {
-    let r: Routing = serde_json::from_slice(body).ok()?;
-    match r.vendor_data? {
-        serde_json::Value::String(s) if !s.is_empty() => Some(s),
+/// A body's `vendor_data` and the original its metadata names.
+fn routing(body: &[u8]) -> (Option<String>, Option<String>) {
+    let Ok(r) = serde_json::from_slice::<Routing>(body) else {
+        return (None, None);
+    };
+    let text = |v: Option<&serde_json::Value>| match v {
+        Some(serde_json::Value::String(s)) if !s.is_empty() => Some(s.clone()),
         _ => None,
-    }
+    };
+    (
+        text(r.vendor_data.as_ref()),
+        text(r.metadata.as_ref().and_then(|m| m.get(STEP_UP_OF_META))),
+    )
 }
 
 /// How `event` routes among `n` partitions.
@@ -89,7 +117,7 @@ pub fn route(event: &NewEvent, n: u32) -> Route {
     match (event.source, &event.session_id) {
         // One partition: nothing to choose, nothing to parse or keep.
         (EventSource::Subject, _) | (_, Some(_)) if n <= 1 => Route::Partition(0),
-        (EventSource::Subject, _) => match vendor_data(&event.body) {
+        (EventSource::Subject, _) => match routing(&event.body).0 {
             Some(v) => Route::Partition(key_partition(&v)),
             None => Route::All,
         },
@@ -98,14 +126,15 @@ pub fn route(event: &NewEvent, n: u32) -> Route {
         // session (never projected) are read by every partition.
         (_, None) => Route::All,
         (source, Some(session_id)) => {
-            let vendor = match source {
-                EventSource::Webhook | EventSource::Polled => vendor_data(&event.body),
+            let (vendor, follows) = match source {
+                EventSource::Webhook | EventSource::Polled => routing(&event.body),
                 // kycd's own events about a session follow its home.
-                _ => None,
+                _ => (None, None),
             };
             Route::Session {
                 session_id: session_id.clone(),
                 first: key_partition(vendor.as_deref().unwrap_or(session_id)),
+                follows: follows.filter(|o| o != session_id),
             }
         }
     }
@@ -162,9 +191,18 @@ mod tests {
             route(&with, 64),
             Route::Session {
                 session_id: "s-1".into(),
-                first: k
+                first: k,
+                follows: None,
             }
         );
+        // A step-up session names its original, whose home it may follow.
+        let step_up = event(
+            EventSource::Webhook,
+            Some("s-2"),
+            r#"{"session_id":"s-2","metadata":{"kycd_step_up_of":"s-1","other":1}}"#,
+        );
+        assert_eq!(route(&step_up, 64).follows(), Some("s-1"));
+        assert_eq!(route(&with, 64).follows(), None);
         let id = "3f6c2a9e-0c1d-4b7a-9a55-2f1e8d7c6b5a";
         for body in [
             r#"{"session_id":"x"}"#,

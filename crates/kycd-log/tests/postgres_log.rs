@@ -494,10 +494,30 @@ async fn partitions_route_by_customer_and_keep_each_sessions_home() {
         ..sample_event(1005, &[])
     })
     .await;
+    // A step-up session (kycd names its original in the metadata, which
+    // Didit echoes) goes where its original lives, even when the original
+    // has no vendor_data and the step-up's own id hashes elsewhere.
+    let step_up = |n: u64, session: &str, original: &str| {
+        kycd_log::NewEvent {
+        body: format!(
+            r#"{{"session_id":"{session}","status":"Approved","metadata":{{"kycd_step_up_of":"{original}"}}}}"#
+        )
+        .into_bytes(),
+        ..delivery(n, session, None)
+    }
+    };
+    append(delivery(1006, "orig-1", None)).await;
+    append(step_up(1007, "step-1", "orig-1")).await;
     let tail = a.read(head, 100).await.unwrap();
     let parts: Vec<Option<u32>> = tail.iter().map(|e| e.partition).collect();
     let k = customer("user-1");
-    assert_eq!(parts, vec![k, k, k, k, None]);
+    let orig = customer("orig-1");
+    assert_ne!(
+        orig,
+        customer("step-1"),
+        "the test needs ids that hash apart"
+    );
+    assert_eq!(parts, vec![k, k, k, k, None, orig, orig]);
 
     // Reading by partition: its events and those every partition reads,
     // complete to the offset returned.

@@ -1012,8 +1012,8 @@ async fn write_batch(
 
 /// The partition of each accepted event, in order: a session's stored
 /// home, or for a session seen first here the partition its first event
-/// routes to, recorded (under the log head's lock, so two instances never
-/// record two homes).
+/// routes to (or, for a step-up, its original's home), recorded (under
+/// the log head's lock, so two instances never record two homes).
 async fn resolve_routes(
     tx: &mut PgConnection,
     accepted: &[(i64, &EncodedEvent)],
@@ -1024,6 +1024,7 @@ async fn resolve_routes(
             Route::Session { session_id, .. } => Some(session_id.as_str()),
             _ => None,
         })
+        .chain(accepted.iter().filter_map(|(_, e)| e.route.follows()))
         .collect();
     let mut homes: HashMap<String, u32> = HashMap::new();
     if !sessions.is_empty() {
@@ -1046,12 +1047,21 @@ async fn resolve_routes(
     let mut out = Vec::with_capacity(accepted.len());
     for (pos, e) in accepted {
         let home = match &e.route {
-            Route::Session { session_id, first } => {
+            Route::Session {
+                session_id,
+                first,
+                follows,
+            } => {
+                // A step-up first seen here goes where its original lives.
+                let chosen = follows
+                    .as_ref()
+                    .and_then(|o| homes.get(o).copied())
+                    .unwrap_or(*first);
                 Some(*homes.entry(session_id.clone()).or_insert_with(|| {
                     new_routes.0.push(session_id);
-                    new_routes.1.push(*first as i32);
+                    new_routes.1.push(chosen as i32);
                     new_routes.2.push(*pos);
-                    *first
+                    chosen
                 }))
             }
             _ => None,
