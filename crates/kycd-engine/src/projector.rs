@@ -137,6 +137,16 @@ pub struct Projector {
     fence: Option<watch::Receiver<Option<Fence>>>,
 }
 
+/// Resolves when the lease a fenced projector works under changes: `true`,
+/// or `false` once its sender is gone (the server stopped). Never without a
+/// fence.
+async fn lease_moved(fence: &mut Option<watch::Receiver<Option<Fence>>>) -> bool {
+    match fence {
+        Some(f) => f.changed().await.is_ok(),
+        None => std::future::pending().await,
+    }
+}
+
 /// The identity of a subject in the graph: the operator's `vendor_data`,
 /// or the session itself when the operator set none.
 fn subject_key(vendor_data: Option<&str>, session_id: &str) -> String {
@@ -1445,16 +1455,8 @@ impl Projector {
                     // refused the batch, which its new owner makes again.
                     tracing::info!(error = %e, "partition moved; batch not committed");
                     // Until the membership says so (its next tick at most).
-                    let moved = async {
-                        match &mut fence {
-                            Some(f) => {
-                                let _ = f.changed().await;
-                            }
-                            None => std::future::pending().await,
-                        }
-                    };
                     tokio::select! {
-                        _ = moved => {}
+                        alive = lease_moved(&mut fence) => if !alive { return },
                         _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
                         r = stop.changed() => if r.is_err() { return },
                     }
@@ -1483,16 +1485,10 @@ impl Projector {
             {
                 continue;
             }
-            let lease_moved = async {
-                match &mut fence {
-                    Some(f) => f.changed().await.is_ok(),
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
                 r = head.changed() => if r.is_err() { return },
                 r = stop.changed() => if r.is_err() { return },
-                alive = lease_moved => if !alive { return },
+                alive = lease_moved(&mut fence) => if !alive { return },
             }
         }
     }

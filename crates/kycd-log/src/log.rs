@@ -191,6 +191,18 @@ pub enum LogError {
     Closed,
 }
 
+/// The offset a read of at most `max` events after `after_offset`, made
+/// once `head` was committed, is complete to: its last event's if the page
+/// is full (more may follow), else the head (every event up to it was
+/// visible to the read), never less than what was read or asked from.
+pub fn complete_to(events: &[StoredEvent], max: usize, head: u64, after_offset: u64) -> u64 {
+    match events.last() {
+        Some(e) if events.len() >= max => e.offset,
+        Some(e) => head.max(e.offset),
+        None => head.max(after_offset),
+    }
+}
+
 /// kycd's append-only event log. Object-safe; held as `Arc<dyn EventLog>`.
 ///
 /// Every backend must pass `kycd_log::suite::run_event_log_suite` (with the
@@ -226,11 +238,7 @@ pub trait EventLog: Send + Sync + 'static {
         // that comes back short has seen them all.
         let head = self.head().await?;
         let events = self.read(after_offset, max).await?;
-        let through = match events.last() {
-            Some(e) if events.len() == max => e.offset,
-            Some(e) => head.max(e.offset),
-            None => head.max(after_offset),
-        };
+        let through = complete_to(&events, max, head, after_offset);
         Ok((events, through))
     }
 

@@ -142,8 +142,6 @@ pub struct Membership {
     operator_lane: watch::Sender<bool>,
     audit_anchor: watch::Sender<bool>,
     held: std::sync::Mutex<Vec<Lease>>,
-    /// Partitions handed back for balance in the current tick.
-    handed_over: std::sync::Mutex<Vec<String>>,
 }
 
 /// `GET /api/v1/cluster`.
@@ -189,7 +187,6 @@ impl Membership {
                 operator_lane,
                 audit_anchor,
                 held: std::sync::Mutex::new(Vec::new()),
-                handed_over: std::sync::Mutex::new(Vec::new()),
             }),
             Roles {
                 projection: projection_rx,
@@ -259,15 +256,10 @@ impl Membership {
     async fn tick(&self) -> Result<(), ClusterError> {
         let before = self.held.lock().unwrap_or_else(|p| p.into_inner()).clone();
         match self.keep(&before).await {
-            Ok(now) => {
+            Ok((now, handed)) => {
                 for l in now.iter().filter(|l| !before.contains(l)) {
                     tracing::info!(lease = %l.name, epoch = l.epoch, "lease acquired");
                 }
-                let handed = self
-                    .handed_over
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .split_off(0);
                 for l in before
                     .iter()
                     .filter(|l| !now.iter().any(|n| n.name == l.name) && !handed.contains(&l.name))
@@ -290,8 +282,8 @@ impl Membership {
     }
 
     /// Heartbeat, renew what is held and seek what is not; the leases held
-    /// afterwards.
-    async fn keep(&self, before: &[Lease]) -> Result<Vec<Lease>, ClusterError> {
+    /// afterwards, and the partitions handed back for balance.
+    async fn keep(&self, before: &[Lease]) -> Result<(Vec<Lease>, Vec<String>), ClusterError> {
         self.cluster.heartbeat().await?;
         let mut now = Vec::new();
         for name in TASKS {
@@ -301,14 +293,18 @@ impl Membership {
             };
             now.extend(lease);
         }
-        now.extend(self.keep_partitions(before).await?);
-        Ok(now)
+        let (partitions, handed) = self.keep_partitions(before).await?;
+        now.extend(partitions);
+        Ok((now, handed))
     }
 
     /// Renew the partitions held, hand back a few that want another live
     /// instance, and take the free ones that want this one (or that no one
-    /// took within [`TAKEOVER_GRACE`]).
-    async fn keep_partitions(&self, before: &[Lease]) -> Result<Vec<Lease>, ClusterError> {
+    /// took within [`TAKEOVER_GRACE`]); those held, and those handed back.
+    async fn keep_partitions(
+        &self,
+        before: &[Lease],
+    ) -> Result<(Vec<Lease>, Vec<String>), ClusterError> {
         let me = self.cluster.id();
         let held: Vec<Lease> = before
             .iter()
@@ -328,17 +324,13 @@ impl Membership {
         }
         let wants_me = |k: u32| desired_owner(k, &live) == Some(me);
         let mut kept = Vec::with_capacity(renewed.len());
-        let mut released = 0;
+        let mut handed = Vec::new();
         for lease in renewed {
             let k = partition_number(&lease.name).unwrap_or(0);
-            if k >= self.partitions || (!wants_me(k) && released < MAX_RELEASES_PER_TICK) {
+            if k >= self.partitions || (!wants_me(k) && handed.len() < MAX_RELEASES_PER_TICK) {
                 self.cluster.release(&lease).await?;
-                released += 1;
                 tracing::info!(lease = %lease.name, "partition handed over for balance");
-                self.handed_over
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(lease.name.clone());
+                handed.push(lease.name.clone());
             } else {
                 kept.push(lease);
             }
@@ -370,7 +362,7 @@ impl Membership {
                 kept.extend(self.cluster.acquire(&name, LEASE_TTL).await?);
             }
         }
-        Ok(kept)
+        Ok((kept, handed))
     }
 
     fn publish(&self, held: &[Lease]) {

@@ -209,7 +209,7 @@ impl Reconciler {
             stop_before_ms: None,
             from_ms: since_ms,
         };
-        self.run(walk, None).await
+        self.run_walk(walk, None).await.0
     }
 
     /// The timers' pass: the listing reads only what is new since the
@@ -255,10 +255,6 @@ impl Reconciler {
             }
         }
         report
-    }
-
-    async fn run(&self, walk: Walk, cursor: Option<Option<ListingCursor>>) -> Report {
-        self.run_walk(walk, cursor).await.0
     }
 
     /// The passes, and whether the listing's walk completed.

@@ -340,10 +340,7 @@ impl EventLog for PgLog {
         .await
         .map_err(log_error)?;
         let events: Vec<StoredEvent> = rows.iter().map(event_from_row).collect::<Result<_, _>>()?;
-        let through = match events.last() {
-            Some(e) if events.len() == max => e.offset,
-            _ => head,
-        };
+        let through = crate::log::complete_to(&events, max, head, after_offset);
         Ok((events, through))
     }
 
